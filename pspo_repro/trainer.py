@@ -1,0 +1,225 @@
+"""TRL's GRPOTrainer with a pluggable per-token objective (clip, PSPO, sigmoid, TOPR, unclipped) and probes.
+
+Only the policy loss changes: generation, rewards, advantages, rollout reuse (``num_iterations``,
+``steps_per_generation``), the KL term (``beta``), the vLLM importance-sampling correction and the loss
+aggregation (``loss_type``) are TRL's. ``loss_type`` selects only the aggregation here (grpo, bnpo,
+dr_grpo, dapo); the per-token loss comes from :mod:`pspo_repro.objectives`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+from transformers import TrainerCallback
+from trl import GRPOConfig, GRPOTrainer
+
+from pspo_repro import objectives
+from pspo_repro.probes import ProbeLog, StepProbe, gradient_cosine, group_grad_norms
+
+AGGREGATIONS = ("grpo", "bnpo", "dr_grpo", "dapo")
+
+
+@dataclass
+class PSPOGRPOConfig(GRPOConfig):
+    """GRPOConfig plus the objective and the probes. ``epsilon``/``epsilon_high`` parametrise ``clip`` and
+    ``sapo_temperature_pos``/``_neg`` parametrise ``sigmoid``, under TRL's own names."""
+
+    objective: str = field(
+        default="pspo",
+        metadata={"help": "Per-token policy objective: one of clip, pspo, sigmoid, topr, noclip."},
+    )
+    alpha: float = field(
+        default=0.1,
+        metadata={"help": "PSPO smoothing: pi~ = (1 - alpha) pi_theta + alpha pi_old; in [0, 1]."},
+    )
+    shuffle_advantages: bool = field(
+        default=False,
+        metadata={
+            "help": "Noise-floor control: permute the advantages across the generation batch, which keeps "
+            "their distribution and removes the reward signal."
+        },
+    )
+    probes: bool = field(
+        default=True,
+        metadata={"help": "Record gradient probes (probes.jsonl) at every optimizer step."},
+    )
+    probes_file: str | None = field(
+        default=None,
+        metadata={"help": "Where probes are written; default <output_dir>/probes.jsonl."},
+    )
+    probe_every: int = field(
+        default=10,
+        metadata={
+            "help": "Every K optimizer steps also record the gradient cosine to the unclipped surrogate and a "
+            "sample of (ratio, advantage, weight) triples; 0 turns these off."
+        },
+    )
+    probe_samples: int = field(
+        default=256,
+        metadata={"help": "Number of (ratio, advantage, weight) triples sampled on probe steps."},
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        if self.loss_type not in AGGREGATIONS:
+            raise ValueError(
+                f"loss_type {self.loss_type!r} is not an aggregation this trainer supports; "
+                f"allowed: {', '.join(AGGREGATIONS)} (the per-token loss comes from `objective`)"
+            )
+        if self.probe_every < 0:
+            raise ValueError(f"probe_every must be >= 0, got {self.probe_every}")
+        self.build_objective()  # validates the objective name and its parameters early
+
+    def build_objective(self) -> objectives.Objective:
+        params = {
+            "clip": {"eps": self.epsilon, "eps_high": self.epsilon_high},
+            "pspo": {"alpha": self.alpha},
+            "sigmoid": {"tau_pos": self.sapo_temperature_pos, "tau_neg": self.sapo_temperature_neg},
+        }.get(self.objective, {})
+        return objectives.get(self.objective, level=self.importance_sampling_level, **params)
+
+
+class _ProbeFlush(TrainerCallback):
+    """Writes the probe record of each optimizer step once the step is complete."""
+
+    def __init__(self, trainer: PSPOGRPOTrainer) -> None:
+        self.trainer = trainer
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.trainer._flush_probes(state.global_step)
+
+
+class PSPOGRPOTrainer(GRPOTrainer):
+    """GRPOTrainer whose per-token loss is an objective from the registry."""
+
+    _unsupported = {
+        "top_entropy_quantile": lambda a: a.top_entropy_quantile < 1.0,
+        "off_policy_mask_threshold": lambda a: a.off_policy_mask_threshold is not None,
+        "delta": lambda a: a.delta is not None,
+        "entropy_coef": lambda a: a.entropy_coef != 0.0 or a.use_adaptive_entropy,
+    }
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if not isinstance(self.args, PSPOGRPOConfig):
+            raise TypeError("PSPOGRPOTrainer needs a PSPOGRPOConfig")
+        bad = [k for k, is_set in self._unsupported.items() if is_set(self.args)]
+        if bad:
+            raise ValueError(f"PSPOGRPOTrainer does not support these GRPOConfig options: {', '.join(bad)}")
+        self.objective = self.args.build_objective()
+        self._noclip = objectives.get("noclip", level=self.args.importance_sampling_level)
+        path = self.args.probes_file or f"{self.args.output_dir}/probes.jsonl"
+        self.probe_log = ProbeLog(path if self.args.probes else None, seed=self.args.seed)
+        if self.args.probes:
+            self.add_callback(_ProbeFlush(self))
+        self._shuffle_generator = torch.Generator().manual_seed(self.args.seed)
+
+    def _generate_and_score_completions(self, inputs):
+        batch = super()._generate_and_score_completions(inputs)
+        if self.args.shuffle_advantages:
+            adv = batch["advantages"]
+            perm = torch.randperm(adv.size(0), generator=self._shuffle_generator).to(adv.device)
+            batch["advantages"] = adv[perm]
+        return batch
+
+    # --- probes -----------------------------------------------------------------------------------
+
+    def _probe_step(self) -> bool:
+        """Whether the optimizer step in progress is one of the every-K probe steps (1, K + 1, ...)."""
+        k = self.args.probe_every
+        return self.args.probes and k > 0 and self.state.global_step % k == 0
+
+    def _clip_grad_norm(self, model):
+        if self.args.probes:
+            self.probe_log.current.grad_norm_groups = group_grad_norms(model.named_parameters())
+        return super()._clip_grad_norm(model)
+
+    def _get_grad_norm(self, model, grad_norm=None):
+        if self.args.probes and grad_norm is None:  # no clipping: norms were not taken above
+            self.probe_log.current.grad_norm_groups = group_grad_norms(model.named_parameters())
+        norm = super()._get_grad_norm(model, grad_norm=grad_norm)
+        self.probe_log.current.grad_norm = float(norm)
+        return norm
+
+    def _flush_probes(self, step: int) -> None:
+        current, self.probe_log.current = self.probe_log.current, StepProbe()
+        n = self.args.probe_samples if current.cosines else 0
+        record = current.summary(self.epsilon_low, self.epsilon_high, n, self.probe_log.generator)
+        self.probe_log.write(step, record)
+
+    # --- the loss ---------------------------------------------------------------------------------
+
+    def _aggregate(self, per_token_loss: torch.Tensor, mask: torch.Tensor, inputs: dict) -> torch.Tensor:
+        """TRL's aggregation for ``loss_type`` (token mean per sequence, batch token mean, ...)."""
+        train = self.model.training
+        accum = self.current_gradient_accumulation_steps if train else 1.0
+        masked = per_token_loss * mask
+        if self.loss_type == "grpo":
+            return (masked.sum(-1) / mask.sum(-1).clamp(min=1.0)).mean() / accum
+        if self.loss_type == "bnpo":
+            return masked.sum() / mask.sum().clamp(min=1.0) / accum
+        if self.loss_type == "dr_grpo":
+            return masked.sum() / (per_token_loss.size(0) * self.max_completion_length) / accum
+        # dapo: normalise by the token count of the whole generation batch, rescaled to one window
+        normalizer = inputs["num_items_in_batch"].clamp(min=1.0) / self.accelerator.num_processes
+        if train:
+            normalizer = (
+                normalizer * self.current_gradient_accumulation_steps / self.args.steps_per_generation
+            )
+        return masked.sum() / normalizer
+
+    def _compute_loss(self, model, inputs):
+        prompt_ids, prompt_mask = inputs["prompt_ids"], inputs["prompt_mask"]
+        completion_ids, mask = inputs["completion_ids"], inputs["completion_mask"]
+        if "tool_mask" in inputs:
+            mask = mask * inputs["tool_mask"]
+        input_ids = torch.cat([prompt_ids, completion_ids], dim=1)
+        attention_mask = torch.cat([prompt_mask, inputs["completion_mask"]], dim=1)
+        logps, entropies, _ = self._get_per_token_logps_and_entropies(
+            model, input_ids, attention_mask, completion_ids.size(1), compute_entropy=True
+        )
+        advantages = inputs["advantages"]
+        if advantages.dim() == 1:
+            advantages = advantages.unsqueeze(1)
+        old_logps = inputs.get("old_per_token_logps")
+        old_logps = logps.detach() if old_logps is None else old_logps  # on-policy: r = 1
+
+        log_r = objectives.log_ratio(logps, old_logps, self.importance_sampling_level, mask)
+        per_token_loss = self.objective.loss_from_log_ratio(log_r, advantages, like=logps)
+        probe_cos = self.args.probes and self.model.training and self._probe_step()
+        if probe_cos:
+            unclipped = self._noclip.loss_from_log_ratio(log_r, advantages, like=logps)
+
+        if self.use_vllm and self.vllm_importance_sampling_correction:
+            per_token_loss = per_token_loss * inputs["importance_sampling_ratio"]
+            if probe_cos:
+                unclipped = unclipped * inputs["importance_sampling_ratio"]
+        if self.beta != 0.0:
+            ref = inputs["ref_per_token_logps"]
+            per_token_kl = torch.exp(ref - logps) - (ref - logps) - 1
+            if self.args.use_bias_correction_kl:
+                per_token_kl = per_token_kl * torch.exp(log_r)
+        policy_loss = per_token_loss
+        if self.beta != 0.0:
+            per_token_loss = per_token_loss + self.beta * per_token_kl
+
+        loss = self._aggregate(per_token_loss, mask, inputs)
+
+        mode = "train" if self.model.training else "eval"
+        masked_mean = (entropies * mask).sum() / mask.sum().clamp(min=1.0)
+        self._metrics[mode]["entropy"].append(self.accelerator.gather(masked_mean).mean().item())
+        if self.beta != 0.0:
+            kl_mean = (per_token_kl * mask).sum() / mask.sum().clamp(min=1.0)
+            self._metrics[mode]["kl"].append(self.accelerator.gather(kl_mean).mean().item())
+
+        if self.args.probes and self.model.training:
+            ratio = torch.exp(log_r.detach())
+            weight = self.objective.grad_weight(ratio, advantages)
+            self.probe_log.current.add_tokens(ratio, advantages, weight, mask, entropies)
+            if probe_cos:
+                params = [p for p in model.parameters() if p.requires_grad]
+                pair = self._aggregate(policy_loss, mask, inputs), self._aggregate(unclipped, mask, inputs)
+                self.probe_log.current.cosines.append(gradient_cosine(params, *pair))
+        return loss

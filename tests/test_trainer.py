@@ -1,0 +1,180 @@
+"""The objectives inside TRL's GRPOTrainer: agreement with stock TRL, and what the probes record."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from trl import GRPOConfig, GRPOTrainer
+
+from pspo_repro import models, rewards
+from pspo_repro.train import to_dataset
+from pspo_repro.trainer import PSPOGRPOConfig, PSPOGRPOTrainer
+
+AGGREGATIONS = ["dapo", "grpo", "bnpo", "dr_grpo"]
+
+
+@pytest.fixture(scope="module")
+def model_and_tokenizer(tiny_model):
+    source = models.resolve(str(tiny_model))
+    return models.load_model(source), models.load_tokenizer(source)
+
+
+@pytest.fixture(scope="module")
+def train_dataset():
+    from pspo_repro import synthetic
+
+    return to_dataset(synthetic.generate("train", n=64, seed=0))
+
+
+def make_trainer(cls, config_cls, model, tokenizer, dataset, tmp_path, **overrides):
+    settings = dict(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=8,
+        num_generations=4,
+        max_completion_length=12,
+        report_to="none",
+        use_cpu=True,
+        seed=0,
+        disable_tqdm=True,
+        bf16=False,  # TRL defaults to bf16 autocast, which would make exact comparisons meaningless on CPU
+    )
+    settings.update(overrides)
+    trainer = cls(
+        model=model,
+        reward_funcs=[rewards.paper_reward],
+        args=config_cls(**settings),
+        train_dataset=dataset,
+        processing_class=tokenizer,
+    )
+    trainer.current_gradient_accumulation_steps = 1
+    return trainer
+
+
+def fake_inputs(model, tokenizer, seed: int = 0, b: int = 8, t: int = 10):
+    """A batch as TRL's generation step hands it to the loss, with stale old log-probs (ratios far from 1)."""
+    g = torch.Generator().manual_seed(seed)
+    prompt_ids = torch.randint(3, len(tokenizer), (b, 6), generator=g)
+    completion_ids = torch.randint(3, len(tokenizer), (b, t), generator=g)
+    completion_mask = torch.ones(b, t, dtype=torch.long)
+    for i in range(b):  # ragged completion lengths
+        completion_mask[i, 4 + i % (t - 4) :] = 0
+    with torch.no_grad():
+        ids = torch.cat([prompt_ids, completion_ids], 1)
+        logits = model(ids).logits[:, prompt_ids.size(1) - 1 : -1]
+        logps = torch.log_softmax(logits.float(), -1).gather(-1, completion_ids.unsqueeze(-1)).squeeze(-1)
+    old = logps + 0.5 * torch.randn(b, t, generator=g)
+    return {
+        "prompt_ids": prompt_ids,
+        "prompt_mask": torch.ones_like(prompt_ids),
+        "completion_ids": completion_ids,
+        "completion_mask": completion_mask,
+        "advantages": torch.randn(b, generator=g),
+        "old_per_token_logps": old,
+        "num_items_in_batch": completion_mask.sum(),
+    }
+
+
+def loss_and_grads(trainer, model, inputs):
+    model.zero_grad()
+    loss = trainer._compute_loss(model, inputs)
+    loss.backward()
+    grads = [p.grad.clone() for p in model.parameters() if p.grad is not None]
+    model.zero_grad()
+    return loss.detach(), grads
+
+
+@pytest.mark.parametrize("loss_type", AGGREGATIONS)
+def test_clip_equals_stock_grpo_trainer(loss_type, model_and_tokenizer, train_dataset, tmp_path):
+    model, tok = model_and_tokenizer
+    common = dict(loss_type=loss_type, epsilon=0.2, num_iterations=2)
+    ours = make_trainer(
+        PSPOGRPOTrainer, PSPOGRPOConfig, model, tok, train_dataset, tmp_path / "a", objective="clip", **common
+    )
+    stock = make_trainer(GRPOTrainer, GRPOConfig, model, tok, train_dataset, tmp_path / "b", **common)
+    inputs = fake_inputs(model, tok)
+    loss_ours, grads_ours = loss_and_grads(ours, model, inputs)
+    loss_stock, grads_stock = loss_and_grads(stock, model, inputs)
+    assert loss_ours.abs() > 1e-4
+    torch.testing.assert_close(loss_ours, loss_stock, rtol=0, atol=1e-6)
+    for a, b in zip(grads_ours, grads_stock, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_sigmoid_equals_stock_sapo(model_and_tokenizer, train_dataset, tmp_path):
+    model, tok = model_and_tokenizer
+    temps = dict(sapo_temperature_pos=1.0, sapo_temperature_neg=1.05, num_iterations=2)
+    # stock "sapo" aggregates like "grpo" (token mean per sequence, then batch mean)
+    ours = make_trainer(
+        PSPOGRPOTrainer,
+        PSPOGRPOConfig,
+        model,
+        tok,
+        train_dataset,
+        tmp_path / "a",
+        objective="sigmoid",
+        loss_type="grpo",
+        **temps,
+    )
+    stock = make_trainer(
+        GRPOTrainer, GRPOConfig, model, tok, train_dataset, tmp_path / "b", loss_type="sapo", **temps
+    )
+    inputs = fake_inputs(model, tok, seed=1)
+    loss_ours, grads_ours = loss_and_grads(ours, model, inputs)
+    loss_stock, grads_stock = loss_and_grads(stock, model, inputs)
+    torch.testing.assert_close(loss_ours, loss_stock, rtol=0, atol=1e-6)
+    for a, b in zip(grads_ours, grads_stock, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+
+
+def test_pspo_alpha_zero_gives_the_noclip_gradient(model_and_tokenizer, train_dataset, tmp_path):
+    model, tok = model_and_tokenizer
+    inputs = fake_inputs(model, tok, seed=2)
+    grads = {}
+    for name, extra in [("pspo", {"alpha": 0.0}), ("noclip", {})]:
+        trainer = make_trainer(
+            PSPOGRPOTrainer,
+            PSPOGRPOConfig,
+            model,
+            tok,
+            train_dataset,
+            tmp_path / name,
+            objective=name,
+            num_iterations=2,
+            **extra,
+        )
+        grads[name] = loss_and_grads(trainer, model, inputs)[1]
+    assert sum(float(g.abs().sum()) for g in grads["noclip"]) > 0
+    for a, b in zip(grads["pspo"], grads["noclip"], strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+def test_pspo_gradient_is_one_minus_alpha_times_noclip(model_and_tokenizer, train_dataset, tmp_path):
+    model, tok = model_and_tokenizer
+    inputs = fake_inputs(model, tok, seed=3)
+    grads = {}
+    for name, extra in [("pspo", {"alpha": 0.4}), ("noclip", {})]:
+        trainer = make_trainer(
+            PSPOGRPOTrainer,
+            PSPOGRPOConfig,
+            model,
+            tok,
+            train_dataset,
+            tmp_path / name,
+            objective=name,
+            num_iterations=2,
+            **extra,
+        )
+        grads[name] = loss_and_grads(trainer, model, inputs)[1]
+    for a, b in zip(grads["pspo"], grads["noclip"], strict=True):
+        torch.testing.assert_close(a, 0.6 * b, rtol=1e-5, atol=1e-7)
+
+
+def test_unsupported_aggregation_and_objective_are_clear_errors(tmp_path):
+    with pytest.raises(
+        ValueError, match="loss_type 'sapo' is not an aggregation.*allowed: grpo, bnpo, dr_grpo, dapo"
+    ):
+        PSPOGRPOConfig(output_dir=str(tmp_path), loss_type="sapo", use_cpu=True, report_to="none")
+    with pytest.raises(ValueError, match="unknown objective 'ppo'"):
+        PSPOGRPOConfig(output_dir=str(tmp_path), objective="ppo", use_cpu=True, report_to="none")
+    with pytest.raises(ValueError, match=r"alpha must be in \[0, 1\], got 2.0"):
+        PSPOGRPOConfig(output_dir=str(tmp_path), objective="pspo", alpha=2.0, use_cpu=True, report_to="none")
