@@ -222,14 +222,17 @@ class Validation(TrainerCallback):
 class RunLog(TrainerCallback):
     """TRL's logged metrics to train_log.jsonl, and a progress bar with reward and time left."""
 
-    def __init__(self, run_dir: Path, validation: Validation):
+    def __init__(self, run_dir: Path, validation: Validation, progress: bool = True):
         self.path = run_dir / "train_log.jsonl"
         self.validation = validation
+        self.progress = progress
         self.bar: tqdm | None = None
         self.start = time.time()
 
     def on_train_begin(self, args, state, control, **kwargs):
-        self.bar = tqdm(total=state.max_steps, desc="train", unit="step", dynamic_ncols=True)
+        self.bar = tqdm(
+            total=state.max_steps, desc="train", unit="step", dynamic_ncols=True, disable=not self.progress
+        )
         self.start = time.time()
 
     def on_log(self, args, state, control, logs=None, **kwargs):
@@ -338,7 +341,7 @@ def train(settings: TrainSettings, run_dir: str | os.PathLike, progress: bool = 
         args=grpo_config(settings, run_dir),
         train_dataset=to_dataset(train_problems),
         processing_class=tokenizer,
-        callbacks=[validation, RunLog(run_dir, validation)] if progress else [validation],
+        callbacks=[validation, RunLog(run_dir, validation, progress)],
     )
     started = time.time()
     trainer.train()

@@ -1,0 +1,144 @@
+"""The command line: ``pspo-repro train``, ``pspo-repro eval`` and ``pspo-repro tiny``."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+
+app = typer.Typer(
+    add_completion=False, no_args_is_help=True, help="Reproduce and audit PSPO and its baselines."
+)
+
+
+def parse_overrides(pairs: list[str]) -> dict[str, Any]:
+    """``key=value`` pairs, values read as YAML scalars (1e-4, true, null, ...)."""
+    out: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise typer.BadParameter(f"expected key=value, got {pair!r}")
+        out[key.strip().replace("-", "_")] = yaml.safe_load(value)
+    return out
+
+
+def load_settings_file(path: Path | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    if not path.is_file():
+        raise typer.BadParameter(f"config file {path} does not exist")
+    values = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(values, dict):
+        raise typer.BadParameter(
+            f"config file {path} must hold a mapping of settings, got {type(values).__name__}"
+        )
+    return values
+
+
+@app.command()
+def train(
+    out: Annotated[Path, typer.Option(help="Run directory to write.")],
+    config: Annotated[Path | None, typer.Option(help="YAML file of settings (see TrainSettings).")] = None,
+    model: Annotated[str | None, typer.Option(help="Hub id, local folder or tiny model name.")] = None,
+    objective: Annotated[str | None, typer.Option(help="clip, pspo, sigmoid, topr or noclip.")] = None,
+    dataset: Annotated[str | None, typer.Option(help="gsm8k or synthetic.")] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Run seed (data split, sampling, init of nothing).")
+    ] = None,
+    data_dir: Annotated[
+        str | None, typer.Option(help="Local benchmark folder (else PSPO_DATA_DIR, else hub).")
+    ] = None,
+    set_: Annotated[
+        list[str] | None, typer.Option("--set", help="Any other setting as key=value; repeatable.")
+    ] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+) -> None:
+    """Train one configuration into a run directory (skipped when the run is already complete)."""
+    from pspo_repro.train import TrainSettings
+    from pspo_repro.train import train as run_training
+
+    values = load_settings_file(config)
+    named = {"model": model, "objective": objective, "dataset": dataset, "seed": seed, "data_dir": data_dir}
+    values.update({k: v for k, v in named.items() if v is not None})
+    values.update(parse_overrides(set_ or []))
+    try:
+        settings = TrainSettings.from_dict(values)
+    except (TypeError, ValueError) as err:
+        raise typer.BadParameter(str(err)) from None
+    run_dir = run_training(settings, out, progress=not quiet)
+    typer.echo(json.dumps(json.loads((run_dir / "DONE").read_text()), indent=2))
+
+
+@app.command("eval")
+def evaluate_command(
+    model: Annotated[str, typer.Option(help="Hub id, local folder, run directory, tiny name or smollm2.")],
+    benchmarks: Annotated[
+        str, typer.Option(help="Comma-separated names, 'all' or 'synthetic-all'.")
+    ] = "gsm8k",
+    out: Annotated[Path | None, typer.Option(help="Output folder (default: the run directory).")] = None,
+    backend: Annotated[str, typer.Option(help="hf (CPU or GPU) or vllm (GPU).")] = "hf",
+    limit: Annotated[
+        int | None, typer.Option(help="Evaluate the first N problems of each benchmark.")
+    ] = None,
+    temperature: Annotated[float, typer.Option(help="0 for greedy; > 0 samples.")] = 0.0,
+    n_samples: Annotated[int, typer.Option(help="Samples per problem (pass@k, majority vote).")] = 1,
+    top_p: Annotated[float, typer.Option(help="Nucleus sampling.")] = 1.0,
+    max_new_tokens: Annotated[
+        int | None, typer.Option(help="Override the per-benchmark token budget.")
+    ] = None,
+    batch_size: Annotated[int, typer.Option(help="Prompts per generation batch.")] = 32,
+    data_dir: Annotated[
+        str | None, typer.Option(help="Local benchmark folder (else PSPO_DATA_DIR, else hub).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+    quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+) -> None:
+    """Evaluate a model on benchmarks: strict, flexible and permissive accuracy side by side."""
+    from pspo_repro import evaluate
+
+    target = out if out is not None else Path(model)
+    if out is None and not (target / "config.json").is_file():
+        raise typer.BadParameter("--out is required unless --model is a run directory")
+    try:
+        names = evaluate.parse_benchmarks(benchmarks)
+        summary = evaluate.evaluate(
+            model,
+            names,
+            target,
+            backend=backend,
+            limit=limit,
+            temperature=temperature,
+            n_samples=n_samples,
+            top_p=top_p,
+            max_new_tokens=max_new_tokens,
+            batch_size=batch_size,
+            data_dir=data_dir,
+            seed=seed,
+            progress=not quiet,
+        )
+    except (ValueError, FileNotFoundError, ImportError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+    evaluate.print_summary(summary)
+
+
+@app.command()
+def tiny(
+    names: Annotated[list[str] | None, typer.Argument(help="Tiny models to build (default: all).")] = None,
+) -> None:
+    """Build (warm-start) the tiny models into the cache, and print where they are."""
+    from pspo_repro import tiny as tiny_models
+
+    for name in names or [n for n in tiny_models.names() if n != "tiny-test"]:
+        try:
+            path = tiny_models.ensure(name)
+        except ValueError as err:
+            raise typer.BadParameter(str(err)) from None
+        typer.echo(f"{name}\t{path}")
+
+
+if __name__ == "__main__":
+    app()
