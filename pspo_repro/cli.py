@@ -126,6 +126,29 @@ def evaluate_command(
 
 
 @app.command()
+def study(
+    profile: Annotated[
+        str, typer.Option(help="Profile name (pspo_repro/profiles) or path to a YAML file.")
+    ] = "cpu",
+    runs: Annotated[Path, typer.Option(help="Folder for run directories.")] = Path("runs"),
+    results: Annotated[Path, typer.Option(help="Folder for tables.")] = Path("results"),
+    data_dir: Annotated[
+        str | None, typer.Option(help="Local benchmark folder (else PSPO_DATA_DIR, else hub).")
+    ] = None,
+) -> None:
+    """Train and evaluate every run of a profile (resumable), then write its accuracy table."""
+    from pspo_repro.study import run_study
+
+    try:
+        table = run_study(profile, runs, results, data_dir=data_dir)
+    except (ValueError, FileNotFoundError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(table.read_text())
+    typer.echo(f"tables in {table.parent}")
+
+
+@app.command()
 def tiny(
     names: Annotated[list[str] | None, typer.Argument(help="Tiny models to build (default: all).")] = None,
 ) -> None:

@@ -92,6 +92,10 @@ def load_model(source: ModelSource, dtype: Any = None, device: str | None = None
     model = AutoModelForCausalLM.from_pretrained(
         source.path, dtype=dtype or torch.float32, **source.from_pretrained_kwargs()
     )
+    if source.gguf_file:
+        # transformers dequantizes GGUF weights to ``dtype`` on load; the GGUF "quantizer" only did the
+        # reading. Dropping it lets the model train and save as the ordinary float model it now is.
+        model.hf_quantizer.remove_quantization_config(model)
     if device:
         model.to(device)
     return model.eval()

@@ -64,6 +64,11 @@ def append_jsonl(path: str | os.PathLike, record: dict) -> None:
         os.fsync(f.fileno())
 
 
+def read_json(path: str | os.PathLike) -> Any:
+    with open(path) as f:
+        return json.load(f)
+
+
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
     """The complete lines of a JSON-lines file (a torn last line from a crash is skipped)."""
     path = Path(path)

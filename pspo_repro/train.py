@@ -63,6 +63,9 @@ class TrainSettings:
     eval_batch_size: int = 64
     probes: bool = True
     probe_every: int = 10
+    gradient_checkpointing: bool = field(
+        default=False, metadata={"help": "trade compute for memory (TRL's default is on; it disables the KV cache)"}
+    )
     use_vllm: bool = False
     bf16: bool | None = field(default=None, metadata={"help": "default: on when a GPU is present"})
     logging_steps: int = 1
@@ -295,6 +298,7 @@ def grpo_config(settings: TrainSettings, run_dir: Path) -> Any:
         beta=s.beta,
         max_grad_norm=s.max_grad_norm,
         weight_decay=s.weight_decay,
+        gradient_checkpointing=s.gradient_checkpointing,
         use_vllm=s.use_vllm,
         vllm_mode="colocate",
         bf16=gpu if s.bf16 is None else s.bf16,
