@@ -4,14 +4,20 @@ tabulated. Finished runs and evaluations are skipped, so an interrupted study re
 Profile format::
 
     name: cpu
-    models: [tiny-general-s, tiny-math-l]
     seeds: [0, 1]
     train: {dataset: synthetic, learning_rate: 1.0e-4, ...}     # TrainSettings shared by every run
-    objectives:                                                 # name -> settings for that objective
+    models:                                                     # model -> settings for that model
+      tiny-general-s: {}
+      tiny-math-l: {alpha: 0.4}
+    objectives:                                                 # objective -> settings for that objective
       clip: {eps: 0.2}
-      pspo: {alpha: 0.1}
-      noclip: {num_iterations: 1}                               # any TrainSettings may differ per objective
+      pspo: {}
+      noclip: {num_iterations: 1}
+    cells:                                                      # settings for one (model, objective)
+      - {model: tiny-general-s, objective: clip, set: {learning_rate: 2.0e-4}}
     eval: {benchmarks: [synthetic, synthetic-svamp], limit: null, batch_size: 64}
+
+Later layers win: train < models < objectives < cells. ``models`` may also be a plain list.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ import yaml
 from pspo_repro import rundir
 from pspo_repro.train import TrainSettings, train
 
-PROFILE_KEYS = {"name", "description", "models", "seeds", "train", "objectives", "eval"}
+PROFILE_KEYS = {"name", "description", "models", "seeds", "train", "objectives", "cells", "eval"}
 
 
 @dataclass(frozen=True)
@@ -72,11 +78,25 @@ def load_profile(name_or_path: str) -> dict[str, Any]:
 
 def expand(profile: dict[str, Any]) -> list[Run]:
     """Every (model, objective, seed) run of a profile, with its fully resolved settings."""
+    model_settings = profile["models"]
+    if isinstance(model_settings, list):
+        model_settings = {m: {} for m in model_settings}
+    cells: dict[tuple[str, str], dict] = {}
+    for cell in profile.get("cells", []):
+        key = (cell["model"], cell["objective"])
+        if cell["model"] not in model_settings or cell["objective"] not in profile["objectives"]:
+            raise ValueError(f"profile cell {key} names a model or objective the profile does not have")
+        cells[key] = cell.get("set", {})
     runs = []
-    for model in profile["models"]:
-        for objective, overrides in profile["objectives"].items():
+    for model, for_model in model_settings.items():
+        for objective, for_objective in profile["objectives"].items():
             for seed in profile.get("seeds", [0]):
-                values = {**profile.get("train", {}), **(overrides or {})}
+                values = {
+                    **profile.get("train", {}),
+                    **(for_model or {}),
+                    **(for_objective or {}),
+                    **cells.get((model, objective), {}),
+                }
                 values.update(model=model, objective=objective, seed=seed)
                 runs.append(Run(model, objective, seed, TrainSettings.from_dict(values)))
     return runs
@@ -123,7 +143,9 @@ def collect(study_dir: Path) -> list[dict[str, Any]]:
                         "benchmark": bench,
                         "metric": metric,
                         "accuracy": m["accuracy"],
-                        "n": m["n"],
+                        "ci95_low": m["ci95"][0],
+                        "ci95_high": m["ci95"][1],
+                        "n": metrics["n_problems"],
                         "validation_first": finished["validation_first"]["strict"],
                         "validation_best": finished["validation_best"]["strict"],
                         "train_seconds": finished["seconds"],

@@ -1,0 +1,66 @@
+"""Profiles expand into runs with layered settings; a small study trains, evaluates and tabulates."""
+
+from __future__ import annotations
+
+import csv
+
+import pytest
+import yaml
+
+from pspo_repro import study
+
+
+def test_shipped_profiles_expand():
+    assert {"paper", "smoke", "cpu"} <= set(study.profile_names())
+    paper = study.expand(study.load_profile("paper"))
+    assert len(paper) == 3 * 5 * 5
+    by_key = {(r.model, r.objective, r.seed): r.settings for r in paper}
+    # layering: train < models < objectives < cells
+    assert by_key[("Qwen/Qwen2.5-0.5B", "clip", 0)].eps == 0.1
+    assert by_key[("Qwen/Qwen2.5-1.5B", "clip", 0)].eps == 0.2
+    assert by_key[("Qwen/Qwen2.5-0.5B", "clip", 0)].learning_rate == 1e-6
+    assert by_key[("Qwen/Qwen2.5-1.5B", "clip", 0)].learning_rate == 5e-7
+    assert by_key[("Qwen/Qwen2-Math-1.5B", "pspo", 3)].alpha == 0.4
+    assert by_key[("Qwen/Qwen2.5-0.5B", "noclip", 0)].num_iterations == 1
+    assert by_key[("Qwen/Qwen2.5-0.5B", "pspo", 0)].num_iterations == 2
+    assert by_key[("Qwen/Qwen2.5-0.5B", "pspo", 0)].grad_accum == 16
+
+
+def test_bad_profiles_are_clear_errors(tmp_path):
+    with pytest.raises(ValueError, match="unknown profile 'nope'; known profiles: .*paper"):
+        study.load_profile("nope")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"models": ["tiny-test"], "objectives": {"clip": {}}, "trian": {}}))
+    with pytest.raises(ValueError, match=r"unknown keys \['trian'\]"):
+        study.load_profile(str(bad))
+    typo = {"models": ["tiny-test"], "objectives": {"clip": {"learning_rat": 1}}}
+    with pytest.raises(ValueError, match=r"unknown setting\(s\) \['learning_rat'\]"):
+        study.expand(typo)
+    cell = {
+        "models": ["tiny-test"],
+        "objectives": {"clip": {}},
+        "cells": [{"model": "x", "objective": "clip"}],
+    }
+    with pytest.raises(ValueError, match=r"cell \('x', 'clip'\) names a model or objective"):
+        study.expand(cell)
+
+
+def test_small_study_end_to_end(tiny_model, tmp_path):
+    profile = yaml.safe_load((study.resources.files("pspo_repro") / "profiles" / "smoke.yaml").read_text())
+    profile["objectives"] = {"clip": {"eps": 0.2}, "pspo": {"alpha": 0.1}}
+    profile["train"].update(max_steps=2, validation_limit=8, batch_size=8)
+    profile["eval"].update(benchmarks=["synthetic", "synthetic-asdiv"], limit=6)
+    path = tmp_path / "mini.yaml"
+    path.write_text(yaml.safe_dump(profile))
+    table = study.run_study(str(path), tmp_path / "runs", tmp_path / "results")
+    rows = list(csv.DictReader((table.parent / "accuracy.csv").read_text().splitlines()))
+    assert len(rows) == 2 * 2 * 3  # objectives x benchmarks x metrics
+    assert {r["objective"] for r in rows} == {"clip", "pspo"}
+    assert all(r["n"] == "6" and 0.0 <= float(r["accuracy"]) <= 1.0 for r in rows)
+    md = table.read_text()
+    assert md.splitlines()[0].startswith("| model | objective | seeds | synthetic strict |")
+    assert "| tiny-test | pspo | 1 |" in md
+    # a second call finds every run and evaluation finished and only rewrites the table
+    done = sorted(p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("DONE"))
+    study.run_study(str(path), tmp_path / "runs", tmp_path / "results")
+    assert sorted(p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("DONE")) == done
