@@ -63,7 +63,9 @@ def run(kind: str, model_spec: str, steps: int, dataset, out: str) -> list[float
         cls, args = GRPOTrainer, GRPOConfig(**common)
     else:
         cls = PSPOGRPOTrainer
-        args = PSPOGRPOConfig(objective="clip", probes=kind == "probes-on", probes_file=f"{out}/probes.jsonl", **common)
+        args = PSPOGRPOConfig(
+            objective="clip", probes=kind == "probes-on", probes_file=f"{out}/probes.jsonl", **common
+        )
     timer = StepTimer()
     trainer = cls(
         model=models.load_model(source),
@@ -91,7 +93,9 @@ def main() -> None:
             for kind in kinds if r % 2 == 0 else reversed(kinds):
                 times[kind] += run(kind, opts.model, opts.steps, dataset, f"{tmp}/{kind}-{r}")
     base = statistics.median(times["stock"])
-    print(f"model {opts.model}, {opts.steps} steps x {opts.rounds} rounds, 64 completions per step")
+    print(
+        f"model {opts.model}, {opts.steps} steps x {opts.rounds} rounds; 32 completions per step, 64 per generation, each used twice"
+    )
     print(f"{'variant':<12} {'median s/step':>14} {'ratio to stock':>15}")
     for kind in kinds:
         med = statistics.median(times[kind])

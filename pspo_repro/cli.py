@@ -94,6 +94,7 @@ def evaluate_command(
         str | None, typer.Option(help="Local benchmark folder (else PSPO_DATA_DIR, else hub).")
     ] = None,
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
+    overwrite: Annotated[bool, typer.Option(help="Discard records made with other settings.")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ) -> None:
     """Evaluate a model on benchmarks: strict, flexible and permissive accuracy side by side."""
@@ -118,11 +119,12 @@ def evaluate_command(
             data_dir=data_dir,
             seed=seed,
             progress=not quiet,
+            overwrite=overwrite,
         )
     except (ValueError, FileNotFoundError, ImportError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None
-    evaluate.print_summary(summary)
+    typer.echo(evaluate.summary_table(summary))
 
 
 @app.command()
