@@ -1,0 +1,413 @@
+"""Tiny Qwen2-architecture models with a character tokenizer, warm-started on the synthetic domain.
+
+They let the whole GRPO pipeline run for real on a few CPU cores. Three models mirror the paper's
+roles (a small and a larger general model, and a math-specialised one), plus a micro model for tests:
+
+| name             | role in the paper      | params | warm start                          |
+|------------------|------------------------|--------|-------------------------------------|
+| tiny-general-s   | Qwen2.5-0.5B           | ~0.8M  | partial competence (~35-55% greedy) |
+| tiny-general-l   | Qwen2.5-1.5B           | ~2.2M  | same budget style, somewhat better  |
+| tiny-math-l      | Qwen2-Math-1.5B        | ~2.2M  | more warm start (~60-75% greedy)    |
+| tiny-test        | (tests only)           | ~30K   | a few seconds; accuracy irrelevant  |
+
+None is trained to saturation, so RL has room to improve them.
+
+Tokenizer: one token per byte, and so one per ASCII character (other characters become their
+UTF-8 bytes, so any text round-trips), plus special tokens. It is stored in the byte-level BPE form
+that Qwen2 tokenizers use (GPT-2 byte-to-unicode alphabet, no merges) because for a ``qwen2`` config
+``AutoTokenizer`` always rebuilds a ``Qwen2Tokenizer`` from the saved vocabulary and merges, with
+Qwen2's normaliser, pre-tokeniser and decoder; a tokenizer in any other form would load differently
+from how it was built. Its chat template renders ``<|user|>question<|end|><|assistant|>`` and ends
+assistant turns with the eos token ``<|endoftext|>``. It deliberately does NOT render the system
+message: these models cannot follow instructions (they learn the ``#### N`` answer format in the
+warm start), and ~200 characters of fixed system prompt would multiply the cost of every prompt.
+The same prompt code (``prompts.render_prompt``) therefore serves Qwen and tiny models.
+
+Warm-started models are cached under ``cache_root()/tiny/<name>-<fingerprint[:12]>/``; the
+fingerprint hashes everything that determines the weights, so a changed recipe builds a new folder.
+A build goes to a temporary folder and is moved into place atomically.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import torch
+
+# Bump when the build procedure changes in a way the recipe fields do not capture.
+RECIPE_VERSION = 1
+
+PAD, EOS, UNK = "<|pad|>", "<|endoftext|>", "<|unk|>"
+USER, ASSISTANT, END = "<|user|>", "<|assistant|>", "<|end|>"
+SPECIAL_TOKENS = [PAD, EOS, UNK, USER, ASSISTANT, END]  # <|unk|> is kept for the API; bytes cover all text
+
+
+CHAT_TEMPLATE = (
+    "{%- for message in messages -%}"
+    "{%- if message['role'] == 'system' -%}"
+    "{#- not rendered: tiny models cannot read instructions -#}"
+    "{%- elif message['role'] == 'user' -%}"
+    "<|user|>{{ message['content'] }}<|end|>"
+    "{%- elif message['role'] == 'assistant' -%}"
+    "<|assistant|>{{ message['content'] }}<|endoftext|>"
+    "{%- else -%}"
+    "{{ raise_exception('unknown chat role: ' + message['role']) }}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+    "{%- if add_generation_prompt -%}<|assistant|>{%- endif -%}"
+)
+
+_ANSWER = re.compile(r"####\s*(-?[\d,]*\.?\d+)")
+
+
+@dataclass(frozen=True)
+class TinyRecipe:
+    """Everything that determines a tiny model's weights: architecture, then warm start (SFT)."""
+
+    role: str
+    hidden_size: int
+    num_layers: int
+    num_heads: int
+    num_kv_heads: int
+    intermediate_size: int
+    max_position_embeddings: int = 512
+    rope_theta: float = 10000.0
+    # warm start: supervised training on synthetic train solutions, loss on the solution + eos only
+    sft_steps: int = 500
+    batch_size: int = 64
+    lr: float = 2e-3
+    min_lr_ratio: float = 0.1  # cosine decay from lr to lr * min_lr_ratio after the warm-up
+    warmup_steps: int = 30
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    seed: int = 0  # initialisation and batch order
+    data_seed: int = 0  # synthetic.generate(seed=...) for the training problems
+    train_size: int = 20000
+    eval_n: int = 512  # validation problems for the accuracy recorded at build time
+    eval_max_new_tokens: int = 64
+
+
+RECIPES: dict[str, TinyRecipe] = {
+    "tiny-general-s": TinyRecipe(
+        role="Qwen2.5-0.5B", hidden_size=128, num_layers=4, num_heads=4, num_kv_heads=2, intermediate_size=384
+    ),
+    "tiny-general-l": TinyRecipe(
+        role="Qwen2.5-1.5B", hidden_size=192, num_layers=5, num_heads=6, num_kv_heads=2, intermediate_size=576
+    ),
+    "tiny-math-l": TinyRecipe(
+        role="Qwen2-Math-1.5B",
+        hidden_size=192,
+        num_layers=5,
+        num_heads=6,
+        num_kv_heads=2,
+        intermediate_size=576,
+    ),
+    "tiny-test": TinyRecipe(
+        role="tests",
+        hidden_size=32,
+        num_layers=2,
+        num_heads=2,
+        num_kv_heads=1,
+        intermediate_size=64,
+        max_position_embeddings=256,
+        sft_steps=120,
+        batch_size=16,
+        lr=5e-3,
+        warmup_steps=5,
+        train_size=2000,
+        eval_n=32,
+        eval_max_new_tokens=48,
+    ),
+}
+
+
+def names() -> list[str]:
+    """The tiny model names, in table order."""
+    return list(RECIPES)
+
+
+def _recipe(name: str) -> TinyRecipe:
+    if name not in RECIPES:
+        raise ValueError(f"unknown tiny model {name!r}; allowed: {', '.join(names())}")
+    return RECIPES[name]
+
+
+def build_tokenizer() -> Any:
+    """The byte tokenizer as a ``PreTrainedTokenizerFast``, with its chat template."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
+
+    byte_tokens = [bytes_to_unicode()[b] for b in range(256)]  # GPT-2's printable stand-in for each byte
+    vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS + byte_tokens)}
+    # Byte-level BPE without merges: every byte is one token. Normaliser, pre-tokeniser and decoder are
+    # Qwen2Tokenizer's, so loading the saved folder with AutoTokenizer gives the same tokenizer.
+    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], fuse_unk=False))
+    backend.normalizer = normalizers.NFC()
+    backend.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(PRETOKENIZE_REGEX), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    backend.decoder = decoders.ByteLevel()
+    backend.add_special_tokens(SPECIAL_TOKENS)
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token=PAD,
+        eos_token=EOS,
+        unk_token=UNK,
+        extra_special_tokens=[USER, ASSISTANT, END],
+        clean_up_tokenization_spaces=False,  # " ." must stay " ."
+        model_max_length=max(r.max_position_embeddings for r in RECIPES.values()),
+        chat_template=CHAT_TEMPLATE,
+    )
+
+
+def cache_root() -> Path:
+    """``$PSPO_CACHE_DIR``, or ``~/.cache/pspo-repro``."""
+    return Path(os.environ.get("PSPO_CACHE_DIR") or Path.home() / ".cache" / "pspo-repro").expanduser()
+
+
+@lru_cache(maxsize=16)
+def _training_data_digest(data_seed: int, train_size: int) -> str:
+    """Hash of the training problems, so a change in the synthetic generator invalidates the cache."""
+    h = hashlib.sha256()
+    for p in _train_problems(data_seed, train_size):
+        h.update(f"{p.question}\x00{p.solution}\x00".encode())
+    return h.hexdigest()
+
+
+def fingerprint(name: str) -> str:
+    """sha256 of the recipe, tokenizer, training data and RECIPE_VERSION (hex)."""
+    recipe = _recipe(name)
+    tok = build_tokenizer()
+    payload = {
+        "version": RECIPE_VERSION,
+        "recipe": asdict(recipe),
+        "vocab": sorted(tok.get_vocab().items(), key=lambda kv: kv[1]),
+        "chat_template": CHAT_TEMPLATE,
+        "train_data": _training_data_digest(recipe.data_seed, recipe.train_size),
+    }
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
+
+
+def _folder(name: str) -> Path:
+    return cache_root() / "tiny" / f"{name}-{fingerprint(name)[:12]}"
+
+
+@contextlib.contextmanager
+def _lock(path: Path) -> Iterator[None]:
+    """An exclusive lock file, so parallel runs build a missing model once (no-op without fcntl)."""
+    try:
+        import fcntl
+    except ImportError:  # pragma: no cover - not POSIX
+        yield
+        return
+    with open(path, "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def ensure(name: str, progress: bool = True) -> Path:
+    """The model's cached folder (config, weights, tokenizer, recipe.json); builds it when missing."""
+    final = _folder(name)
+    if (final / "recipe.json").is_file():
+        return final
+    final.parent.mkdir(parents=True, exist_ok=True)
+    with _lock(final.parent / f".{final.name}.lock"):
+        if (final / "recipe.json").is_file():  # another process built it while we waited
+            return final
+        tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+        try:
+            build(name, tmp, progress=progress)
+            if final.exists():  # an incomplete leftover (no recipe.json): replace it
+                shutil.rmtree(final)
+            os.replace(tmp, final)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+    return final
+
+
+def _qwen2_config(recipe: TinyRecipe, tok: Any) -> Any:
+    from transformers import Qwen2Config
+
+    return Qwen2Config(
+        vocab_size=len(tok),
+        hidden_size=recipe.hidden_size,
+        num_hidden_layers=recipe.num_layers,
+        num_attention_heads=recipe.num_heads,
+        num_key_value_heads=recipe.num_kv_heads,
+        intermediate_size=recipe.intermediate_size,
+        max_position_embeddings=recipe.max_position_embeddings,
+        rope_theta=recipe.rope_theta,
+        tie_word_embeddings=True,
+        bos_token_id=None,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        dtype="float32",
+    )
+
+
+def _train_problems(data_seed: int, train_size: int) -> list[Any]:
+    from pspo_repro import synthetic
+
+    return synthetic.generate("train", n=train_size, seed=data_seed)
+
+
+def _encode_sft(tok: Any, problems: list[Any]) -> list[tuple[list[int], int]]:
+    """Each problem as (prompt + solution + eos token ids, prompt length)."""
+    from pspo_repro.prompts import render_prompt
+
+    prompts = tok([render_prompt(tok, p.question) for p in problems], add_special_tokens=False)["input_ids"]
+    targets = tok([p.solution for p in problems], add_special_tokens=False)["input_ids"]
+    return [(pr + tg + [tok.eos_token_id], len(pr)) for pr, tg in zip(prompts, targets, strict=True)]
+
+
+def _collate(examples: list[tuple[list[int], int]], pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-padded batch; labels are -100 on prompt and padding, so the loss covers the target only."""
+    width = max(len(ids) for ids, _ in examples)
+    input_ids = torch.full((len(examples), width), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), width), -100, dtype=torch.long)
+    attention_mask = torch.zeros((len(examples), width), dtype=torch.long)
+    for i, (ids, prompt_len) in enumerate(examples):
+        input_ids[i, : len(ids)] = torch.tensor(ids)
+        labels[i, prompt_len : len(ids)] = torch.tensor(ids[prompt_len:])
+        attention_mask[i, : len(ids)] = 1
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
+
+
+def _lr_factor(step: int, recipe: TinyRecipe) -> float:
+    """Linear warm-up, then cosine decay to ``min_lr_ratio``."""
+    if step < recipe.warmup_steps:
+        return (step + 1) / recipe.warmup_steps
+    progress = (step - recipe.warmup_steps) / max(1, recipe.sft_steps - recipe.warmup_steps)
+    return recipe.min_lr_ratio + (1 - recipe.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+def _batch_order(n: int, batch_size: int, steps: int, generator: torch.Generator) -> Iterator[list[int]]:
+    """Indices of each step's batch: shuffled epochs, reshuffled whenever one runs out."""
+    order: list[int] = []
+    for _ in range(steps):
+        while len(order) < batch_size:
+            order += torch.randperm(n, generator=generator).tolist()
+        yield order[:batch_size]
+        order = order[batch_size:]
+
+
+def _answer_matches(completion: str, gold: Any) -> bool:
+    match = _ANSWER.search(completion)
+    if not match:
+        return False
+    try:
+        return math.isclose(float(match.group(1).replace(",", "")), float(str(gold).replace(",", "")))
+    except ValueError:
+        return False
+
+
+@torch.no_grad()
+def _greedy_accuracy(
+    model: Any, tok: Any, problems: list[Any], max_new_tokens: int, batch_size: int = 128
+) -> float:
+    """Fraction of problems whose greedy completion has the right ``#### N`` (a quick build-time check)."""
+    from pspo_repro.prompts import render_prompt
+
+    if not problems:
+        return float("nan")
+    side, tok.padding_side = tok.padding_side, "left"
+    correct = 0
+    try:
+        for start in range(0, len(problems), batch_size):
+            chunk = problems[start : start + batch_size]
+            batch = tok([render_prompt(tok, p.question) for p in chunk], return_tensors="pt", padding=True)
+            out = model.generate(**batch, do_sample=False, max_new_tokens=max_new_tokens)
+            texts = tok.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+            correct += sum(_answer_matches(t, p.answer) for t, p in zip(texts, chunk, strict=True))
+    finally:
+        tok.padding_side = side
+    return correct / len(problems)
+
+
+def build(name: str, out_dir: Path, progress: bool = True) -> dict:
+    """Warm-start ``name`` from scratch and save it to ``out_dir``; returns the recipe record."""
+    from tqdm.auto import tqdm
+    from transformers import GenerationConfig, Qwen2ForCausalLM
+
+    from pspo_repro import synthetic
+
+    recipe = _recipe(name)
+    out_dir = Path(out_dir)
+    started = time.perf_counter()
+    tok = build_tokenizer()
+    examples = _encode_sft(tok, _train_problems(recipe.data_seed, recipe.train_size))
+    if not examples:
+        raise ValueError(f"tiny model {name!r}: the synthetic train split is empty")
+
+    losses: list[float] = []
+    with torch.random.fork_rng(devices=[]):  # leave the caller's global RNG untouched
+        torch.manual_seed(recipe.seed)
+        model = Qwen2ForCausalLM(_qwen2_config(recipe, tok)).float()
+        model.generation_config = GenerationConfig(
+            eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id, do_sample=False
+        )
+        model.train()
+        optimizer = torch.optim.AdamW(
+            model.parameters(), lr=recipe.lr, betas=(0.9, 0.95), weight_decay=recipe.weight_decay
+        )
+        generator = torch.Generator().manual_seed(recipe.seed)
+        batches = _batch_order(len(examples), recipe.batch_size, recipe.sft_steps, generator)
+        bar = tqdm(batches, total=recipe.sft_steps, desc=f"warm start {name}", disable=not progress)
+        train_started = time.perf_counter()
+        for step, indices in enumerate(bar):
+            for group in optimizer.param_groups:
+                group["lr"] = recipe.lr * _lr_factor(step, recipe)
+            loss = model(**_collate([examples[i] for i in indices], tok.pad_token_id)).loss
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), recipe.grad_clip)
+            optimizer.step()
+            losses.append(loss.item())
+            if step % 10 == 0:
+                bar.set_postfix(loss=f"{losses[-1]:.3f}")
+        train_seconds = time.perf_counter() - train_started
+        model.eval()
+        validation = synthetic.generate("validation", n=recipe.eval_n)
+        accuracy = _greedy_accuracy(model, tok, validation, recipe.eval_max_new_tokens)
+
+    tail = losses[-max(1, len(losses) // 20) :]  # last 5% of steps: a steadier number than the last step
+    record = {
+        "name": name,
+        "fingerprint": fingerprint(name),
+        "recipe_version": RECIPE_VERSION,
+        "recipe": asdict(recipe),
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "final_sft_loss": sum(tail) / len(tail),
+        "train_seconds": round(train_seconds, 2),
+        "seconds_per_step": round(train_seconds / max(1, recipe.sft_steps), 4),
+        "torch_threads": torch.get_num_threads(),
+        "build_seconds": round(time.perf_counter() - started, 2),
+        "validation_greedy_accuracy": accuracy,
+        "validation_n": len(validation),
+    }
+    out_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out_dir)
+    tok.save_pretrained(out_dir)
+    (out_dir / "recipe.json").write_text(json.dumps(record, indent=2) + "\n")
+    return record

@@ -1,0 +1,243 @@
+"""The character tokenizer, its chat template, and the tiny models' cached, deterministic warm start."""
+
+from __future__ import annotations
+
+import json
+import os
+import string
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from pspo_repro import models, tiny
+from pspo_repro.prompts import chat_messages, render_prompt
+
+
+@pytest.fixture(scope="module")
+def tok():
+    return tiny.build_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def cache(tmp_path_factory):
+    """A scratch PSPO_CACHE_DIR shared by this module's tests, so tiny-test is built once."""
+    root = tmp_path_factory.mktemp("pspo-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PSPO_CACHE_DIR", str(root))
+        yield root
+
+
+@pytest.fixture(scope="module")
+def built(cache) -> Path:
+    return tiny.ensure("tiny-test", progress=False)
+
+
+def test_names_and_unknown_name():
+    assert tiny.names() == ["tiny-general-s", "tiny-general-l", "tiny-math-l", "tiny-test"]
+    with pytest.raises(ValueError, match="'nope'.*tiny-general-s, tiny-general-l, tiny-math-l, tiny-test"):
+        tiny.ensure("nope")
+
+
+def test_cache_root_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.setenv("PSPO_CACHE_DIR", str(tmp_path))
+    assert tiny.cache_root() == tmp_path
+    monkeypatch.delenv("PSPO_CACHE_DIR")
+    assert tiny.cache_root() == Path.home() / ".cache" / "pspo-repro"
+
+
+def test_one_token_per_ascii_character(tok):
+    text = string.ascii_letters + string.digits + string.punctuation + " \n  two  spaces , then .\n"
+    ids = tok(text, add_special_tokens=False)["input_ids"]
+    assert len(ids) == len(text)
+    assert tok.decode(ids) == text
+    assert len(tok) == 6 + 256  # special tokens, then one token per byte
+    assert tok.convert_ids_to_tokens(tok("a b\n")["input_ids"]) == [
+        "a",
+        "\u0120",
+        "b",
+        "\u010a",
+    ]  # byte-level
+
+
+def test_gsm8k_round_trips_including_non_ascii(tok, data_dir):
+    records = [json.loads(line) for line in (data_dir / "gsm8k" / "test.jsonl").open()]
+    texts = [r["question"] for r in records[:200]] + [r["answer"] for r in records[:50]]
+    assert not all(t.isascii() for t in texts)  # e.g. the first question's curly apostrophe
+    for text in texts:
+        assert tok.decode(tok(text)["input_ids"]) == text
+    first = records[0]["question"]
+    assert len(tok(first)["input_ids"]) == len(first.encode("utf-8"))  # a non-ASCII character is its bytes
+
+
+def test_chat_template_skips_the_system_message(tok):
+    assert render_prompt(tok, "What is 2 + 3?") == "<|user|>What is 2 + 3?<|end|><|assistant|>"
+    assert chat_messages("What is 2 + 3?")[0]["role"] == "system"  # present, but not rendered
+    ids = tok(render_prompt(tok, "Hi"))["input_ids"]
+    assert ids == [tok.convert_tokens_to_ids("<|user|>"), *tok("Hi")["input_ids"]] + [
+        tok.convert_tokens_to_ids("<|end|>"),
+        tok.convert_tokens_to_ids("<|assistant|>"),
+    ]
+
+
+def test_assistant_turn_ends_with_eos(tok):
+    conversation = [
+        {"role": "user", "content": "Tom has 7 apples and buys 5 more. How many now?"},
+        {"role": "assistant", "content": "7 + 5 = 12\n#### 12"},
+    ]
+    text = tok.apply_chat_template(conversation, tokenize=False)
+    assert text == (
+        "<|user|>Tom has 7 apples and buys 5 more. How many now?<|end|><|assistant|>7 + 5 = 12\n#### 12<|endoftext|>"
+    )
+    ids = tok(text)["input_ids"]
+    assert ids[-1] == tok.eos_token_id == tok.convert_tokens_to_ids("<|endoftext|>")
+    assert ids.count(tok.eos_token_id) == 1
+    assert tok.decode(ids, skip_special_tokens=True) == (
+        "Tom has 7 apples and buys 5 more. How many now?7 + 5 = 12\n#### 12"
+    )
+    with pytest.raises(Exception, match="unknown chat role: tool"):
+        tok.apply_chat_template([{"role": "tool", "content": "x"}], tokenize=False)
+
+
+def test_ensure_builds_a_complete_folder(built):
+    for file in [
+        "config.json",
+        "model.safetensors",
+        "generation_config.json",
+        "tokenizer.json",
+        "recipe.json",
+    ]:
+        assert (built / file).is_file(), file
+    record = json.loads((built / "recipe.json").read_text())
+    assert built.name == f"tiny-test-{tiny.fingerprint('tiny-test')[:12]}"
+    assert built.parent == tiny.cache_root() / "tiny"
+    assert record["fingerprint"] == tiny.fingerprint("tiny-test")
+    assert record["recipe"]["sft_steps"] == tiny.RECIPES["tiny-test"].sft_steps
+    assert 0.0 <= record["validation_greedy_accuracy"] <= 1.0
+    assert record["final_sft_loss"] < 2.0  # well below uniform over the 102 tokens (ln 102 = 4.6)
+    config = json.loads((built / "config.json").read_text())
+    assert config["model_type"] == "qwen2"
+    assert config["tie_word_embeddings"] is True
+    assert config["eos_token_id"] == 1 and config["pad_token_id"] == 0
+    generation = json.loads((built / "generation_config.json").read_text())
+    assert generation["eos_token_id"] == 1 and generation["pad_token_id"] == 0
+    # no temporary folders left behind
+    assert [p.name for p in built.parent.iterdir() if ".tmp-" in p.name] == []
+
+
+def test_ensure_does_not_rebuild(built):
+    mtime = (built / "model.safetensors").stat().st_mtime_ns
+    started = time.perf_counter()
+    again = tiny.ensure("tiny-test", progress=False)
+    assert again == built
+    assert time.perf_counter() - started < 5.0
+    assert (built / "model.safetensors").stat().st_mtime_ns == mtime
+
+
+def test_fingerprint_follows_the_recipe(monkeypatch):
+    original = tiny.fingerprint("tiny-test")
+    assert len(original) == 64
+    recipe = tiny.RECIPES["tiny-test"]
+    monkeypatch.setitem(tiny.RECIPES, "tiny-test", replace(recipe, lr=recipe.lr * 2))
+    assert tiny.fingerprint("tiny-test") != original
+    monkeypatch.setitem(tiny.RECIPES, "tiny-test", replace(recipe, data_seed=recipe.data_seed + 1))
+    assert tiny.fingerprint("tiny-test") != original
+    monkeypatch.setitem(tiny.RECIPES, "tiny-test", recipe)
+    assert tiny.fingerprint("tiny-test") == original
+    assert tiny.fingerprint("tiny-general-s") != original
+
+
+def test_same_recipe_gives_identical_weights(monkeypatch, tmp_path):
+    cheap = replace(tiny.RECIPES["tiny-test"], sft_steps=8, train_size=200, eval_n=2, eval_max_new_tokens=4)
+    monkeypatch.setitem(tiny.RECIPES, "tiny-test", cheap)
+    weights = []
+    for folder, seed in [("a", 0), ("b", 0), ("c", 1)]:
+        monkeypatch.setitem(tiny.RECIPES, "tiny-test", replace(cheap, seed=seed))
+        tiny.build("tiny-test", tmp_path / folder, progress=False)
+        weights.append(load_file(tmp_path / folder / "model.safetensors"))
+    a, b, c = weights
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert not all(torch.equal(a[k], c[k]) for k in a)  # another seed: other weights
+
+
+def test_interrupted_build_leaves_no_final_folder(monkeypatch, tmp_path):
+    monkeypatch.setenv("PSPO_CACHE_DIR", str(tmp_path))
+    monkeypatch.setitem(
+        tiny.RECIPES, "tiny-test", replace(tiny.RECIPES["tiny-test"], sft_steps=2, train_size=50)
+    )
+
+    def interrupt(*args, **kwargs):
+        raise RuntimeError("interrupted")
+
+    monkeypatch.setattr(tiny, "_greedy_accuracy", interrupt)  # fails after training, before saving
+    with pytest.raises(RuntimeError, match="interrupted"):
+        tiny.ensure("tiny-test", progress=False)
+    folder = tmp_path / "tiny" / f"tiny-test-{tiny.fingerprint('tiny-test')[:12]}"
+    assert not folder.exists()
+    assert [p.name for p in (tmp_path / "tiny").iterdir() if not p.name.endswith(".lock")] == []
+
+
+def test_saved_tokenizer_loads_as_built(tok, built, data_dir):
+    """AutoTokenizer rebuilds any qwen2 folder's tokenizer as a Qwen2Tokenizer: it must encode the same."""
+    loaded = AutoTokenizer.from_pretrained(built)
+    assert loaded.chat_template == tiny.CHAT_TEMPLATE
+    assert (loaded.pad_token_id, loaded.eos_token_id, len(loaded)) == (0, 1, len(tok))
+    records = [json.loads(line) for line in (data_dir / "gsm8k" / "test.jsonl").open()][:100]
+    texts = [r["question"] for r in records] + [r["answer"] for r in records]
+    texts.append(render_prompt(tok, "Tab\there, caf\u00e9,  two spaces\n\nand <|end|> inside"))
+    for text in texts:
+        assert loaded(text)["input_ids"] == tok(text)["input_ids"]
+        assert loaded.decode(loaded(text)["input_ids"]) == text
+
+
+def test_built_model_generates_left_padded_batches(built):
+    source = models.resolve("tiny-test")
+    assert Path(source.path) == built
+    tok = models.load_tokenizer(source)
+    assert tok.padding_side == "left" and tok.pad_token == "<|pad|>"
+    model = AutoModelForCausalLM.from_pretrained(built).eval()
+    assert model.dtype == torch.float32
+    assert 10_000 < model.num_parameters() < 100_000
+
+    questions = [
+        "Sam has 3 pens and buys 4 more. How many pens does Sam have?",
+        "A box holds 12 eggs. How many eggs are in 5 boxes?",
+        "Mia had 40 stickers and gave away 15. How many are left?",
+    ]
+    prompts = [render_prompt(tok, q) for q in questions]
+    batch = tok(prompts, return_tensors="pt", padding=True)
+    assert batch["input_ids"][1, 0] == tok.pad_token_id  # the shortest prompt is padded on the left
+    assert batch["input_ids"][0, 0] == tok.convert_tokens_to_ids("<|user|>")
+    with torch.no_grad():
+        out = model.generate(**batch, max_new_tokens=40, do_sample=False)
+    width = batch["input_ids"].shape[1]
+    texts = tok.batch_decode(out[:, width:], skip_special_tokens=True)
+    for prompt, text in zip(prompts, texts, strict=True):
+        single = tok(prompt, return_tensors="pt")
+        with torch.no_grad():
+            alone = model.generate(**single, max_new_tokens=40, do_sample=False)
+        assert tok.decode(alone[0, single["input_ids"].shape[1] :], skip_special_tokens=True) == text
+    assert any(ch.isdigit() for text in texts for ch in text)
+    # generation stops at eos: whatever follows the first eos in a row is padding
+    for row in out[:, width:].tolist():
+        if tok.eos_token_id in row:
+            assert set(row[row.index(tok.eos_token_id) + 1 :]) <= {tok.pad_token_id}
+
+
+def test_warm_start_teaches_the_answer_format(built):
+    """Even the micro model writes ``#### N`` lines after its few warm-start steps."""
+    from pspo_repro import synthetic
+
+    tok = models.load_tokenizer(models.resolve(os.fspath(built)))
+    model = AutoModelForCausalLM.from_pretrained(built).eval()
+    problems = synthetic.generate("validation", n=16)
+    batch = tok([render_prompt(tok, p.question) for p in problems], return_tensors="pt", padding=True)
+    with torch.no_grad():
+        out = model.generate(**batch, max_new_tokens=48, do_sample=False)
+    texts = tok.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
+    assert sum("####" in t for t in texts) >= 4
