@@ -64,7 +64,8 @@ class TrainSettings:
     probes: bool = True
     probe_every: int = 10
     gradient_checkpointing: bool = field(
-        default=False, metadata={"help": "trade compute for memory (TRL's default is on; it disables the KV cache)"}
+        default=False,
+        metadata={"help": "trade compute for memory (TRL's default is on; it disables the KV cache)"},
     )
     use_vllm: bool = False
     bf16: bool | None = field(default=None, metadata={"help": "default: on when a GPU is present"})

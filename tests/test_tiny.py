@@ -241,3 +241,29 @@ def test_warm_start_teaches_the_answer_format(built):
         out = model.generate(**batch, max_new_tokens=48, do_sample=False)
     texts = tok.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
     assert sum("####" in t for t in texts) >= 4
+
+
+def test_init_from_continues_the_parent(monkeypatch, built, tmp_path):
+    """A model with ``init_from`` starts from the parent's warm-started weights, and its fingerprint
+    follows the parent's recipe."""
+    parent = tiny.RECIPES["tiny-test"]
+    child = replace(parent, init_from="tiny-test", sft_steps=0, data_seed=1, eval_n=2, eval_max_new_tokens=4)
+    monkeypatch.setitem(tiny.RECIPES, "tiny-test-child", child)
+    record = tiny.build("tiny-test-child", tmp_path / "child", progress=False)
+    assert record["final_sft_loss"] is None
+    before = load_file(built / "model.safetensors")
+    after = load_file(tmp_path / "child" / "model.safetensors")
+    assert all(torch.equal(before[k], after[k]) for k in before)  # zero steps: the parent's weights
+
+    monkeypatch.setitem(tiny.RECIPES, "tiny-test-child", replace(child, sft_steps=3))
+    tiny.build("tiny-test-child", tmp_path / "child3", progress=False)
+    moved = load_file(tmp_path / "child3" / "model.safetensors")
+    assert not all(torch.equal(before[k], moved[k]) for k in before)
+
+    fingerprint = tiny.fingerprint("tiny-test-child")
+    monkeypatch.setitem(tiny.RECIPES, "tiny-test", replace(parent, seed=7))
+    assert tiny.fingerprint("tiny-test-child") != fingerprint
+
+    monkeypatch.setitem(tiny.RECIPES, "tiny-test-child", replace(child, hidden_size=48))
+    with pytest.raises(ValueError, match="hidden_size"):
+        tiny.build("tiny-test-child", tmp_path / "bad", progress=False)
