@@ -13,11 +13,14 @@ Profile format::
       clip: {eps: 0.2}
       pspo: {}
       noclip: {num_iterations: 1}
+      clip-shuffled: {objective: clip, shuffle_advantages: true}  # a labelled variant (a control)
     cells:                                                      # settings for one (model, objective)
       - {model: tiny-general-s, objective: clip, set: {learning_rate: 2.0e-4}}
     eval: {benchmarks: [synthetic, synthetic-svamp], limit: null, batch_size: 64}
 
-Later layers win: train < models < objectives < cells. ``models`` may also be a plain list.
+Later layers win: train < models < objectives < cells. ``models`` may also be a plain list. An
+``objectives`` key is the run's label; an entry that sets ``objective`` runs that objective under the label,
+which is how controls (shuffled advantages, SGD) sit beside the objectives in one table.
 """
 
 from __future__ import annotations
@@ -42,7 +45,7 @@ class Run:
     """One cell of a study: where it lives and what it trains."""
 
     model: str
-    objective: str
+    objective: str  # the label in the profile: an objective name, or a variant such as "clip-shuffled"
     seed: int
     settings: TrainSettings
 
@@ -97,7 +100,8 @@ def expand(profile: dict[str, Any]) -> list[Run]:
                     **(for_objective or {}),
                     **cells.get((model, objective), {}),
                 }
-                values.update(model=model, objective=objective, seed=seed)
+                values.update(model=model, seed=seed)
+                values["objective"] = (for_objective or {}).get("objective", objective)
                 runs.append(Run(model, objective, seed, TrainSettings.from_dict(values)))
     return runs
 
@@ -138,7 +142,7 @@ def collect(study_dir: Path) -> list[dict[str, Any]]:
                 rows.append(
                     {
                         "model": config["model"],
-                        "objective": config["objective"],
+                        "objective": run_dir.parent.name,  # the profile's label (a variant keeps its own)
                         "seed": config["seed"],
                         "benchmark": bench,
                         "metric": metric,
@@ -155,19 +159,96 @@ def collect(study_dir: Path) -> list[dict[str, Any]]:
     return rows
 
 
-def write_table(study_dir: Path, out_dir: Path, profile: dict[str, Any]) -> Path:
-    """accuracy.csv (every row) and accuracy.md (mean over seeds), with the profile beside them."""
-    rows = collect(study_dir)
-    if not rows:
-        raise FileNotFoundError(f"no finished, evaluated runs under {study_dir}")
+# Probe fields averaged over a run's optimizer steps for the training table.
+PROBE_MEANS = ("zero_weight_frac", "ratio_outside", "mean_abs_r_minus_1", "kl_old_theta", "grad_norm")
+
+
+def collect_training(study_dir: Path) -> list[dict[str, Any]]:
+    """One row per finished run: validation before and after, speed, and its probes averaged over steps."""
+    rows = []
+    for done in sorted(study_dir.glob("*/*/seed*/DONE")):
+        run_dir = done.parent
+        config = rundir.read_json(run_dir / "config.json")
+        finished = rundir.read_json(done)
+        probes_path = run_dir / "probes.jsonl"
+        probes = rundir.read_jsonl(probes_path) if probes_path.is_file() else []
+        row = {
+            "model": config["model"],
+            "objective": run_dir.parent.name,
+            "seed": config["seed"],
+            "steps": finished["steps"],
+            "validation_n": finished["validation_first"]["n"],
+            "validation_first": finished["validation_first"]["strict"],
+            "validation_last": finished["validation_last"]["strict"],
+            "validation_best": finished["validation_best"]["strict"],
+            "seconds_per_step": finished["seconds_per_step"],
+        }
+        for key in PROBE_MEANS:
+            values = [p[key] for p in probes if p.get(key) is not None]
+            row[key] = sum(values) / len(values) if values else None
+        cosines = [p["cos_to_noclip"] for p in probes if p.get("cos_to_noclip") is not None]
+        row["cos_to_noclip_min"] = min(cosines) if cosines else None
+        rows.append(row)
+    return rows
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
     buf = io.StringIO()
     writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
     writer.writeheader()
     writer.writerows(rows)
-    rundir.atomic_write_text(out_dir / "accuracy.csv", buf.getvalue())
+    rundir.atomic_write_text(path, buf.getvalue())
+
+
+def write_table(study_dir: Path, out_dir: Path, profile: dict[str, Any]) -> Path:
+    """accuracy.csv (every row) and accuracy.md (mean over seeds), training.csv and training.md (validation
+    before and after, speed and gradient probes per run), with the profile beside them."""
+    rows = collect(study_dir)
+    if not rows:
+        raise FileNotFoundError(f"no finished, evaluated runs under {study_dir}")
+    _write_csv(out_dir / "accuracy.csv", rows)
+    training = collect_training(study_dir)
+    _write_csv(out_dir / "training.csv", training)
     rundir.atomic_write_text(out_dir / "profile.yaml", yaml.safe_dump(profile, sort_keys=False))
     rundir.atomic_write_text(out_dir / "accuracy.md", markdown_table(rows))
+    rundir.atomic_write_text(out_dir / "training.md", training_table(training))
     return out_dir / "accuracy.md"
+
+
+def _mean_sd(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
+    if not values:
+        return ""
+    mean = sum(values) / len(values)
+    if len(values) == 1:
+        return f"{scale * mean:.{digits}f}"
+    sd = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+    return f"{scale * mean:.{digits}f} ± {scale * sd:.{digits}f}"
+
+
+def training_table(rows: list[dict[str, Any]]) -> str:
+    """Per (model, objective): validation strict accuracy before and after (mean ± sd over seeds, in
+    percent), its change, seconds per step, and the probe means (percent of completion tokens)."""
+    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for r in rows:
+        groups.setdefault((r["model"], r["objective"]), []).append(r)
+    lines = [
+        "| model | objective | seeds | validation before | after | change | s/step | zero-gradient tokens %"
+        " | ratios outside clip range % | mean abs(r-1) | min cos to unclipped |",
+        "|" + "---|" * 11,
+    ]
+
+    def col(group: list[dict[str, Any]], key: str, scale: float = 1.0, digits: int = 1) -> str:
+        return _mean_sd([r[key] for r in group if r[key] is not None], scale, digits)
+
+    for (model, objective), group in groups.items():
+        change = [r["validation_last"] - r["validation_first"] for r in group]
+        lines.append(
+            f"| {model} | {objective} | {len(group)} | {col(group, 'validation_first', 100)} | "
+            f"{col(group, 'validation_last', 100)} | {_mean_sd(change, 100)} | {col(group, 'seconds_per_step')} | "
+            f"{col(group, 'zero_weight_frac', 100, 2)} | {col(group, 'ratio_outside', 100, 2)} | "
+            f"{col(group, 'mean_abs_r_minus_1', 1, 4)} | {col(group, 'cos_to_noclip_min', 1, 2)} |"
+        )
+    return "\n".join(lines) + "\n"
 
 
 def markdown_table(rows: list[dict[str, Any]]) -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 
 import pytest
 import yaml
@@ -24,6 +25,28 @@ def test_shipped_profiles_expand():
     assert by_key[("Qwen/Qwen2.5-0.5B", "noclip", 0)].num_iterations == 1
     assert by_key[("Qwen/Qwen2.5-0.5B", "pspo", 0)].num_iterations == 2
     assert by_key[("Qwen/Qwen2.5-0.5B", "pspo", 0)].grad_accum == 16
+
+
+def test_labelled_variants_run_their_objective():
+    profile = {
+        "models": ["tiny-test"],
+        "train": {"learning_rate": 1e-4},
+        "objectives": {
+            "clip": {},
+            "clip-shuffled": {"objective": "clip", "shuffle_advantages": True},
+            "pspo-sgd": {"objective": "pspo", "optimizer": "sgd", "learning_rate": 0.5},
+        },
+    }
+    runs = {r.objective: r for r in study.expand(profile)}
+    assert set(runs) == {"clip", "clip-shuffled", "pspo-sgd"}
+    assert runs["clip-shuffled"].settings.objective == "clip"
+    assert runs["clip-shuffled"].settings.shuffle_advantages is True
+    assert runs["clip"].settings.shuffle_advantages is False
+    assert (runs["pspo-sgd"].settings.objective, runs["pspo-sgd"].settings.optimizer) == ("pspo", "sgd")
+    assert runs["pspo-sgd"].settings.learning_rate == 0.5 and runs["clip"].settings.learning_rate == 1e-4
+    assert runs["pspo-sgd"].name == "tiny-test/pspo-sgd/seed0"
+    with pytest.raises(ValueError, match="'cilp'"):
+        study.expand({**profile, "objectives": {"typo": {"objective": "cilp"}}})
 
 
 def test_bad_profiles_are_clear_errors(tmp_path):
@@ -60,6 +83,16 @@ def test_small_study_end_to_end(tiny_model, tmp_path):
     md = table.read_text()
     assert md.splitlines()[0].startswith("| model | objective | seeds | synthetic strict |")
     assert "| tiny-test | pspo | 1 |" in md
+    training = list(csv.DictReader((table.parent / "training.csv").read_text().splitlines()))
+    assert sorted(r["objective"] for r in training) == ["clip", "pspo"]
+    for r in training:
+        run = tmp_path / "runs" / table.parent.name / "tiny-test" / r["objective"] / "seed0"
+        history = [json.loads(line) for line in (run / "validation.jsonl").read_text().splitlines()]
+        assert float(r["validation_first"]) == history[0]["strict"]
+        assert float(r["validation_last"]) == history[-1]["strict"]
+        assert r["steps"] == "2" and float(r["seconds_per_step"]) > 0
+    assert float(next(r for r in training if r["objective"] == "pspo")["zero_weight_frac"]) == 0.0
+    assert "| tiny-test | clip | 1 |" in (table.parent / "training.md").read_text()
     # a second call finds every run and evaluation finished and only rewrites the table
     done = sorted(p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("DONE"))
     study.run_study(str(path), tmp_path / "runs", tmp_path / "results")
