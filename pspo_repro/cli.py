@@ -137,12 +137,33 @@ def study(
     data_dir: Annotated[
         str | None, typer.Option(help="Local benchmark folder (else PSPO_DATA_DIR, else hub).")
     ] = None,
+    models: Annotated[str | None, typer.Option(help="Only these models (comma-separated).")] = None,
+    objectives: Annotated[
+        str | None, typer.Option(help="Only these objective labels (comma-separated).")
+    ] = None,
+    seeds: Annotated[str | None, typer.Option(help="Only these seeds (comma-separated).")] = None,
 ) -> None:
-    """Train and evaluate every run of a profile (resumable), then write its accuracy table."""
+    """Train and evaluate every run of a profile (resumable), then write its tables."""
     from pspo_repro.study import run_study
 
+    def split(value: str | None) -> list[str] | None:
+        return [v.strip() for v in value.split(",") if v.strip()] if value else None
+
     try:
-        table = run_study(profile, runs, results, data_dir=data_dir)
+        seed_list = [int(s) for s in split(seeds)] if seeds else None
+    except ValueError:
+        typer.echo(f"error: --seeds must be comma-separated integers, got {seeds!r}", err=True)
+        raise typer.Exit(2) from None
+    try:
+        table = run_study(
+            profile,
+            runs,
+            results,
+            data_dir=data_dir,
+            models=split(models),
+            objectives=split(objectives),
+            seeds=seed_list,
+        )
     except (ValueError, FileNotFoundError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None

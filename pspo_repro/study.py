@@ -106,15 +106,48 @@ def expand(profile: dict[str, Any]) -> list[Run]:
     return runs
 
 
-def run_study(profile_name: str, runs_root: Path, results_root: Path, data_dir: str | None = None) -> Path:
-    """Train and evaluate every run of a profile, then write the accuracy table; returns the table's path."""
+def select(
+    runs: list[Run],
+    models: list[str] | None = None,
+    objectives: list[str] | None = None,
+    seeds: list[int] | None = None,
+) -> list[Run]:
+    """The runs whose model, objective label and seed are among those given (None: any)."""
+    for kind, wanted, have in (
+        ("model", models, {r.model for r in runs}),
+        ("objective", objectives, {r.objective for r in runs}),
+        ("seed", seeds, {r.seed for r in runs}),
+    ):
+        unknown = sorted(set(wanted or ()) - have, key=str)
+        if unknown:
+            raise ValueError(f"{kind}(s) {unknown} not in the profile; it has: {sorted(have, key=str)}")
+    return [
+        r
+        for r in runs
+        if (models is None or r.model in models)
+        and (objectives is None or r.objective in objectives)
+        and (seeds is None or r.seed in seeds)
+    ]
+
+
+def run_study(
+    profile_name: str,
+    runs_root: Path,
+    results_root: Path,
+    data_dir: str | None = None,
+    models: list[str] | None = None,
+    objectives: list[str] | None = None,
+    seeds: list[int] | None = None,
+) -> Path:
+    """Train and evaluate the runs of a profile (all, or those selected), then write the tables from every
+    finished run of the study; returns the accuracy table's path."""
     from pspo_repro import evaluate
 
     profile = load_profile(profile_name)
     name = profile.get("name", Path(profile_name).stem)
     eval_opts = dict(profile.get("eval", {}))
     benchmarks = evaluate.parse_benchmarks(",".join(eval_opts.pop("benchmarks", ["synthetic"])))
-    runs = expand(profile)
+    runs = select(expand(profile), models, objectives, seeds)
     for i, run in enumerate(runs, 1):
         run_dir = runs_root / name / run.name
         print(f"[{i}/{len(runs)}] {run.name}", flush=True)

@@ -49,6 +49,18 @@ def test_labelled_variants_run_their_objective():
         study.expand({**profile, "objectives": {"typo": {"objective": "cilp"}}})
 
 
+def test_select_a_slice_of_a_profile():
+    runs = study.expand(study.load_profile("cpu"))
+    picked = study.select(runs, models=["tiny-math-l"], objectives=["clip", "pspo"], seeds=[1])
+    assert [(r.model, r.objective, r.seed) for r in picked] == [
+        ("tiny-math-l", "clip", 1),
+        ("tiny-math-l", "pspo", 1),
+    ]
+    assert len(study.select(runs, seeds=[0])) == len(runs) // 3
+    with pytest.raises(ValueError, match=r"model\(s\) \['tiny-nope'\] not in the profile"):
+        study.select(runs, models=["tiny-nope"])
+
+
 def test_bad_profiles_are_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="unknown profile 'nope'; known profiles: .*paper"):
         study.load_profile("nope")
