@@ -7,6 +7,7 @@ import math
 import os
 import shutil
 import time
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -99,10 +100,45 @@ class TrainSettings:
         unknown = sorted(set(values) - known)
         if unknown:
             raise ValueError(f"unknown setting(s) {unknown}; known settings: {', '.join(sorted(known))}")
-        return cls(**values)
+        hints = typing.get_type_hints(cls)
+        return cls(**{k: _coerce(k, v, hints[k]) for k, v in values.items()})
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
+
+
+def _coerce(name: str, value: Any, hint: Any) -> Any:
+    """``value`` as the setting's type. YAML reads ``1e-4`` (no dot) as a string, and ``--set k=v`` values
+    come through YAML, so numbers and booleans given as text are converted here, with a clear error."""
+    allowed = [t for t in typing.get_args(hint) if t is not type(None)] or [hint]
+    if value is None and type(None) in typing.get_args(hint):
+        return None
+    kind = allowed[0]
+    if kind is bool:
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "false"):
+            return value.lower() == "true"
+    elif kind is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, str | float) and float(_number(name, value)).is_integer():
+            return int(float(_number(name, value)))
+    elif kind is float:
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        if isinstance(value, str):
+            return _number(name, value)
+    elif kind is str and isinstance(value, str):
+        return value
+    raise ValueError(f"setting {name} must be {' or '.join(t.__name__ for t in allowed)}, got {value!r}")
+
+
+def _number(name: str, value: Any) -> float:
+    try:
+        return float(value)
+    except ValueError:
+        raise ValueError(f"setting {name} must be a number, got {value!r}") from None
 
 
 # --- data -----------------------------------------------------------------------------------------

@@ -178,3 +178,19 @@ def test_killed_run_leaves_no_done_and_no_torn_files(tiny_model, tmp_path):
     train(tiny_settings(tiny_model, objective="pspo", max_steps=2), run, progress=False)
     assert (run / "DONE").is_file()
     assert [p["step"] for p in rundir.read_jsonl(run / "probes.jsonl")] == [1, 2]
+
+
+def test_settings_from_text_are_typed_or_refused():
+    """YAML reads ``2e-4`` as a string and ``--set`` values come through YAML: they become numbers."""
+    s = TrainSettings.from_dict(
+        {"learning_rate": "2e-4", "max_steps": "32", "temperature": 1, "probes": "false", "eps_high": None}
+    )
+    assert (s.learning_rate, s.max_steps, s.temperature, s.probes, s.eps_high) == (2e-4, 32, 1.0, False, None)
+    assert type(s.learning_rate) is float and type(s.max_steps) is int
+    for bad, message in [
+        ({"learning_rate": "fast"}, "learning_rate must be a number, got 'fast'"),
+        ({"max_steps": "2.5"}, "max_steps must be int, got '2.5'"),
+        ({"probes": "yes"}, "probes must be bool, got 'yes'"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            TrainSettings.from_dict(bad)
