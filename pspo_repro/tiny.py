@@ -128,7 +128,7 @@ RECIPES: dict[str, TinyRecipe] = {
         num_kv_heads=2,
         intermediate_size=576,
         init_from="tiny-general-l",
-        sft_steps=2000,
+        sft_steps=1000,
         lr=1e-3,
         data_seed=1,
     ),
