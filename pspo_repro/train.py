@@ -63,7 +63,7 @@ class TrainSettings:
     validation_limit: int | None = field(default=None, metadata={"help": "first N validation problems"})
     eval_batch_size: int = 64
     probes: bool = True
-    probe_every: int = 10
+    probe_every: int = 11  # not a multiple of the steps per generation (see PSPOGRPOConfig)
     gradient_checkpointing: bool = field(
         default=False,
         metadata={"help": "trade compute for memory (TRL's default is on; it disables the KV cache)"},

@@ -50,10 +50,12 @@ class PSPOGRPOConfig(GRPOConfig):
         metadata={"help": "Where probes are written; default <output_dir>/probes.jsonl."},
     )
     probe_every: int = field(
-        default=10,
+        default=11,
         metadata={
             "help": "Every K optimizer steps also record the gradient cosine to the unclipped surrogate and a "
-            "sample of (ratio, advantage, weight) triples; 0 turns these off."
+            "sample of (ratio, advantage, weight) triples; 0 turns these off. K must not be a multiple of the "
+            "optimizer steps per generation, or every probe lands on the same (freshest) step of the reuse "
+            "cycle; the odd default never is for the usual even cycles."
         },
     )
     probe_samples: int = field(
@@ -70,7 +72,20 @@ class PSPOGRPOConfig(GRPOConfig):
             )
         if self.probe_every < 0:
             raise ValueError(f"probe_every must be >= 0, got {self.probe_every}")
+        cycle = self.optimizer_steps_per_generation()
+        if self.probes and self.probe_every > 0 and cycle > 1 and self.probe_every % cycle == 0:
+            raise ValueError(
+                f"probe_every={self.probe_every} is a multiple of the {cycle} optimizer steps per generation "
+                f"(steps_per_generation x num_iterations / gradient_accumulation_steps), so every probe would "
+                f"land on the first, on-policy step of the cycle where all ratios are 1; choose a K that is "
+                f"not a multiple of {cycle}, e.g. {self.probe_every + 1}"
+            )
         self.build_objective()  # validates the objective name and its parameters early
+
+    def optimizer_steps_per_generation(self) -> int:
+        """How many optimizer steps one generation batch serves (1: on-policy, every ratio is 1)."""
+        micro_steps = self.steps_per_generation * self.num_iterations
+        return max(1, micro_steps // self.gradient_accumulation_steps)
 
     def build_objective(self) -> objectives.Objective:
         params = {

@@ -161,3 +161,23 @@ def test_unsupported_aggregation_and_objective_are_clear_errors(tmp_path):
         PSPOGRPOConfig(output_dir=str(tmp_path), objective="ppo", use_cpu=True, report_to="none")
     with pytest.raises(ValueError, match=r"alpha must be in \[0, 1\], got 2.0"):
         PSPOGRPOConfig(output_dir=str(tmp_path), objective="pspo", alpha=2.0, use_cpu=True, report_to="none")
+
+
+def test_probe_interval_must_not_alias_with_the_reuse_cycle(tmp_path):
+    def config(**kw):
+        base = dict(output_dir=str(tmp_path), use_cpu=True, report_to="none", per_device_train_batch_size=8)
+        return PSPOGRPOConfig(**{**base, **kw})
+
+    # 2 micro-batches per generation, each used twice, one micro-batch per optimizer step: a 4-step cycle
+    cycle = dict(gradient_accumulation_steps=1, steps_per_generation=2, num_iterations=2)
+    assert config(**cycle, probe_every=5).optimizer_steps_per_generation() == 4
+    with pytest.raises(ValueError, match=r"probe_every=8 is a multiple of the 4 optimizer steps.*e\.g\. 9"):
+        config(**cycle, probe_every=8)
+    # the paper's setting: 16 micro-batches per step and per generation, used twice, is a 2-step cycle
+    paper = dict(gradient_accumulation_steps=16, num_iterations=2)
+    assert config(**paper).optimizer_steps_per_generation() == 2
+    with pytest.raises(ValueError, match="probe_every=10 is a multiple of the 2 optimizer steps"):
+        config(**paper, probe_every=10)
+    assert config(**paper, probe_every=10, probes=False).probe_every == 10  # no probes, nothing to alias
+    on_policy = dict(gradient_accumulation_steps=1, steps_per_generation=1, num_iterations=1)
+    assert config(**on_policy, probe_every=4).probe_every == 4  # every step is on-policy: nothing to alias
