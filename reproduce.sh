@@ -2,7 +2,7 @@
 # The whole study in one command: creates the environment if needed, then trains every configuration of
 # a profile, evaluates each run, and writes the tables to results/<profile>/.
 #
-#   ./reproduce.sh            # the CPU profile (tiny models, synthetic arithmetic): several hours on 2 cores
+#   ./reproduce.sh            # the CPU profile (tiny models, synthetic arithmetic): about ten hours on 2 cores
 #   ./reproduce.sh smoke      # a few minutes: one tiny model, every objective, a handful of steps
 #   ./reproduce.sh paper      # the paper's configurations (GPUs; Qwen models from the hub)
 set -euo pipefail
