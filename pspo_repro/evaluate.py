@@ -72,6 +72,10 @@ CATEGORY_KEYS: dict[str, tuple[str, ...]] = {
     "asdiv": ("solution_type",),
     "math": ("subject", "level"),
     "math500": ("subject", "level"),
+    # transfer: how many steps use a template the warm-start teacher can get wrong
+    "synthetic": ("transfer", "n_ops"),
+    "synthetic-svamp": ("transfer", "variant"),
+    "synthetic-asdiv": ("transfer", "variant"),
 }
 WILSON_Z95 = 1.959963984540054  # the 97.5% quantile of the standard normal
 

@@ -1,41 +1,56 @@
 """Synthetic arithmetic word problems: a GSM8K-shaped domain small enough for CPU-scale RL runs.
 
-Each problem is a short story (1 to 3 operations: +, -, *, exact /, on small non-negative integers)
-whose solution is a chain of calculations ending in ``#### N``, e.g.
+Each problem is a short story, a start value (20 to 40) changed by one or two operations, and its solution
+is a chain of calculations ending in ``#### N``::
 
-    Mia has 7 pens. She buys 5 more pens. How many pens does Mia have now?
-    7 + 5 = 12
-    #### 12
+    Mia has 34 plums. Leo gives her 2 more plums. She eats 3 of them. How many plums does Mia have now?
+    34 + 2 = 36
+    36 - 3 = 33
+    #### 33
 
-Splits. ``train``/``validation``/``test`` share one template family ("person" stories). A question's
-split is fixed by a hash of its text (5% test, 5% validation, the rest train), so the three never share
-a question, whatever the seeds or sizes. Two out-of-distribution test sets mirror the paper's
-cross-dataset benchmarks:
+The arithmetic is deliberately easy: operands never carry nor borrow, whichever operation is applied
+(:func:`operands`), so only the ones digit changes and the numbers say nothing about the operation. What a
+model must get right is the *choice* of operation. Six
+operation templates say it: three add (``p.buys``, ``p.finds``, ``p.gets`` "F gives her b more") and three
+subtract (``p.loses``, ``p.eats``, ``p.gives`` "she gives b to F"). The two ``gives`` directions are the
+*transfer* templates, the ones a warm-start teacher can be made to get wrong (:func:`teacher_solution`):
+the analogue of pretraining data that contains wrong reasoning, which RL with a correct reward can fix.
 
-- ``test-svamp`` (benchmark ``synthetic-svamp``): the ``test`` problems perturbed in SVAMP's spirit,
-  the question moved first or an irrelevant number sentence added; same gold answers.
-- ``test-asdiv`` (benchmark ``synthetic-asdiv``): story templates never used in training ("container"
-  and "comparison" stories with other verbs and sentence structures), same arithmetic.
+Splits. A question's split is fixed by a hash of its text, so splits never share a question whatever the
+seeds or sizes: ``test`` 5%, ``validation`` 5%, ``train`` (the RL prompts) 30%, ``warmstart`` (the tiny
+models' supervised data) 60%. Two out-of-distribution test sets mirror the paper's cross-dataset benchmarks,
+and both contain the transfer templates, so that the transfer of a learned correction can be measured:
 
-Everything is deterministic given (split, seed); the first k problems do not depend on ``n``.
+- ``test-svamp`` (benchmark ``synthetic-svamp``): the ``test`` problems perturbed in SVAMP's spirit, the
+  question moved first or an irrelevant number sentence added; same gold answers.
+- ``test-asdiv`` (benchmark ``synthetic-asdiv``): sentence structures never used in training: stories told
+  in the past tense (the same six operations in new words, ``gave`` in both directions among them) and
+  container stories (things put in and taken out, no transfer).
+
+Every problem's ``metadata`` holds its ``steps`` (template, operation, operand), its ``start`` value and
+``transfer`` (how many of its steps are transfer templates). Everything is deterministic given (split,
+seed); the first k problems do not depend on ``n``.
 """
 
 from __future__ import annotations
 
 import random
 import zlib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from pspo_repro.data import Problem
 
 SPLITS: dict[str, int] = {
-    "train": 20000,
+    "warmstart": 20000,
+    "train": 4000,
     "validation": 512,
     "test": 512,
     "test-svamp": 512,
     "test-asdiv": 512,
 }
 BENCHMARK_OF_SPLIT: dict[str, str] = {
+    "warmstart": "synthetic",
     "train": "synthetic",
     "validation": "synthetic",
     "test": "synthetic",
@@ -43,14 +58,21 @@ BENCHMARK_OF_SPLIT: dict[str, str] = {
     "test-asdiv": "synthetic-asdiv",
 }
 # Character-level models read these, so stories and solutions stay short.
-MAX_QUESTION_CHARS = 160
-MAX_PERTURBED_QUESTION_CHARS = 200  # test-svamp adds a sentence to a test question
-MAX_SOLUTION_CHARS = 48
-MAX_VALUE = 999
-OPS = ("+", "-", "*", "/")
+MAX_QUESTION_CHARS = 150
+MAX_PERTURBED_QUESTION_CHARS = 180  # test-svamp adds a sentence to a test question
+MAX_SOLUTION_CHARS = 40
+START_VALUES = range(20, 41)
+OPERANDS = range(1, 10)
+MAX_OPS = 2
+OPS = ("+", "-")
 
-# Percentages of the question-hash space held out for each evaluation split.
-_HASH_BUCKETS = {"test": range(0, 5), "validation": range(5, 10), "train": range(10, 100)}
+# Percentages of the question-hash space held by each in-family split.
+_HASH_BUCKETS = {
+    "test": range(0, 5),
+    "validation": range(5, 10),
+    "train": range(10, 40),
+    "warmstart": range(40, 100),
+}
 
 _NAMES = {
     "f": ("Mia", "Ava", "Zoe", "Ivy", "Eva", "Amy", "Lily", "Emma", "Ruby", "Nora"),
@@ -58,217 +80,174 @@ _NAMES = {
 }
 _ALL_NAMES = _NAMES["f"] + _NAMES["m"]
 _PRONOUNS = {
-    "f": {"S": "She", "s": "she", "O": "her", "P": "her"},
-    "m": {"S": "He", "s": "he", "O": "him", "P": "his"},
+    "f": {"S": "She", "s": "she", "O": "her"},
+    "m": {"S": "He", "s": "he", "O": "him"},
 }
+# Things one can buy, find, lose, give and eat.
 _ITEMS = (
-    "apples", "pens", "cards", "books", "coins", "eggs", "cups", "toys",
-    "shells", "marbles", "stickers", "beads", "rocks", "stamps", "cookies", "pencils",
+    "apples", "plums", "pears", "grapes", "nuts", "cookies",
+    "candies", "muffins", "cherries", "lemons", "peaches", "figs",
 )  # fmt: skip
-_GROUPS = ("bags", "boxes", "packs", "jars", "piles")
 _CONTAINERS = ("box", "jar", "bag", "basket", "bin", "crate")
 
-# Operation templates: (template id, fixed operand or None, text). {b} is the operand.
-_PERSON_OPS: dict[str, tuple[tuple[str, int | None, str], ...]] = {
-    "+": (
-        ("p.buys", None, "{S} buys {b} more {I}."),
-        ("p.finds", None, "{S} finds {b} more {I}."),
-        ("p.gets", None, "{F} gives {O} {b} more {I}."),
-    ),
-    "-": (
-        ("p.gives", None, "{S} gives {b} {I} to {F}."),
-        ("p.loses", None, "{S} loses {b} {I}."),
-        ("p.sells", None, "{S} sells {b} of them."),
-    ),
-    "*": (
-        ("p.doubles", 2, "{S} doubles {P} {I}."),
-        ("p.triples", 3, "{S} triples {P} {I}."),
-        ("p.times", None, "Now {s} has {b} times as many {I}."),
-    ),
-    "/": (
-        ("p.half", 2, "{S} gives away half of them."),
-        ("p.splits", None, "{S} splits them into {b} equal piles and keeps one."),
-    ),
-}
-# Out-of-distribution families: no sentence structure here occurs in the person family.
-_CONTAINER_OPS: dict[str, tuple[tuple[str, int | None, str], ...]] = {
-    "+": (("c.adds", None, "{N} adds {b} {I} to the {C}."), ("c.puts", None, "{N} puts in {b} more.")),
-    "-": (("c.takes", None, "{N} takes out {b} {I}."), ("c.removed", None, "Then {b} {I} are removed.")),
-    "*": (("c.grows", None, "The count of {I} grows {b}-fold."),),
-    "/": (("c.shares", None, "The {I} are shared equally by {b} kids."),),  # last operation only
-}
-_COMPARE_OPS: dict[str, tuple[tuple[str, int | None, str], ...]] = {
-    "+": (("k.more", None, "{B} has {b} more than {A}."),),
-    "-": (("k.fewer", None, "{B} has {b} fewer than {A}."),),
-    "*": (("k.times", None, "{B} has {b} times as many as {A}."),),
-    "/": (
-        ("k.half", 2, "{B} has half as many as {A}."),
-        ("k.third", 3, "{B} has a third as many as {A}."),
-        ("k.quarter", 4, "{B} has a quarter as many as {A}."),
-    ),
-}
+
+@dataclass(frozen=True)
+class Template:
+    """One operation sentence: its id, the operation it means, its text, and whether it is a transfer
+    between two people (the kind of step a warm-start teacher can be made to get wrong)."""
+
+    id: str
+    op: str
+    text: str
+    transfer: bool = False
+
+
+# In-family (train, validation, test): present tense, one person and a friend.
+PERSON_TEMPLATES: tuple[Template, ...] = (
+    Template("p.buys", "+", "{S} buys {b} more {I}."),
+    Template("p.finds", "+", "{S} finds {b} more {I}."),
+    Template("p.gets", "+", "{F} gives {O} {b} more {I}.", transfer=True),
+    Template("p.loses", "-", "{S} loses {b} {I}."),
+    Template("p.eats", "-", "{S} eats {b} of them."),
+    Template("p.gives", "-", "{S} gives {b} {I} to {F}.", transfer=True),
+)
+TRANSFER_TEMPLATES: tuple[str, ...] = tuple(t.id for t in PERSON_TEMPLATES if t.transfer)
+_PERSON_STARTS = (("p.has", "{N} has {a} {I}."), ("p.starts", "{N} starts with {a} {I}."))
+_PERSON_QUESTION = ("p.q", "How many {I} does {N} have now?")
+
+# Out-of-distribution (test-asdiv): sentence structures that never occur in the person family.
+PAST_TEMPLATES: tuple[Template, ...] = (
+    Template("t.bought", "+", "Later {s} bought {b} more."),
+    Template("t.picked", "+", "Then {s} picked {b} more."),
+    Template("t.got", "+", "Then {F} gave {O} another {b}.", transfer=True),
+    Template("t.dropped", "-", "Later {s} dropped {b} of the {I}."),
+    Template("t.ate", "-", "Then {s} ate {b} of them."),
+    Template("t.gave", "-", "Then {s} gave {F} {b} of the {I}.", transfer=True),
+)
+_PAST_STARTS = (("t.had", "At first {N} had {a} {I}."), ("t.kept", "{N} kept {a} {I} at home."))
+_PAST_QUESTION = ("t.q", "How many {I} did {N} have in the end?")
+CONTAINER_TEMPLATES: tuple[Template, ...] = (
+    Template("c.adds", "+", "{N} adds {b} {I} to the {C}."),
+    Template("c.puts", "+", "{N} puts in {b} more."),
+    Template("c.takes", "-", "{N} takes out {b} {I}."),
+    Template("c.removed", "-", "Then {b} {I} are removed."),
+)
+_CONTAINER_STARTS = (("c.there", "There are {a} {I} in a {C}."), ("c.holds", "A {C} holds {a} {I}."))
+_CONTAINER_QUESTION = ("c.q", "How many {I} are in the {C} at the end?")
 
 
 @dataclass
 class _Story:
-    """A problem under construction: body sentences, question sentence and the calculation chain."""
+    """A problem under construction: sentences, the question, and the operations in order."""
 
+    start: int
     sentences: list[str] = field(default_factory=list)
     question: str = ""
-    lines: list[str] = field(default_factory=list)
-    templates: list[str] = field(default_factory=list)
-    ops: str = ""
-    value: int = 0
+    steps: list[tuple[str, str, int]] = field(default_factory=list)  # (template id, op, operand)
+    templates: list[str] = field(default_factory=list)  # every sentence's template id, question last
     names: set[str] = field(default_factory=set)
-
-    def apply(self, op: str, operand: int) -> None:
-        result = _compute(self.value, op, operand)
-        self.lines.append(f"{self.value} {op} {operand} = {result}")
-        self.ops += op
-        self.value = result
+    transfer: int = 0
+    feasible: bool = True
 
     @property
     def text(self) -> str:
         return " ".join([*self.sentences, self.question])
 
     @property
+    def answer(self) -> int:
+        return solve(self.start, [(op, b) for _, op, b in self.steps])[1]
+
+    @property
     def solution(self) -> str:
-        return "\n".join([*self.lines, f"#### {self.value}"])
+        return solution_text(self.start, [(op, b) for _, op, b in self.steps])
 
 
-def _compute(a: int, op: str, b: int) -> int:
-    if op == "+":
-        return a + b
-    if op == "-":
-        return a - b
-    if op == "*":
-        return a * b
-    if a % b:
-        raise ValueError(f"{a} / {b} is not exact")
-    return a // b
+def solve(start: int, ops: list[tuple[str, int]]) -> tuple[list[str], int]:
+    """The calculation lines of applying ``ops`` to ``start``, and the result."""
+    lines, value = [], start
+    for op, b in ops:
+        result = value + b if op == "+" else value - b
+        lines.append(f"{value} {op} {b} = {result}")
+        value = result
+    return lines, value
 
 
-def _operands(value: int, op: str) -> list[int] | range:
-    """Operands that keep every result a non-negative integer <= MAX_VALUE (division exact,
-    subtraction leaving at least 1)."""
-    if op == "+":
-        return range(1, min(40, MAX_VALUE - value) + 1)
-    if op == "-":
-        return range(1, min(60, value - 1) + 1)
-    if op == "*":
-        return range(2, min(9, MAX_VALUE // max(value, 1)) + 1)
-    return [d for d in range(2, 10) if value % d == 0]
+def solution_text(start: int, ops: list[tuple[str, int]]) -> str:
+    """A worked solution: one line per calculation, then ``#### N``."""
+    lines, value = solve(start, ops)
+    return "\n".join([*lines, f"#### {value}"])
 
 
-def _pick_op(
-    rng: random.Random, value: int, table: dict[str, tuple[tuple[str, int | None, str], ...]], allowed: str
-) -> tuple[str, str, int, str]:
-    """A feasible (op, template id, operand, text), op chosen uniformly among the feasible ones."""
-    choices = {}
-    for op in allowed:
-        operands = _operands(value, op)
-        templates = [t for t in table[op] if (t[1] in operands if t[1] is not None else len(operands) > 0)]
-        if templates:
-            choices[op] = (operands, templates)
-    op = rng.choice(sorted(choices))
-    operands, templates = choices[op]
-    template_id, fixed, text = rng.choice(templates)
-    return op, template_id, fixed if fixed is not None else rng.choice(operands), text
+def operands(value: int) -> list[int]:
+    """The operands that may follow ``value``: those that neither carry when added nor borrow when
+    subtracted, so that only the ones digit changes whichever operation is applied. The arithmetic stays
+    easy, and the numbers give away nothing about which operation is right: that is the template's to say."""
+    ones = value % 10
+    return [b for b in OPERANDS if b <= ones and ones + b <= 9]
 
 
-def _person_story(rng: random.Random, n_ops: int) -> _Story:
+def _tell(
+    rng: random.Random,
+    n_ops: int,
+    starts: tuple[tuple[str, str], ...],
+    templates: tuple[Template, ...],
+    question: tuple[str, str],
+    ctx: dict[str, str],
+) -> _Story:
+    story = _Story(start=rng.choice(START_VALUES))
+    start_id, start_text = rng.choice(starts)
+    story.sentences.append(start_text.format(a=story.start, **ctx))
+    story.templates.append(start_id)
+    value = story.start
+    for _ in range(n_ops):
+        template = rng.choice(templates)
+        choices = operands(value)
+        if not choices:  # a ones digit of 0 or 9: the story cannot go on; the caller draws another
+            story.feasible = False
+            break
+        b = rng.choice(choices)
+        value = value + b if template.op == "+" else value - b
+        story.sentences.append(template.text.format(b=b, **ctx))
+        story.templates.append(template.id)
+        story.steps.append((template.id, template.op, b))
+        story.transfer += template.transfer
+    story.question = question[1].format(**ctx)
+    story.templates.append(question[0])
+    return story
+
+
+def _people(rng: random.Random) -> tuple[dict[str, str], set[str]]:
     gender = rng.choice("fm")
     name = rng.choice(_NAMES[gender])
     friend = rng.choice(_NAMES["m" if gender == "f" else "f"])  # other gender: pronouns stay unambiguous
-    ctx = {"N": name, "F": friend, "I": rng.choice(_ITEMS), **_PRONOUNS[gender]}
-    story = _Story(names={name, friend})
-    if rng.random() < 0.2:
-        a, b = rng.randint(2, 9), rng.randint(2, 12)
-        story.sentences.append(f"{name} has {a} {rng.choice(_GROUPS)} of {b} {ctx['I']}.")
-        story.templates.append("p.groups")
-        story.value = a
-        story.apply("*", b)
-    else:
-        story.value = rng.randint(2, 60)
-        template_id, text = rng.choice(
-            (("p.has", "{N} has {a} {I}."), ("p.starts", "{N} starts with {a} {I}."))
-        )
-        story.sentences.append(text.format(a=story.value, **ctx))
-        story.templates.append(template_id)
-    while len(story.lines) < n_ops:
-        op, template_id, operand, text = _pick_op(rng, story.value, _PERSON_OPS, OPS)
-        story.sentences.append(text.format(b=operand, **ctx))
-        story.templates.append(template_id)
-        story.apply(op, operand)
-    if len(story.sentences) == 1:
-        question = ("p.q.all", "How many {I} does {N} have in all?")
-    elif story.ops[-1] in "-/":
-        question = rng.choice(
-            (("p.q.now", "How many {I} does {N} have now?"), ("p.q.left", "How many {I} does {N} have left?"))
-        )
-    else:
-        question = ("p.q.now", "How many {I} does {N} have now?")
-    story.question = question[1].format(**ctx)
-    story.templates.append(question[0])
+    return {"N": name, "F": friend, "I": rng.choice(_ITEMS), **_PRONOUNS[gender]}, {name, friend}
+
+
+def _person_story(rng: random.Random, n_ops: int) -> _Story:
+    ctx, names = _people(rng)
+    story = _tell(rng, n_ops, _PERSON_STARTS, PERSON_TEMPLATES, _PERSON_QUESTION, ctx)
+    story.names = names
+    return story
+
+
+def _past_story(rng: random.Random, n_ops: int) -> _Story:
+    ctx, names = _people(rng)
+    story = _tell(rng, n_ops, _PAST_STARTS, PAST_TEMPLATES, _PAST_QUESTION, ctx)
+    story.names = names
     return story
 
 
 def _container_story(rng: random.Random, n_ops: int) -> _Story:
-    ctx = {"I": rng.choice(_ITEMS), "C": rng.choice(_CONTAINERS)}
-    story = _Story()
-    if rng.random() < 0.2:
-        a, b = rng.randint(2, 9), rng.randint(2, 12)
-        story.sentences.append(f"A {ctx['C']} holds {a} rows of {b} {ctx['I']}.")
-        story.templates.append("c.rows")
-        story.value = a
-        story.apply("*", b)
-    else:
-        story.value = rng.randint(2, 60)
-        story.sentences.append(f"There are {story.value} {ctx['I']} in a {ctx['C']}.")
-        story.templates.append("c.there")
-    while len(story.lines) < n_ops:
-        last = len(story.lines) == n_ops - 1
-        name = rng.choice(_ALL_NAMES)
-        story.names.add(name)
-        op, template_id, operand, text = _pick_op(rng, story.value, _CONTAINER_OPS, OPS if last else "+-*")
-        story.sentences.append(text.format(b=operand, N=name, **ctx))
-        story.templates.append(template_id)
-        story.apply(op, operand)
-    if story.ops[-1] == "/":
-        question = ("c.q.each", "How many {I} does each kid get?")
-    else:
-        question = rng.choice(
-            (
-                ("c.q.box", "How many {I} are in the {C} now?"),
-                ("c.q.end", "How many {I} are in the {C} at the end?"),
-            )
-        )
-    story.question = question[1].format(**ctx)
-    story.templates.append(question[0])
-    return story
-
-
-def _compare_story(rng: random.Random, n_ops: int) -> _Story:
-    people = rng.sample(_ALL_NAMES, n_ops + 1)
-    items = rng.choice(_ITEMS)
-    story = _Story(names=set(people), value=rng.randint(2, 60))
-    template_id, text = rng.choice(
-        (("k.owns", "{A} owns {a} {I}."), ("k.collected", "{A} collected {a} {I}."))
-    )
-    story.sentences.append(text.format(A=people[0], a=story.value, I=items))
-    story.templates.append(template_id)
-    for i in range(n_ops):
-        op, template_id, operand, text = _pick_op(rng, story.value, _COMPARE_OPS, OPS)
-        story.sentences.append(text.format(A=people[i], B=people[i + 1], b=operand))
-        story.templates.append(template_id)
-        story.apply(op, operand)
-    story.question = f"How many {items} does {people[-1]} have?"
-    story.templates.append("k.q")
+    ctx = {"I": rng.choice(_ITEMS), "C": rng.choice(_CONTAINERS), "N": rng.choice(_ALL_NAMES)}
+    story = _tell(rng, n_ops, _CONTAINER_STARTS, CONTAINER_TEMPLATES, _CONTAINER_QUESTION, ctx)
+    story.names = {ctx["N"]}
     return story
 
 
 def _fits(story: _Story) -> bool:
-    return len(story.text) <= MAX_QUESTION_CHARS and len(story.solution) <= MAX_SOLUTION_CHARS
+    return (
+        story.feasible and len(story.text) <= MAX_QUESTION_CHARS and len(story.solution) <= MAX_SOLUTION_CHARS
+    )
 
 
 def _bucket(question: str) -> int:
@@ -281,14 +260,17 @@ def _problem(
     return Problem(
         id=f"{split}-s{seed}-{index:05d}",
         question=question,
-        answer=str(story.value),
+        answer=str(story.answer),
         benchmark=BENCHMARK_OF_SPLIT[split],
         kind="numeric",
         solution=story.solution,
         metadata={
             "template": "+".join(story.templates),
-            "n_ops": len(story.lines),
-            "ops": story.ops,
+            "n_ops": len(story.steps),
+            "ops": "".join(op for _, op, _ in story.steps),
+            "start": story.start,
+            "steps": [list(step) for step in story.steps],
+            "transfer": story.transfer,
             "variant": variant,
             **extra,
         },
@@ -298,15 +280,15 @@ def _problem(
 def _stories(split: str, n: int, seed: int) -> list[_Story]:
     """``n`` distinct in-family stories whose question hashes into ``split``'s bucket.
 
-    The number of operations is drawn first and kept while candidates are rejected, so 1, 2 and
-    3-operation problems stay equally common despite the length limits."""
-    rng = random.Random(f"pspo-synthetic:{seed}:{split}")
+    The number of operations is drawn first and kept while candidates are rejected, so one- and
+    two-operation problems stay equally common."""
+    rng = random.Random(f"pspo-synthetic-v2:{seed}:{split}")
     buckets = _HASH_BUCKETS[split]
     seen: set[str] = set()
     stories = []
     attempts = 0
     while len(stories) < n:
-        n_ops = rng.randint(1, 3)
+        n_ops = rng.randint(1, MAX_OPS)
         while True:
             attempts += 1
             if attempts > 100 * n + 10_000:
@@ -321,7 +303,7 @@ def _stories(split: str, n: int, seed: int) -> list[_Story]:
 
 
 def _svamp_variants(stories: list[_Story], seed: int) -> list[Problem]:
-    rng = random.Random(f"pspo-synthetic:{seed}:test-svamp")
+    rng = random.Random(f"pspo-synthetic-v2:{seed}:test-svamp")
     problems = []
     for index, story in enumerate(stories):
         base_id = f"test-s{seed}-{index:05d}"
@@ -332,7 +314,7 @@ def _svamp_variants(stories: list[_Story], seed: int) -> list[Problem]:
             # An irrelevant person holding the same kind of item: it looks relevant, changes nothing.
             other = rng.choice([name for name in _ALL_NAMES if name not in story.names])
             items = story.question.split()[2]  # "How many <items> ..."
-            distractor = f"{other} has {rng.randint(2, 60)} {items}."
+            distractor = f"{other} has {rng.choice(START_VALUES)} {items}."
             question = " ".join([*story.sentences, distractor, story.question])
             variant = "distractor"
         problems.append(_problem(story, "test-svamp", seed, index, question, variant, base_id=base_id))
@@ -340,13 +322,13 @@ def _svamp_variants(stories: list[_Story], seed: int) -> list[Problem]:
 
 
 def _unseen_template_problems(n: int, seed: int) -> list[Problem]:
-    rng = random.Random(f"pspo-synthetic:{seed}:test-asdiv")
+    rng = random.Random(f"pspo-synthetic-v2:{seed}:test-asdiv")
     seen: set[str] = set()
     problems = []
     while len(problems) < n:
-        n_ops = rng.randint(1, 3)
-        variant = rng.choice(("container", "compare"))
-        make = _container_story if variant == "container" else _compare_story
+        n_ops = rng.randint(1, MAX_OPS)
+        variant = rng.choice(("past", "container"))
+        make = _past_story if variant == "past" else _container_story
         for _ in range(10_000):
             story = make(rng, n_ops)
             if _fits(story) and story.text not in seen:
@@ -374,3 +356,26 @@ def generate(split: str, n: int | None = None, seed: int = 0) -> list[Problem]:
         _problem(story, split, seed, i, story.text, "base")
         for i, story in enumerate(_stories(split, n, seed))
     ]
+
+
+def teacher_solution(problem: Problem, errors: Mapping[str, float], seed: int = 0) -> str:
+    """The solution a systematically erring teacher writes for ``problem``.
+
+    ``errors`` maps a template id to the probability that the teacher applies the opposite operation at a
+    step told by that template (a wrong choice; the arithmetic of every line stays right). The draw is
+    deterministic in (seed, problem id, step), so a warm start's data is a function of its recipe."""
+    unknown = sorted(set(errors) - {t.id for t in PERSON_TEMPLATES})
+    if unknown:
+        raise ValueError(
+            f"teacher errors name unknown template(s) {unknown}; allowed: "
+            f"{', '.join(t.id for t in PERSON_TEMPLATES)}"
+        )
+    bad = {k: v for k, v in errors.items() if not 0.0 <= float(v) <= 1.0}
+    if bad:
+        raise ValueError(f"teacher error rates must be in [0, 1], got {bad}")
+    rng = random.Random(f"pspo-teacher:{seed}:{problem.id}")
+    ops = []
+    for template, op, b in problem.metadata["steps"]:
+        wrong = rng.random() < errors.get(template, 0.0)
+        ops.append((("-" if op == "+" else "+") if wrong else op, b))
+    return solution_text(problem.metadata["start"], ops)

@@ -3,14 +3,18 @@
 They let the whole GRPO pipeline run for real on a few CPU cores. Three models mirror the paper's
 roles (a small and a larger general model, and a math-specialised one), plus a micro model for tests:
 
-| name             | role in the paper      | params | warm start                          |
-|------------------|------------------------|--------|-------------------------------------|
-| tiny-general-s   | Qwen2.5-0.5B           | ~0.8M  | partial competence (~35-55% greedy) |
-| tiny-general-l   | Qwen2.5-1.5B           | ~2.2M  | same budget style, somewhat better  |
-| tiny-math-l      | Qwen2-Math-1.5B        | ~2.2M  | more warm start (~60-75% greedy)    |
-| tiny-test        | (tests only)           | ~30K   | a few seconds; accuracy irrelevant  |
+| name             | role in the paper      | params | warm start                                        |
+|------------------|------------------------|--------|---------------------------------------------------|
+| tiny-general-s   | Qwen2.5-0.5B           | ~0.8M  | 1,000 steps; teacher wrong on 3 of 6 templates    |
+| tiny-general-l   | Qwen2.5-1.5B           | ~1.3M  | 900 steps; teacher wrong on the 2 transfer ones   |
+| tiny-math-l      | Qwen2-Math-1.5B        | ~1.3M  | tiny-general-l + 300 steps; teacher wrong on 1    |
+| tiny-test        | (tests only)           | ~30K   | a few seconds; accuracy irrelevant                |
 
-None is trained to saturation, so RL has room to improve them.
+The warm start is supervised training on solutions written by a teacher that errs systematically (see
+``synthetic.teacher_solution``): on some templates it applies the opposite operation 65% of the time, with
+right arithmetic. This is the analogue of pretraining data that contains wrong reasoning: the models learn
+the teacher's choices, and RL, rewarded by the true answer, has policy-level mistakes to correct. The
+teachers differ in quality, and so do the models' starting accuracies.
 
 Tokenizer: one token per byte, and so one per ASCII character (other characters become their
 UTF-8 bytes, so any text round-trips), plus special tokens. It is stored in the byte-level BPE form
@@ -35,12 +39,11 @@ import hashlib
 import json
 import math
 import os
-import re
 import shutil
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -48,7 +51,7 @@ from typing import Any
 import torch
 
 # Bump when the build procedure changes in a way the recipe fields do not capture.
-RECIPE_VERSION = 1
+RECIPE_VERSION = 2
 
 PAD, EOS, UNK = "<|pad|>", "<|endoftext|>", "<|unk|>"
 USER, ASSISTANT, END = "<|user|>", "<|assistant|>", "<|end|>"
@@ -70,7 +73,14 @@ CHAT_TEMPLATE = (
     "{%- if add_generation_prompt -%}<|assistant|>{%- endif -%}"
 )
 
-_ANSWER = re.compile(r"####\s*(-?[\d,]*\.?\d+)")
+# Warm-start teachers (template id -> probability of applying the opposite operation). A model that imitates
+# its teacher faithfully picks, greedily, the teacher's usual operation: wrong on every template where the
+# teacher errs more often than not. The general teacher errs on both transfer directions ("F gives her b
+# more", "she gives b to F"); the small model's, on a third template too; the math model's, a better one,
+# only on the second. Greedy accuracy of a faithful imitator: about 37%, 56% and 76%.
+GENERAL_TEACHER = {"p.gets": 0.65, "p.gives": 0.65}
+SMALL_TEACHER = {"p.gets": 0.65, "p.gives": 0.65, "p.eats": 0.65}
+MATH_TEACHER = {"p.gives": 0.65}
 
 
 @dataclass(frozen=True)
@@ -86,10 +96,8 @@ class TinyRecipe:
     max_position_embeddings: int = 512
     rope_theta: float = 10000.0
     # warm start: supervised training on synthetic train solutions, loss on the solution + eos only
-    sft_steps: int = 4000
-    # Batch 16, not 64: on CPU the cost per example is the same at both sizes, and at 16 the loss falls
-    # about twice as fast per example (more updates), which matters here: arithmetic is learnt late.
-    batch_size: int = 16
+    sft_steps: int = 1000
+    batch_size: int = 32
     lr: float = 2e-3
     min_lr_ratio: float = 0.1  # cosine decay from lr to lr * min_lr_ratio after the warm-up
     warmup_steps: int = 30
@@ -103,34 +111,47 @@ class TinyRecipe:
     # Continue from another tiny model's warm-started weights instead of a fresh initialisation (as
     # Qwen2-Math continues Qwen2's training); that model's fingerprint becomes part of this one's.
     init_from: str | None = None
+    # The warm-start teacher: template id -> probability that it applies the opposite operation there
+    # (see synthetic.teacher_solution). Its systematic errors are what RL can later correct.
+    teacher_errors: dict[str, float] = field(default_factory=lambda: dict(GENERAL_TEACHER))
 
 
 RECIPES: dict[str, TinyRecipe] = {
+    # The small model learns from the weakest teacher: a third template wrong as well.
     "tiny-general-s": TinyRecipe(
-        role="Qwen2.5-0.5B", hidden_size=128, num_layers=4, num_heads=4, num_kv_heads=2, intermediate_size=384
+        role="Qwen2.5-0.5B",
+        hidden_size=128,
+        num_layers=4,
+        num_heads=4,
+        num_kv_heads=2,
+        intermediate_size=384,
+        sft_steps=1000,
+        teacher_errors=dict(SMALL_TEACHER),
     ),
     "tiny-general-l": TinyRecipe(
         role="Qwen2.5-1.5B",
-        hidden_size=192,
-        num_layers=5,
-        num_heads=6,
+        hidden_size=160,
+        num_layers=4,
+        num_heads=4,
         num_kv_heads=2,
-        intermediate_size=576,
-        sft_steps=3000,  # the larger model learns faster per step; 3000 keeps its build near 30 minutes
+        intermediate_size=480,
+        sft_steps=900,
     ),
-    # The domain specialist continues the larger general model's warm start on fresh problems, as
-    # Qwen2-Math continues Qwen2: same size, more training on the domain.
+    # The domain specialist continues the larger general model's warm start on fresh problems from a better
+    # teacher, as Qwen2-Math continues Qwen2: same size, more training on the domain.
     "tiny-math-l": TinyRecipe(
         role="Qwen2-Math-1.5B",
-        hidden_size=192,
-        num_layers=5,
-        num_heads=6,
+        hidden_size=160,
+        num_layers=4,
+        num_heads=4,
         num_kv_heads=2,
-        intermediate_size=576,
+        intermediate_size=480,
         init_from="tiny-general-l",
-        sft_steps=1000,
+        sft_steps=300,
         lr=1e-3,
+        warmup_steps=10,
         data_seed=1,
+        teacher_errors=dict(MATH_TEACHER),
     ),
     "tiny-test": TinyRecipe(
         role="tests",
@@ -201,11 +222,13 @@ def cache_root() -> Path:
 
 
 @lru_cache(maxsize=16)
-def _training_data_digest(data_seed: int, train_size: int) -> str:
-    """Hash of the training problems, so a change in the synthetic generator invalidates the cache."""
+def _training_data_digest(
+    data_seed: int, train_size: int, teacher_errors: tuple[tuple[str, float], ...]
+) -> str:
+    """Hash of the warm-start examples, so a change in the generator or the teacher invalidates the cache."""
     h = hashlib.sha256()
-    for p in _train_problems(data_seed, train_size):
-        h.update(f"{p.question}\x00{p.solution}\x00".encode())
+    for question, solution, _ in _warmstart_examples(data_seed, train_size, dict(teacher_errors)):
+        h.update(f"{question}\x00{solution}\x00".encode())
     return h.hexdigest()
 
 
@@ -218,7 +241,9 @@ def fingerprint(name: str) -> str:
         "recipe": asdict(recipe),
         "vocab": sorted(tok.get_vocab().items(), key=lambda kv: kv[1]),
         "chat_template": CHAT_TEMPLATE,
-        "train_data": _training_data_digest(recipe.data_seed, recipe.train_size),
+        "train_data": _training_data_digest(
+            recipe.data_seed, recipe.train_size, tuple(sorted(recipe.teacher_errors.items()))
+        ),
         "init_from": fingerprint(recipe.init_from) if recipe.init_from else None,
     }
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
@@ -242,6 +267,11 @@ def _lock(path: Path) -> Iterator[None]:
             yield
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def is_built(name: str) -> bool:
+    """Whether the model's current recipe is already built in the cache."""
+    return (_folder(name) / "recipe.json").is_file()
 
 
 def ensure(name: str, progress: bool = True) -> Path:
@@ -284,18 +314,26 @@ def _qwen2_config(recipe: TinyRecipe, tok: Any) -> Any:
     )
 
 
-def _train_problems(data_seed: int, train_size: int) -> list[Any]:
+def _warmstart_examples(
+    data_seed: int, train_size: int, teacher_errors: dict[str, float]
+) -> list[tuple[str, str, str]]:
+    """(question, the teacher's solution, the true answer) from the synthetic ``warmstart`` split, which no
+    RL prompt, validation or test problem shares."""
     from pspo_repro import synthetic
 
-    return synthetic.generate("train", n=train_size, seed=data_seed)
+    problems = synthetic.generate("warmstart", n=train_size, seed=data_seed)
+    return [
+        (p.question, synthetic.teacher_solution(p, teacher_errors, seed=data_seed), p.answer)
+        for p in problems
+    ]
 
 
-def _encode_sft(tok: Any, problems: list[Any]) -> list[tuple[list[int], int]]:
-    """Each problem as (prompt + solution + eos token ids, prompt length)."""
+def _encode_sft(tok: Any, examples: list[tuple[str, str, str]]) -> list[tuple[list[int], int]]:
+    """Each (question, solution, _) as (prompt + solution + eos token ids, prompt length)."""
     from pspo_repro.prompts import render_prompt
 
-    prompts = tok([render_prompt(tok, p.question) for p in problems], add_special_tokens=False)["input_ids"]
-    targets = tok([p.solution for p in problems], add_special_tokens=False)["input_ids"]
+    prompts = tok([render_prompt(tok, q) for q, _, _ in examples], add_special_tokens=False)["input_ids"]
+    targets = tok([s for _, s, _ in examples], add_special_tokens=False)["input_ids"]
     return [(pr + tg + [tok.eos_token_id], len(pr)) for pr, tg in zip(prompts, targets, strict=True)]
 
 
@@ -330,37 +368,20 @@ def _batch_order(n: int, batch_size: int, steps: int, generator: torch.Generator
         order = order[batch_size:]
 
 
-def _answer_matches(completion: str, gold: Any) -> bool:
-    match = _ANSWER.search(completion)
-    if not match:
-        return False
-    try:
-        return math.isclose(float(match.group(1).replace(",", "")), float(str(gold).replace(",", "")))
-    except ValueError:
-        return False
-
-
-@torch.no_grad()
-def _greedy_accuracy(
+def greedy_accuracy(
     model: Any, tok: Any, problems: list[Any], max_new_tokens: int, batch_size: int = 128
 ) -> float:
-    """Fraction of problems whose greedy completion has the right ``#### N`` (a quick build-time check)."""
-    from pspo_repro.prompts import render_prompt
+    """Fraction of problems whose greedy completion is strictly correct (``#### N``, graded as everywhere)."""
+    from pspo_repro import grading, prompts
+    from pspo_repro.train import greedy_completions
 
     if not problems:
         return float("nan")
-    side, tok.padding_side = tok.padding_side, "left"
-    correct = 0
-    try:
-        for start in range(0, len(problems), batch_size):
-            chunk = problems[start : start + batch_size]
-            batch = tok([render_prompt(tok, p.question) for p in chunk], return_tensors="pt", padding=True)
-            out = model.generate(**batch, do_sample=False, max_new_tokens=max_new_tokens)
-            texts = tok.batch_decode(out[:, batch["input_ids"].shape[1] :], skip_special_tokens=True)
-            correct += sum(_answer_matches(t, p.answer) for t, p in zip(texts, chunk, strict=True))
-    finally:
-        tok.padding_side = side
-    return correct / len(problems)
+    texts = [prompts.render_prompt(tok, p.question, p.kind) for p in problems]
+    completions = greedy_completions(model, tok, texts, max_new_tokens, batch_size)
+    return sum(
+        grading.score(c, p.answer, p.kind).strict for c, p in zip(completions, problems, strict=True)
+    ) / len(problems)
 
 
 _ARCHITECTURE = (
@@ -401,7 +422,10 @@ def build(name: str, out_dir: Path, progress: bool = True) -> dict:
     parent = _parent_folder(recipe, progress)  # built first if missing, outside this build's timing
     started = time.perf_counter()
     tok = build_tokenizer()
-    examples = _encode_sft(tok, _train_problems(recipe.data_seed, recipe.train_size))
+    warmstart = _warmstart_examples(recipe.data_seed, recipe.train_size, recipe.teacher_errors)
+    examples = _encode_sft(tok, warmstart)
+    # How often the teacher's final answer is right: the ceiling of faithful imitation.
+    teacher_accuracy = sum(sol.endswith(f"#### {ans}") for _, sol, ans in warmstart) / len(warmstart)
     if not examples:
         raise ValueError(f"tiny model {name!r}: the synthetic train split is empty")
 
@@ -437,7 +461,7 @@ def build(name: str, out_dir: Path, progress: bool = True) -> dict:
         train_seconds = time.perf_counter() - train_started
         model.eval()
         validation = synthetic.generate("validation", n=recipe.eval_n)
-        accuracy = _greedy_accuracy(model, tok, validation, recipe.eval_max_new_tokens)
+        accuracy = greedy_accuracy(model, tok, validation, recipe.eval_max_new_tokens)
 
     tail = losses[-max(1, len(losses) // 20) :]  # last 5% of steps: a steadier number than the last step
     record = {
@@ -451,6 +475,7 @@ def build(name: str, out_dir: Path, progress: bool = True) -> dict:
         "seconds_per_step": round(train_seconds / max(1, recipe.sft_steps), 4),
         "torch_threads": torch.get_num_threads(),
         "build_seconds": round(time.perf_counter() - started, 2),
+        "teacher_accuracy": teacher_accuracy,
         "validation_greedy_accuracy": accuracy,
         "validation_n": len(validation),
     }

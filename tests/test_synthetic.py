@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import re
 import time
 
@@ -23,7 +24,7 @@ def _check_solution(problem: Problem) -> list[int]:
     """Recompute the chain of a solution; returns the operands (start value first)."""
     *lines, final = problem.solution.split("\n")
     assert final == f"#### {problem.answer}", problem
-    assert len(lines) == problem.metadata["n_ops"] and 1 <= len(lines) <= 3
+    assert len(lines) == problem.metadata["n_ops"] and 1 <= len(lines) <= synthetic.MAX_OPS
     operands: list[int] = []
     previous = None
     ops = ""
@@ -33,17 +34,20 @@ def _check_solution(problem: Problem) -> list[int]:
         a, op, b, c = int(match[1]), match[2], int(match[3]), int(match[4])
         if previous is None:
             operands.append(a)
+            assert a in synthetic.START_VALUES
         else:
             assert a == previous, f"{problem.id}: chain broken at {line!r}"
-        expected = {"+": a + b, "-": a - b, "*": a * b, "/": a // b}[op]
-        if op == "/":
-            assert b > 0 and a % b == 0, f"{problem.id}: inexact division {line!r}"
-        assert c == expected and 0 <= c <= synthetic.MAX_VALUE, (problem.id, line)
+        assert op in "+-" and b in synthetic.OPERANDS
+        # neither operation would carry or borrow: only the ones digit moves, whichever op is applied
+        assert a // 10 == (a + b) // 10 == (a - b) // 10, (problem.id, line)
+        assert c == (a + b if op == "+" else a - b) and c > 0, (problem.id, line)
         operands.append(b)
         ops += op
         previous = c
     assert str(previous) == problem.answer
     assert ops == problem.metadata["ops"]
+    assert [b for _, _, b in problem.metadata["steps"]] == operands[1:]
+    assert operands[0] == problem.metadata["start"]
     return operands
 
 
@@ -75,11 +79,12 @@ def test_arithmetic_lengths_and_fields(splits: dict[str, list[Problem]], split: 
         # Every number in the story is used, in order; numbers like "doubles" or "half" are implicit.
         assert _is_subsequence(numbers, operands), (problem.question, operands)
         assert numbers and numbers[0] == operands[0]
-    # All operation counts and all four operations occur in every split.
+    # Both operation counts and both operations are common in every split, and so are transfer steps.
     n_ops = [p.metadata["n_ops"] for p in problems]
-    assert all(n_ops.count(k) >= 0.2 * len(problems) for k in (1, 2, 3))
+    assert all(n_ops.count(k) >= 0.4 * len(problems) for k in (1, 2))
     ops = "".join(p.metadata["ops"] for p in problems)
-    assert all(ops.count(op) >= 0.08 * len(ops) for op in "+-*/")
+    assert all(ops.count(op) >= 0.4 * len(ops) for op in "+-")
+    assert sum(p.metadata["transfer"] > 0 for p in problems) >= 0.15 * len(problems)
 
 
 def _drop_distractor_number(problem: Problem) -> list[int]:
@@ -90,27 +95,21 @@ def _drop_distractor_number(problem: Problem) -> list[int]:
 
 
 # Keyword readings of the story sentences, written independently of the generator's templates:
-# (pattern, operation, implicit operand or None). Start sentences without a group match nothing.
+# (pattern, operation, transfer between two people). Start sentences and questions match nothing.
 READINGS = (
-    (r" of \d+ \w+\.$", "*", None),  # "4 bags of 6 pens." / "8 rows of 11 cards."
-    (r"\bdoubles\b", "*", 2),
-    (r"\btriples\b", "*", 3),
-    (r"times as many|-fold", "*", None),
-    (r"\bhalf\b", "/", 2),
-    (r"\ba third\b", "/", 3),
-    (r"\ba quarter\b", "/", 4),
-    (r"equal piles|shared equally", "/", None),
-    (r"\bmore\b|\badds\b", "+", None),
-    (r"\bloses\b|\bsells\b|takes out|are removed|\bfewer\b|gives \d+ \w+ to", "-", None),
+    (r"\bgives? \w+ \d+ more\b|\bgave \w+ another\b", "+", True),
+    (r"\bgives \d+ \w+ to\b|\bgave \w+ \d+ of\b", "-", True),
+    (r"\bmore\b|\badds\b", "+", False),
+    (r"\bloses\b|\beats\b|\bate\b|\bdropped\b|takes out|are removed", "-", False),
 )
 
 
-def _read_story(question: str) -> list[tuple[str, int | None]]:
+def _read_story(question: str) -> list[tuple[str, bool]]:
     steps = []
     for sentence in re.findall(r"[^.?]+[.?]", question):
-        for pattern, op, implicit in READINGS:
+        for pattern, op, transfer in READINGS:
             if re.search(pattern, sentence):
-                steps.append((op, implicit))
+                steps.append((op, transfer))
                 break
     return steps
 
@@ -120,14 +119,12 @@ def test_sentences_say_what_the_solution_computes(splits: dict[str, list[Problem
     for problem in splits[split]:
         steps = _read_story(problem.question)
         assert "".join(op for op, _ in steps) == problem.metadata["ops"], problem.question
-        operands = [int(line.split()[2]) for line in problem.solution.split("\n")[:-1]]
-        for (_, implicit), operand in zip(steps, operands, strict=True):
-            assert implicit is None or implicit == operand, problem.question
+        assert sum(transfer for _, transfer in steps) == problem.metadata["transfer"], problem.question
 
 
 def test_examples_read_like_gsm8k(splits: dict[str, list[Problem]]) -> None:
     one_op = [p for p in splits["train"] if p.metadata["n_ops"] == 1]
-    assert max(len(p.question) for p in one_op) <= 120
+    assert max(len(p.question) for p in one_op) <= 110
     assert all(p.metadata["variant"] == "base" for p in splits["train"])
     example = splits["train"][0]
     assert example.id == "train-s0-00000"
@@ -146,15 +143,60 @@ def test_deterministic_and_seed_dependent() -> None:
 
 
 def test_splits_are_disjoint(splits: dict[str, list[Problem]]) -> None:
-    train = {p.question for p in splits["train"]}
-    validation = {p.question for p in splits["validation"]}
-    test = {p.question for p in splits["test"]}
-    assert not train & validation and not train & test and not validation & test
-    # The split is a function of the question text, so other seeds do not leak held-out questions either.
-    other_train = {p.question for p in synthetic.generate("train", n=5000, seed=1)}
-    assert not other_train & (test | validation)
-    assert not {p.question for p in splits["test-svamp"]} & train
-    assert not {p.question for p in splits["test-asdiv"]} & train
+    questions = {
+        split: {p.question for p in splits[split]} for split in ("warmstart", "train", "validation", "test")
+    }
+    for a, b in itertools.combinations(questions, 2):
+        assert not questions[a] & questions[b], (a, b)
+    # The split is a function of the question text, so other seeds and sizes do not leak across splits:
+    # warm-start data of any seed never holds an RL prompt, a validation or a test question of any seed.
+    warm_other = {p.question for p in synthetic.generate("warmstart", n=30000, seed=3)}
+    rl_other = {p.question for p in synthetic.generate("train", n=8000, seed=4)}
+    held_out = questions["validation"] | questions["test"]
+    assert not warm_other & (questions["train"] | rl_other | held_out)
+    assert not rl_other & (questions["warmstart"] | held_out)
+    assert not {p.question for p in splits["test-svamp"]} & (questions["warmstart"] | questions["train"])
+    assert not {p.question for p in splits["test-asdiv"]} & (questions["warmstart"] | questions["train"])
+
+
+def test_teacher_errs_where_told_and_only_there(splits: dict[str, list[Problem]]) -> None:
+    """The teacher picks the opposite operation at the rate its recipe gives, on the templates named, and
+    every line it writes is still right arithmetic."""
+    errors = {"p.gets": 0.65, "p.gives": 0.65}
+    wrong: dict[str, list[bool]] = {}
+    for problem in splits["warmstart"][:6000]:
+        text = synthetic.teacher_solution(problem, errors, seed=0)
+        assert text == synthetic.teacher_solution(problem, errors, seed=0)  # deterministic
+        *lines, final = text.split("\n")
+        for line, (template, op, b) in zip(lines, problem.metadata["steps"], strict=True):
+            match = LINE.match(line)
+            a, written, c = int(match[1]), match[2], int(match[4])
+            assert int(match[3]) == b and c == (a + b if written == "+" else a - b)
+            wrong.setdefault(template, []).append(written != op)
+        assert final == f"#### {c}"
+    for template, flags in wrong.items():
+        rate = sum(flags) / len(flags)
+        if template in errors:
+            assert abs(rate - errors[template]) < 0.04, (template, rate)
+        else:
+            assert rate == 0.0, template
+    assert set(wrong) == {t.id for t in synthetic.PERSON_TEMPLATES}
+    assert set(synthetic.TRANSFER_TEMPLATES) == {"p.gets", "p.gives"}
+    # a perfect teacher writes the true solution
+    assert all(synthetic.teacher_solution(p, {}) == p.solution for p in splits["warmstart"][:500])
+    with pytest.raises(ValueError, match=r"unknown template\(s\) \['p.steals'\]; allowed: p.buys"):
+        synthetic.teacher_solution(splits["warmstart"][0], {"p.steals": 0.5})
+    with pytest.raises(ValueError, match="in \\[0, 1\\]"):
+        synthetic.teacher_solution(splits["warmstart"][0], {"p.gets": 1.5})
+
+
+def test_out_of_distribution_sets_hold_transfer_steps(splits: dict[str, list[Problem]]) -> None:
+    """Both OOD sets contain steps of the kind the teacher gets wrong, so a learned correction can transfer."""
+    for split in ("test-svamp", "test-asdiv"):
+        share = sum(p.metadata["transfer"] > 0 for p in splits[split]) / len(splits[split])
+        assert share >= 0.15, (split, share)
+    past = [p for p in splits["test-asdiv"] if p.metadata["variant"] == "past"]
+    assert {op for p in past for t, op, _ in p.metadata["steps"] if t in ("t.got", "t.gave")} == {"+", "-"}
 
 
 def test_svamp_variants_keep_the_gold_answer(splits: dict[str, list[Problem]]) -> None:
@@ -183,7 +225,7 @@ def _skeleton(sentence: str) -> str:
     masked = re.sub(r"\d+", "#", sentence)
     for word in synthetic._ALL_NAMES:
         masked = re.sub(rf"\b{word}\b", "N", masked)
-    for word in synthetic._ITEMS + synthetic._GROUPS + synthetic._CONTAINERS:
+    for word in synthetic._ITEMS + synthetic._CONTAINERS:
         masked = re.sub(rf"\b{word}\b", "X", masked)
     return masked
 
@@ -196,15 +238,17 @@ def test_asdiv_split_uses_unseen_templates(splits: dict[str, list[Problem]]) -> 
     train_templates = {t for p in splits["train"] for t in p.metadata["template"].split("+")}
     ood_templates = {t for p in splits["test-asdiv"] for t in p.metadata["template"].split("+")}
     assert not train_templates & ood_templates
-    assert {p.metadata["variant"] for p in splits["test-asdiv"]} == {"container", "compare"}
+    assert {p.metadata["variant"] for p in splits["test-asdiv"]} == {"container", "past"}
     train_skeletons = {_skeleton(s) for p in splits["train"][:3000] for s in _sentences(p.question)}
     ood_skeletons = {_skeleton(s) for p in splits["test-asdiv"] for s in _sentences(p.question)}
-    assert "N has # X." in train_skeletons and len(ood_skeletons) >= 10
+    assert "N has # X." in train_skeletons and len(ood_skeletons) >= 12
     assert not train_skeletons & ood_skeletons
 
 
 def test_bad_arguments() -> None:
-    with pytest.raises(ValueError, match="unknown synthetic split 'dev'; allowed: train, validation, test"):
+    with pytest.raises(
+        ValueError, match="unknown synthetic split 'dev'; allowed: warmstart, train, validation"
+    ):
         synthetic.generate("dev")
     with pytest.raises(ValueError, match="non-negative"):
         synthetic.generate("train", n=-1)

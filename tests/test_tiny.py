@@ -118,6 +118,9 @@ def test_ensure_builds_a_complete_folder(built):
     assert record["fingerprint"] == tiny.fingerprint("tiny-test")
     assert record["recipe"]["sft_steps"] == tiny.RECIPES["tiny-test"].sft_steps
     assert 0.0 <= record["validation_greedy_accuracy"] <= 1.0
+    assert record["recipe"]["teacher_errors"] == tiny.GENERAL_TEACHER
+    # the general teacher errs 65% of the time on 2 of 6 templates: about 70% of its answers are right
+    assert 0.66 < record["teacher_accuracy"] < 0.74
     assert record["final_sft_loss"] < 2.0  # well below uniform over the 102 tokens (ln 102 = 4.6)
     config = json.loads((built / "config.json").read_text())
     assert config["model_type"] == "qwen2"
@@ -145,6 +148,9 @@ def test_fingerprint_follows_the_recipe(monkeypatch):
     monkeypatch.setitem(tiny.RECIPES, "tiny-test", replace(recipe, lr=recipe.lr * 2))
     assert tiny.fingerprint("tiny-test") != original
     monkeypatch.setitem(tiny.RECIPES, "tiny-test", replace(recipe, data_seed=recipe.data_seed + 1))
+    assert tiny.fingerprint("tiny-test") != original
+    # the teacher is part of the recipe: another error rate is another model
+    monkeypatch.setitem(tiny.RECIPES, "tiny-test", replace(recipe, teacher_errors={"p.gives": 0.65}))
     assert tiny.fingerprint("tiny-test") != original
     monkeypatch.setitem(tiny.RECIPES, "tiny-test", recipe)
     assert tiny.fingerprint("tiny-test") == original
@@ -174,7 +180,7 @@ def test_interrupted_build_leaves_no_final_folder(monkeypatch, tmp_path):
     def interrupt(*args, **kwargs):
         raise RuntimeError("interrupted")
 
-    monkeypatch.setattr(tiny, "_greedy_accuracy", interrupt)  # fails after training, before saving
+    monkeypatch.setattr(tiny, "greedy_accuracy", interrupt)  # fails after training, before saving
     with pytest.raises(RuntimeError, match="interrupted"):
         tiny.ensure("tiny-test", progress=False)
     folder = tmp_path / "tiny" / f"tiny-test-{tiny.fingerprint('tiny-test')[:12]}"
