@@ -8,6 +8,8 @@ One JSON line per optimizer step in ``probes.jsonl``:
 - ``weight``: statistics of the objective's per-token gradient weight w (d loss / d log r = -w A), and
   ``zero_weight_frac`` (all tokens with A != 0) / ``zero_weight_frac_pos`` / ``zero_weight_frac_neg``:
   the fraction of tokens whose gradient the objective zeroes, by advantage sign;
+- ``staleness``: optimizer updates made since this step's rollouts were generated (0 on the first step
+  of each reuse cycle, where every ratio is 1);
 - ``kl_old_theta`` (the k3 estimate of KL(pi_old || pi_theta) on the sampled tokens), ``mean_abs_r_minus_1``,
   ``entropy``;
 - every ``probe_every`` steps: ``cos_to_noclip``, the cosine between this objective's parameter gradient and the

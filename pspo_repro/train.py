@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import json
 import math
 import os
 import shutil
@@ -15,6 +17,7 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 from transformers import TrainerCallback
+from transformers.trainer_callback import PrinterCallback
 
 from pspo_repro import data, models, objectives, prompts, rewards, rundir
 
@@ -27,6 +30,9 @@ class TrainSettings:
 
     model: str = field(default="Qwen/Qwen2.5-0.5B", metadata={"help": "hub id, local folder or tiny name"})
     objective: str = field(default="pspo", metadata={"help": "clip, pspo, sigmoid, topr or noclip"})
+    label: str | None = field(
+        default=None, metadata={"help": "the run's name in a study (e.g. clip-shuffled); default: objective"}
+    )
     alpha: float = field(default=0.1, metadata={"help": "PSPO smoothing in [0, 1]"})
     eps: float = field(default=0.1, metadata={"help": "clip range (the authors intended 0.1 at 0.5B)"})
     eps_high: float | None = field(default=None, metadata={"help": "upper clip range; default eps"})
@@ -204,16 +210,28 @@ def greedy_completions(
 
 
 class Validation(TrainerCallback):
-    """Validation reward every N steps (as the authors did); keeps the best checkpoint in <run>/checkpoint."""
+    """Validation reward every N steps (as the authors did); keeps the best checkpoint in <run>/checkpoint.
 
-    def __init__(self, run_dir: Path, settings: TrainSettings, problems: list[data.Problem], tokenizer: Any):
+    Step 0 (the starting model) is validated and logged but is never a candidate for the best checkpoint,
+    as with ``load_best_model_at_end`` in the authors' setup: a run that only degrades then shows it.
+    ``initial`` is a known step-0 record (the same starting model, validated the same way) to reuse."""
+
+    def __init__(
+        self,
+        run_dir: Path,
+        settings: TrainSettings,
+        problems: list[data.Problem],
+        tokenizer: Any,
+        initial: dict[str, Any] | None = None,
+    ):
         self.run_dir, self.settings, self.problems, self.tokenizer = run_dir, settings, problems, tokenizer
         self.texts = [prompts.render_prompt(tokenizer, p.question, p.kind) for p in problems]
+        self.initial = initial
         self.best: float = -math.inf
         self.last: dict[str, Any] = {}
-        self.trainer: Any = None
 
-    def validate(self, model: Any, step: int) -> dict[str, Any]:
+    def measure(self, model: Any, step: int) -> dict[str, Any]:
+        """Greedy validation reward and accuracy of ``model`` (logged by :meth:`validate`)."""
         from pspo_repro import grading
 
         s = self.settings
@@ -225,14 +243,20 @@ class Validation(TrainerCallback):
         kinds = [p.kind for p in self.problems]
         rs = reward_fn(None, completions, answer=answers, kind=kinds)
         grades = [grading.score(c, a, k) for c, a, k in zip(completions, answers, kinds, strict=True)]
-        record = {
+        return {
             "step": step,
             "reward": sum(rs) / len(rs),
             "strict": sum(g.strict for g in grades) / len(grades),
             "flexible": sum(g.flexible for g in grades) / len(grades),
             "n": len(grades),
         }
-        record["best"] = record["reward"] > self.best
+
+    def validate(self, model: Any, step: int) -> dict[str, Any]:
+        if step == 0 and self.initial is not None:
+            record = {**self.initial, "step": 0}
+        else:
+            record = self.measure(model, step)
+        record["best"] = step > 0 and record["reward"] > self.best
         if record["best"]:
             self.best = record["reward"]
             self._save_checkpoint(model, step)
@@ -347,13 +371,47 @@ def grpo_config(settings: TrainSettings, run_dir: Path) -> Any:
     )
 
 
-def train(settings: TrainSettings, run_dir: str | os.PathLike, progress: bool = True) -> Path:
-    """Train one configuration into ``run_dir``; a finished run (DONE present) is left as it is."""
+def _initial_validation_path(source: models.ModelSource, settings: TrainSettings) -> Path | None:
+    """Where the step-0 validation of a cached tiny model is kept, or None for other models.
+
+    Greedy validation of the starting model is the same for every run that starts from it (every
+    objective and seed of a study), so it is computed once. Only tiny models qualify: their folder name
+    carries the fingerprint of their weights."""
+    from pspo_repro import tiny
+
+    folder = Path(source.path)
+    if source.gguf_file or folder.parent != tiny.cache_root() / "tiny":
+        return None
+    key = {
+        "model": folder.name,
+        "dataset": settings.dataset,
+        "validation_limit": settings.validation_limit,
+        "max_completion_length": settings.max_completion_length,
+        "reward": settings.reward,
+    }
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
+    return tiny.cache_root() / "validation" / f"{folder.name}-{digest}.json"
+
+
+def train(
+    settings: TrainSettings,
+    run_dir: str | os.PathLike,
+    progress: bool = True,
+    callbacks: list[TrainerCallback] | None = None,
+) -> Path:
+    """Train one configuration into ``run_dir``; a finished run (DONE present) is left as it is.
+
+    The model and the data are resolved before anything is written, so a bad name leaves no run folder.
+    ``callbacks`` are extra ``TrainerCallback``s (a study's progress display)."""
     from pspo_repro.trainer import PSPOGRPOTrainer
 
     run_dir = Path(run_dir)
     if rundir.is_done(run_dir):
         return run_dir
+    source = models.resolve(settings.model)
+    train_problems, validation_problems = load_problems(settings)
+    tokenizer = models.load_tokenizer(source)
+
     # A run that died part-way restarts from scratch: its logs would mix two histories.
     for name in ("train_log.jsonl", "probes.jsonl", "validation.jsonl", "checkpoint", "trainer"):
         path = run_dir / name
@@ -366,24 +424,24 @@ def train(settings: TrainSettings, run_dir: str | os.PathLike, progress: bool = 
     prov = rundir.provenance(settings.seed)
     rundir.atomic_write_json(run_dir / "provenance.json", prov)
 
-    source = models.resolve(settings.model)
-    tokenizer = models.load_tokenizer(source)
     dtype = (
         torch.bfloat16 if (settings.bf16 or (settings.bf16 is None and torch.cuda.is_available())) else None
     )
     model = models.load_model(source, dtype=dtype)
     model.train()
-    train_problems, validation_problems = load_problems(settings)
 
-    validation = Validation(run_dir, settings, validation_problems, tokenizer)
+    cache = _initial_validation_path(source, settings)
+    initial = rundir.read_json(cache) if cache is not None and cache.is_file() else None
+    validation = Validation(run_dir, settings, validation_problems, tokenizer, initial=initial)
     trainer = PSPOGRPOTrainer(
         model=model,
         reward_funcs=[rewards.get(settings.reward)],
         args=grpo_config(settings, run_dir),
         train_dataset=to_dataset(train_problems),
         processing_class=tokenizer,
-        callbacks=[validation, RunLog(run_dir, validation, progress)],
+        callbacks=[validation, RunLog(run_dir, validation, progress), *(callbacks or [])],
     )
+    trainer.remove_callback(PrinterCallback)  # RunLog writes the metrics; no dicts on the terminal
     started = time.time()
     trainer.train()
     seconds = time.time() - started
@@ -392,7 +450,10 @@ def train(settings: TrainSettings, run_dir: str | os.PathLike, progress: bool = 
     prov.update(finished=rundir.now(), train_seconds=seconds, steps=trainer.state.global_step)
     rundir.atomic_write_json(run_dir / "provenance.json", prov)
     history = rundir.read_jsonl(run_dir / "validation.jsonl")
-    best = max(history, key=lambda r: r["reward"])
+    if cache is not None and initial is None:
+        rundir.atomic_write_json(cache, {k: v for k, v in history[0].items() if k != "best"})
+    # The best checkpoint is chosen among the steps after 0 (see Validation).
+    best = max([r for r in history if r["step"] > 0] or history, key=lambda r: r["reward"])
     rundir.mark_done(
         run_dir,
         {

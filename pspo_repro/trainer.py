@@ -162,6 +162,8 @@ class PSPOGRPOTrainer(GRPOTrainer):
         current, self.probe_log.current = self.probe_log.current, StepProbe()
         n = self.args.probe_samples if current.cosines else 0
         record = current.summary(self.epsilon_low, self.epsilon_high, n, self.probe_log.generator)
+        # Optimizer updates made since the rollouts of this step were generated (0: on-policy).
+        record["staleness"] = (step - 1) % self.args.optimizer_steps_per_generation()
         self.probe_log.write(step, record)
 
     # --- the loss ---------------------------------------------------------------------------------

@@ -62,11 +62,56 @@ def test_every_objective_trains_and_changes_parameters(objective, tiny_model, tm
     start = weights(tiny_model)
     step = json.loads((run / "checkpoint" / "checkpoint_step.json").read_text())["step"]
     changed = any(not torch.equal(trained[k], start[k]) for k in start)
-    assert changed == (step > 0)
+    assert step > 0 and changed  # the starting model is never the selected checkpoint
+    # optimizer updates since generation: 4 steps per generation (2 micro-batches, each used twice)
+    assert [p["staleness"] for p in probes] == [0, 1, 2]
     config = json.loads((run / "config.json").read_text())
     assert config["objective"] == objective
     prov = json.loads((run / "provenance.json").read_text())
     assert prov["packages"]["trl"].startswith("1.") and prov["finished"] >= prov["started"]
+
+
+def test_best_checkpoint_is_chosen_after_step_0(tiny_model, tmp_path):
+    """Step 0 is validated and logged but never selected, as with load_best_model_at_end; the DONE record
+    names the best later step and the checkpoint is that step's."""
+    settings = tiny_settings(tiny_model, objective="clip", max_steps=4, eval_every=1, learning_rate=3e-2)
+    run = train(settings, tmp_path / "run", progress=False)
+    history = rundir.read_jsonl(run / "validation.jsonl")
+    assert [r["step"] for r in history] == [0, 1, 2, 3, 4]
+    assert history[0]["best"] is False
+    best = max(history[1:], key=lambda r: r["reward"])
+    done = json.loads((run / "DONE").read_text())
+    assert done["validation_best"]["step"] == best["step"] > 0
+    assert done["validation_first"]["step"] == 0
+    assert json.loads((run / "checkpoint" / "checkpoint_step.json").read_text())["step"] == best["step"]
+
+
+def test_step_0_validation_of_a_tiny_model_is_computed_once(tiny_model, tmp_path):
+    """Every run from the same cached tiny model shares one step-0 validation (greedy is deterministic)."""
+    from pspo_repro import train as train_module
+
+    settings = tiny_settings("tiny-test", objective="pspo", max_steps=1)
+    first = train(settings, tmp_path / "a", progress=False)
+    cache = train_module._initial_validation_path(models.resolve("tiny-test"), settings)
+    record = json.loads(cache.read_text())
+    assert record == {
+        k: v for k, v in rundir.read_jsonl(first / "validation.jsonl")[0].items() if k != "best"
+    }
+    cache.write_text(json.dumps({**record, "strict": 0.123}))  # a marker: the next run must read it
+    second = train(settings, tmp_path / "b", progress=False)
+    assert rundir.read_jsonl(second / "validation.jsonl")[0]["strict"] == 0.123
+    cache.unlink()
+    # another validation set is another cache entry
+    other = tiny_settings("tiny-test", objective="pspo", max_steps=1, validation_limit=4)
+    assert train_module._initial_validation_path(models.resolve("tiny-test"), other) != cache
+    # models outside the tiny cache are not cached
+    assert train_module._initial_validation_path(models.ModelSource(str(tmp_path)), settings) is None
+
+
+def test_a_bad_model_name_leaves_no_run_folder(tmp_path):
+    with pytest.raises(FileNotFoundError, match="'nosuchmodel' is not a tiny model"):
+        train(TrainSettings(model="nosuchmodel", dataset="synthetic"), tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()
 
 
 def test_training_moves_the_weights(tiny_model, tmp_path):
