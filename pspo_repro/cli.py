@@ -57,6 +57,7 @@ def train(
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ) -> None:
     """Train one configuration into a run directory (skipped when the run is already complete)."""
+    from pspo_repro.console import quiet_libraries
     from pspo_repro.train import TrainSettings
     from pspo_repro.train import train as run_training
 
@@ -68,7 +69,12 @@ def train(
         settings = TrainSettings.from_dict(values)
     except (TypeError, ValueError) as err:
         raise typer.BadParameter(str(err)) from None
-    run_dir = run_training(settings, out, progress=not quiet)
+    quiet_libraries()
+    try:
+        run_dir = run_training(settings, out, progress=not quiet)
+    except (ValueError, FileNotFoundError) as err:  # a bad model or data folder: one line, no traceback
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
     typer.echo(json.dumps(json.loads((run_dir / "DONE").read_text()), indent=2))
 
 
@@ -142,9 +148,20 @@ def study(
         str | None, typer.Option(help="Only these objective labels (comma-separated).")
     ] = None,
     seeds: Annotated[str | None, typer.Option(help="Only these seeds (comma-separated).")] = None,
+    workers: Annotated[
+        int | None,
+        typer.Option(help="Runs at once (default: one single-threaded worker per CPU core, or one per GPU)."),
+    ] = None,
+    quiet: Annotated[bool, typer.Option(help="No progress display.")] = False,
 ) -> None:
-    """Train and evaluate every run of a profile (resumable), then write its tables."""
+    """Train and evaluate every run of a profile (resumable, in parallel workers), then write its tables.
+
+    Exits with status 1 when any run failed (the others still finish and are tabulated)."""
+    from pspo_repro.console import quiet_libraries
+    from pspo_repro.launch import default_workers
     from pspo_repro.study import run_study
+
+    quiet_libraries()
 
     def split(value: str | None) -> list[str] | None:
         return [v.strip() for v in value.split(",") if v.strip()] if value else None
@@ -154,8 +171,11 @@ def study(
     except ValueError:
         typer.echo(f"error: --seeds must be comma-separated integers, got {seeds!r}", err=True)
         raise typer.Exit(2) from None
+    if workers is not None and workers < 1:
+        typer.echo(f"error: --workers must be >= 1, got {workers}", err=True)
+        raise typer.Exit(2)
     try:
-        table = run_study(
+        result = run_study(
             profile,
             runs,
             results,
@@ -163,12 +183,23 @@ def study(
             models=split(models),
             objectives=split(objectives),
             seeds=seed_list,
+            workers=workers or default_workers(),
+            progress=not quiet,
         )
     except (ValueError, FileNotFoundError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None
-    typer.echo(table.read_text())
-    typer.echo(f"tables in {table.parent}")
+    typer.echo(result.table.read_text())
+    typer.echo(f"tables in {result.table.parent}")
+    if result.busy:
+        typer.echo(
+            f"{len(result.busy)} run(s) were being trained by another process: {', '.join(result.busy)}"
+        )
+    if result.failed:
+        typer.echo(f"{len(result.failed)} run(s) failed (see FAILED in each run folder):", err=True)
+        for outcome in result.failed:
+            typer.echo(f"  {outcome.name}: {outcome.error}", err=True)
+        raise typer.Exit(1)
 
 
 @app.command()

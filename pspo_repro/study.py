@@ -14,19 +14,25 @@ Profile format::
       pspo: {}
       noclip: {num_iterations: 1}
       clip-shuffled: {objective: clip, shuffle_advantages: true}  # a labelled variant (a control)
+      clip-stress: {objective: clip, learning_rate: 3.0e-4, models: [tiny-general-l]}  # on some models only
     cells:                                                      # settings for one (model, objective)
       - {model: tiny-general-s, objective: clip, set: {learning_rate: 2.0e-4}}
     eval: {benchmarks: [synthetic, synthetic-svamp], limit: null, batch_size: 64}
 
+A profile may start from another (``extends: cpu``): its ``train`` and ``eval`` settings are merged key
+by key into the other's, and any other key it gives replaces the other's.
+
 Later layers win: train < models < objectives < cells. ``models`` may also be a plain list. An
 ``objectives`` key is the run's label; an entry that sets ``objective`` runs that objective under the label,
-which is how controls (shuffled advantages, SGD) sit beside the objectives in one table.
+which is how controls (shuffled advantages, SGD) sit beside the objectives in one table; an entry's
+``models`` list restricts it to those models.
+
+Each model's starting point is evaluated once (``<runs>/<profile>/<model>/start/eval``), so the tables show
+what training added. Tables are written by :mod:`pspo_repro.tables`.
 """
 
 from __future__ import annotations
 
-import csv
-import io
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -34,10 +40,12 @@ from typing import Any
 
 import yaml
 
-from pspo_repro import rundir
-from pspo_repro.train import TrainSettings, train
+from pspo_repro import launch, tables
+from pspo_repro.train import TrainSettings
 
-PROFILE_KEYS = {"name", "description", "models", "seeds", "train", "objectives", "cells", "eval"}
+BASE = "start"  # the folder, beside a model's runs, that holds its starting model's evaluation
+
+PROFILE_KEYS = {"name", "description", "extends", "models", "seeds", "train", "objectives", "cells", "eval"}
 
 
 @dataclass(frozen=True)
@@ -45,13 +53,18 @@ class Run:
     """One cell of a study: where it lives and what it trains."""
 
     model: str
-    objective: str  # the label in the profile: an objective name, or a variant such as "clip-shuffled"
+    label: str  # the profile's name for the arm: an objective, or a variant such as "clip-shuffled"
     seed: int
     settings: TrainSettings
 
     @property
     def name(self) -> str:
-        return f"{self.model.replace('/', '--')}/{self.objective}/seed{self.seed}"
+        return f"{model_folder(self.model)}/{self.label}/seed{self.seed}"
+
+
+def model_folder(model: str) -> str:
+    """A model's folder name inside a study (hub ids have a slash)."""
+    return model.replace("/", "--")
 
 
 def profile_names() -> list[str]:
@@ -76,6 +89,14 @@ def load_profile(name_or_path: str) -> dict[str, Any]:
         raise ValueError(
             f"profile {name_or_path!r} has unknown keys {unknown}; allowed: {sorted(PROFILE_KEYS)}"
         )
+    if "extends" in profile:
+        base = load_profile(profile.pop("extends"))
+        base.pop("description", None)
+        # train and eval settings merge key by key; every other key (models, objectives, seeds) replaces
+        for key in ("train", "eval"):
+            if key in profile:
+                profile[key] = {**base.get(key, {}), **profile[key]}
+        profile = {**base, **profile}
     return profile
 
 
@@ -90,19 +111,27 @@ def expand(profile: dict[str, Any]) -> list[Run]:
         if cell["model"] not in model_settings or cell["objective"] not in profile["objectives"]:
             raise ValueError(f"profile cell {key} names a model or objective the profile does not have")
         cells[key] = cell.get("set", {})
+    arms = {label: dict(values or {}) for label, values in profile["objectives"].items()}
+    only = {label: arm.pop("models", None) for label, arm in arms.items()}
+    for label, wanted in only.items():
+        unknown = sorted(set(wanted or ()) - set(model_settings))
+        if unknown:
+            raise ValueError(f"objective {label!r} names models {unknown} that the profile does not have")
     runs = []
     for model, for_model in model_settings.items():
-        for objective, for_objective in profile["objectives"].items():
+        for label, for_label in arms.items():
+            if only[label] is not None and model not in only[label]:
+                continue
             for seed in profile.get("seeds", [0]):
                 values = {
                     **profile.get("train", {}),
                     **(for_model or {}),
-                    **(for_objective or {}),
-                    **cells.get((model, objective), {}),
+                    **for_label,
+                    **cells.get((model, label), {}),
                 }
-                values.update(model=model, seed=seed)
-                values["objective"] = (for_objective or {}).get("objective", objective)
-                runs.append(Run(model, objective, seed, TrainSettings.from_dict(values)))
+                values.update(model=model, seed=seed, label=label)
+                values["objective"] = for_label.get("objective", label)
+                runs.append(Run(model, label, seed, TrainSettings.from_dict(values)))
     return runs
 
 
@@ -115,7 +144,7 @@ def select(
     """The runs whose model, objective label and seed are among those given (None: any)."""
     for kind, wanted, have in (
         ("model", models, {r.model for r in runs}),
-        ("objective", objectives, {r.objective for r in runs}),
+        ("objective", objectives, {r.label for r in runs}),
         ("seed", seeds, {r.seed for r in runs}),
     ):
         unknown = sorted(set(wanted or ()) - have, key=str)
@@ -125,9 +154,49 @@ def select(
         r
         for r in runs
         if (models is None or r.model in models)
-        and (objectives is None or r.objective in objectives)
+        and (objectives is None or r.label in objectives)
         and (seeds is None or r.seed in seeds)
     ]
+
+
+def tasks(
+    runs: list[Run],
+    study_dir: Path,
+    benchmarks: list[str],
+    eval_options: dict[str, Any],
+    data_dir: str | None,
+) -> list[launch.Task]:
+    """The study's tasks in the order they should start.
+
+    A model's first task warm-starts it when it is a tiny model that is not built yet, so the evaluations
+    of the starting models come first, those of independent models side by side (one worker each), then
+    their runs; models whose warm start continues another (``init_from``) come after the others' runs, so
+    that no worker waits for a warm start while others could train."""
+    from pspo_repro import tiny
+
+    by_model: dict[str, list[Run]] = {}
+    for run in runs:
+        by_model.setdefault(run.model, []).append(run)
+    bench = tuple(benchmarks)
+
+    def start(model: str) -> launch.Task:
+        folder = study_dir / model_folder(model) / BASE
+        return launch.Task(f"{model}/{BASE}", "base", folder, model, bench, eval_options, None, data_dir)
+
+    def trained(run: Run) -> launch.Task:
+        settings = run.settings.to_dict()
+        if data_dir and settings["data_dir"] is None:
+            settings["data_dir"] = data_dir
+        return launch.Task(
+            run.name, "train", study_dir / run.name, run.model, bench, eval_options, settings, data_dir
+        )
+
+    children = {m for m in by_model if m in tiny.names() and tiny.RECIPES[m].init_from is not None}
+    first = [m for m in by_model if m not in children]
+    result = [start(m) for m in first] + [trained(r) for m in first for r in by_model[m]]
+    for model in (m for m in by_model if m in children):
+        result += [start(model)] + [trained(r) for r in by_model[model]]
+    return result
 
 
 def run_study(
@@ -138,165 +207,47 @@ def run_study(
     models: list[str] | None = None,
     objectives: list[str] | None = None,
     seeds: list[int] | None = None,
-) -> Path:
-    """Train and evaluate the runs of a profile (all, or those selected), then write the tables from every
-    finished run of the study; returns the accuracy table's path."""
+    workers: int = 1,
+    progress: bool = True,
+) -> StudyResult:
+    """Train and evaluate the runs of a profile (all, or those selected) with ``workers`` processes, then
+    write the tables from every finished run of the study. A failing run fails alone: the others go on,
+    and the result lists the failures."""
     from pspo_repro import evaluate
+    from pspo_repro.console import StudyProgress
 
     profile = load_profile(profile_name)
     name = profile.get("name", Path(profile_name).stem)
     eval_opts = dict(profile.get("eval", {}))
     benchmarks = evaluate.parse_benchmarks(",".join(eval_opts.pop("benchmarks", ["synthetic"])))
     runs = select(expand(profile), models, objectives, seeds)
-    for i, run in enumerate(runs, 1):
-        run_dir = runs_root / name / run.name
-        print(f"[{i}/{len(runs)}] {run.name}", flush=True)
-        settings = run.settings
-        if data_dir and settings.data_dir is None:
-            settings = TrainSettings.from_dict({**settings.to_dict(), "data_dir": data_dir})
-        train(settings, run_dir)
-        evaluate.evaluate(str(run_dir), benchmarks, run_dir, data_dir=data_dir, **eval_opts)
-    return write_table(runs_root / name, results_root / name, profile)
+    study_dir = runs_root / name
+    todo = [t for t in tasks(runs, study_dir, benchmarks, eval_opts, data_dir) if not launch.is_finished(t)]
+    display = StudyProgress(len(todo), desc=name, enabled=progress)
+    outcomes: list[launch.Outcome] = []
+
+    def on_outcome(outcome: launch.Outcome) -> None:
+        outcomes.append(outcome)
+        display.finish(outcome.name)
+        if outcome.status == "failed":
+            display.bar.write(f"failed: {outcome.name}: {outcome.error}")
+
+    try:
+        launch.run_tasks(todo, workers, display.update, on_outcome)
+    finally:
+        display.close()
+    table = tables.write_tables(study_dir, results_root / name, profile)
+    return StudyResult(
+        table=table,
+        failed=[o for o in outcomes if o.status == "failed"],
+        busy=[o.name for o in outcomes if o.status == "busy"],
+    )
 
 
-def collect(study_dir: Path) -> list[dict[str, Any]]:
-    """One row per (run, benchmark, metric) from the finished runs under a study folder."""
-    rows = []
-    for done in sorted(study_dir.glob("*/*/seed*/DONE")):
-        run_dir = done.parent
-        config = rundir.read_json(run_dir / "config.json")
-        summary_path = run_dir / "eval" / "summary.json"
-        if not summary_path.is_file():
-            continue
-        finished = rundir.read_json(done)
-        for bench, metrics in rundir.read_json(summary_path)["benchmarks"].items():
-            for metric in ("strict", "flexible", "permissive"):
-                m = metrics["metrics"][metric]
-                rows.append(
-                    {
-                        "model": config["model"],
-                        "objective": run_dir.parent.name,  # the profile's label (a variant keeps its own)
-                        "seed": config["seed"],
-                        "benchmark": bench,
-                        "metric": metric,
-                        "accuracy": m["accuracy"],
-                        "ci95_low": m["ci95"][0],
-                        "ci95_high": m["ci95"][1],
-                        "n": metrics["n_problems"],
-                        "validation_first": finished["validation_first"]["strict"],
-                        "validation_best": finished["validation_best"]["strict"],
-                        "train_seconds": finished["seconds"],
-                        "run": str(run_dir),
-                    }
-                )
-    return rows
+@dataclass(frozen=True)
+class StudyResult:
+    """Where the tables are, which tasks failed (with their errors) and which were busy elsewhere."""
 
-
-# Probe fields averaged over a run's optimizer steps for the training table.
-PROBE_MEANS = ("zero_weight_frac", "ratio_outside", "mean_abs_r_minus_1", "kl_old_theta", "grad_norm")
-
-
-def collect_training(study_dir: Path) -> list[dict[str, Any]]:
-    """One row per finished run: validation before and after, speed, and its probes averaged over steps."""
-    rows = []
-    for done in sorted(study_dir.glob("*/*/seed*/DONE")):
-        run_dir = done.parent
-        config = rundir.read_json(run_dir / "config.json")
-        finished = rundir.read_json(done)
-        probes_path = run_dir / "probes.jsonl"
-        probes = rundir.read_jsonl(probes_path) if probes_path.is_file() else []
-        row = {
-            "model": config["model"],
-            "objective": run_dir.parent.name,
-            "seed": config["seed"],
-            "steps": finished["steps"],
-            "validation_n": finished["validation_first"]["n"],
-            "validation_first": finished["validation_first"]["strict"],
-            "validation_last": finished["validation_last"]["strict"],
-            "validation_best": finished["validation_best"]["strict"],
-            "seconds_per_step": finished["seconds_per_step"],
-        }
-        for key in PROBE_MEANS:
-            values = [p[key] for p in probes if p.get(key) is not None]
-            row[key] = sum(values) / len(values) if values else None
-        cosines = [p["cos_to_noclip"] for p in probes if p.get("cos_to_noclip") is not None]
-        row["cos_to_noclip_min"] = min(cosines) if cosines else None
-        rows.append(row)
-    return rows
-
-
-def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
-    buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
-    writer.writeheader()
-    writer.writerows(rows)
-    rundir.atomic_write_text(path, buf.getvalue())
-
-
-def write_table(study_dir: Path, out_dir: Path, profile: dict[str, Any]) -> Path:
-    """accuracy.csv (every row) and accuracy.md (mean over seeds), training.csv and training.md (validation
-    before and after, speed and gradient probes per run), with the profile beside them."""
-    rows = collect(study_dir)
-    if not rows:
-        raise FileNotFoundError(f"no finished, evaluated runs under {study_dir}")
-    _write_csv(out_dir / "accuracy.csv", rows)
-    training = collect_training(study_dir)
-    _write_csv(out_dir / "training.csv", training)
-    rundir.atomic_write_text(out_dir / "profile.yaml", yaml.safe_dump(profile, sort_keys=False))
-    rundir.atomic_write_text(out_dir / "accuracy.md", markdown_table(rows))
-    rundir.atomic_write_text(out_dir / "training.md", training_table(training))
-    return out_dir / "accuracy.md"
-
-
-def _mean_sd(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
-    if not values:
-        return ""
-    mean = sum(values) / len(values)
-    if len(values) == 1:
-        return f"{scale * mean:.{digits}f}"
-    sd = (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
-    return f"{scale * mean:.{digits}f} ± {scale * sd:.{digits}f}"
-
-
-def training_table(rows: list[dict[str, Any]]) -> str:
-    """Per (model, objective): validation strict accuracy before and after (mean ± sd over seeds, in
-    percent), its change, seconds per step, and the probe means (percent of completion tokens)."""
-    groups: dict[tuple[str, str], list[dict[str, Any]]] = {}
-    for r in rows:
-        groups.setdefault((r["model"], r["objective"]), []).append(r)
-    lines = [
-        "| model | objective | seeds | validation before | after | change | s/step | zero-gradient tokens %"
-        " | ratios outside clip range % | mean abs(r-1) | min cos to unclipped |",
-        "|" + "---|" * 11,
-    ]
-
-    def col(group: list[dict[str, Any]], key: str, scale: float = 1.0, digits: int = 1) -> str:
-        return _mean_sd([r[key] for r in group if r[key] is not None], scale, digits)
-
-    for (model, objective), group in groups.items():
-        change = [r["validation_last"] - r["validation_first"] for r in group]
-        lines.append(
-            f"| {model} | {objective} | {len(group)} | {col(group, 'validation_first', 100)} | "
-            f"{col(group, 'validation_last', 100)} | {_mean_sd(change, 100)} | {col(group, 'seconds_per_step')} | "
-            f"{col(group, 'zero_weight_frac', 100, 2)} | {col(group, 'ratio_outside', 100, 2)} | "
-            f"{col(group, 'mean_abs_r_minus_1', 1, 4)} | {col(group, 'cos_to_noclip_min', 1, 2)} |"
-        )
-    return "\n".join(lines) + "\n"
-
-
-def markdown_table(rows: list[dict[str, Any]]) -> str:
-    """Mean accuracy over seeds per (model, objective) and (benchmark, metric), in percent."""
-    cells: dict[tuple[str, str], dict[tuple[str, str], list[float]]] = {}
-    columns: list[tuple[str, str]] = []
-    for r in rows:
-        col = (r["benchmark"], r["metric"])
-        if col not in columns:
-            columns.append(col)
-        cells.setdefault((r["model"], r["objective"]), {}).setdefault(col, []).append(r["accuracy"])
-    head = "| model | objective | seeds | " + " | ".join(f"{b} {m}" for b, m in columns) + " |"
-    lines = [head, "|" + "---|" * (len(columns) + 3)]
-    for (model, objective), by_col in cells.items():
-        n = max(len(v) for v in by_col.values())
-        vals = [f"{100 * sum(by_col[c]) / len(by_col[c]):.1f}" if c in by_col else "" for c in columns]
-        lines.append(f"| {model} | {objective} | {n} | " + " | ".join(vals) + " |")
-    return "\n".join(lines) + "\n"
+    table: Path
+    failed: list[launch.Outcome]
+    busy: list[str]

@@ -15,7 +15,7 @@ def test_shipped_profiles_expand():
     assert {"paper", "smoke", "cpu"} <= set(study.profile_names())
     paper = study.expand(study.load_profile("paper"))
     assert len(paper) == 3 * 5 * 5
-    by_key = {(r.model, r.objective, r.seed): r.settings for r in paper}
+    by_key = {(r.model, r.label, r.seed): r.settings for r in paper}
     # layering: train < models < objectives < cells
     assert by_key[("Qwen/Qwen2.5-0.5B", "clip", 0)].eps == 0.1
     assert by_key[("Qwen/Qwen2.5-1.5B", "clip", 0)].eps == 0.2
@@ -37,7 +37,7 @@ def test_labelled_variants_run_their_objective():
             "pspo-sgd": {"objective": "pspo", "optimizer": "sgd", "learning_rate": 0.5},
         },
     }
-    runs = {r.objective: r for r in study.expand(profile)}
+    runs = {r.label: r for r in study.expand(profile)}
     assert set(runs) == {"clip", "clip-shuffled", "pspo-sgd"}
     assert runs["clip-shuffled"].settings.objective == "clip"
     assert runs["clip-shuffled"].settings.shuffle_advantages is True
@@ -45,6 +45,7 @@ def test_labelled_variants_run_their_objective():
     assert (runs["pspo-sgd"].settings.objective, runs["pspo-sgd"].settings.optimizer) == ("pspo", "sgd")
     assert runs["pspo-sgd"].settings.learning_rate == 0.5 and runs["clip"].settings.learning_rate == 1e-4
     assert runs["pspo-sgd"].name == "tiny-test/pspo-sgd/seed0"
+    assert runs["pspo-sgd"].settings.label == "pspo-sgd"  # the label travels in config.json
     with pytest.raises(ValueError, match="'cilp'"):
         study.expand({**profile, "objectives": {"typo": {"objective": "cilp"}}})
 
@@ -52,7 +53,7 @@ def test_labelled_variants_run_their_objective():
 def test_select_a_slice_of_a_profile():
     runs = study.expand(study.load_profile("cpu"))
     picked = study.select(runs, models=["tiny-math-l"], objectives=["clip", "pspo"], seeds=[1])
-    assert [(r.model, r.objective, r.seed) for r in picked] == [
+    assert [(r.model, r.label, r.seed) for r in picked] == [
         ("tiny-math-l", "clip", 1),
         ("tiny-math-l", "pspo", 1),
     ]
@@ -87,14 +88,25 @@ def test_small_study_end_to_end(tiny_model, tmp_path):
     profile["eval"].update(benchmarks=["synthetic", "synthetic-asdiv"], limit=6)
     path = tmp_path / "mini.yaml"
     path.write_text(yaml.safe_dump(profile))
-    table = study.run_study(str(path), tmp_path / "runs", tmp_path / "results")
+    result = study.run_study(str(path), tmp_path / "runs", tmp_path / "results", progress=False)
+    assert (result.failed, result.busy) == ([], [])
+    table = result.table
     rows = list(csv.DictReader((table.parent / "accuracy.csv").read_text().splitlines()))
-    assert len(rows) == 2 * 2 * 3  # objectives x benchmarks x metrics
-    assert {r["objective"] for r in rows} == {"clip", "pspo"}
+    assert len(rows) == 3 * 2 * 3  # (starting model + 2 objectives) x benchmarks x metrics
+    assert {r["objective"] for r in rows} == {"start", "clip", "pspo"}
     assert all(r["n"] == "6" and 0.0 <= float(r["accuracy"]) <= 1.0 for r in rows)
     md = table.read_text()
     assert md.splitlines()[0].startswith("| model | objective | seeds | synthetic strict |")
+    assert md.splitlines()[2].startswith("| tiny-test | start | - |")  # the starting model comes first
     assert "| tiny-test | pspo | 1 |" in md
+    control = list(csv.DictReader((table.parent / "control.csv").read_text().splitlines()))
+    assert {(r["objective"], r["benchmark"]) for r in control} == {
+        (o, b) for o in ("clip", "pspo") for b in ("synthetic", "synthetic-asdiv")
+    }
+    staleness = list(csv.DictReader((table.parent / "staleness.csv").read_text().splitlines()))
+    assert {(r["objective"], r["staleness"]) for r in staleness} == {
+        (o, s) for o in ("clip", "pspo") for s in ("0", "1")
+    }
     training = list(csv.DictReader((table.parent / "training.csv").read_text().splitlines()))
     assert sorted(r["objective"] for r in training) == ["clip", "pspo"]
     for r in training:
@@ -103,9 +115,30 @@ def test_small_study_end_to_end(tiny_model, tmp_path):
         assert float(r["validation_first"]) == history[0]["strict"]
         assert float(r["validation_last"]) == history[-1]["strict"]
         assert r["steps"] == "2" and float(r["seconds_per_step"]) > 0
+        best = max(history[1:], key=lambda h: h["reward"])  # chosen among the steps after 0
+        assert (int(r["best_step"]), float(r["validation_best"])) == (best["step"], best["strict"])
     assert float(next(r for r in training if r["objective"] == "pspo")["zero_weight_frac"]) == 0.0
     assert "| tiny-test | clip | 1 |" in (table.parent / "training.md").read_text()
     # a second call finds every run and evaluation finished and only rewrites the table
     done = sorted(p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("DONE"))
-    study.run_study(str(path), tmp_path / "runs", tmp_path / "results")
+    study.run_study(str(path), tmp_path / "runs", tmp_path / "results", progress=False)
     assert sorted(p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("DONE")) == done
+
+
+def test_a_profile_extends_another(tmp_path):
+    child = tmp_path / "child.yaml"
+    child.write_text(
+        yaml.safe_dump(
+            {"name": "child", "extends": "cpu", "seeds": [0, 1, 2, 3, 4], "train": {"max_steps": 7}}
+        )
+    )
+    profile = study.load_profile(str(child))
+    base = study.load_profile("cpu")
+    assert profile["seeds"] == [0, 1, 2, 3, 4] and profile["name"] == "child"
+    assert profile["train"] == {**base["train"], "max_steps": 7}
+    assert profile["objectives"] == base["objectives"] and profile["eval"] == base["eval"]
+    runs = study.expand(profile)
+    assert len(runs) == len(study.expand(base)) // 3 * 5
+    assert {r.settings.max_steps for r in runs if r.label == "clip"} == {7}
+    full = study.load_profile("cpu-full")
+    assert full["seeds"] == [0, 1, 2, 3, 4] and "extends" not in full

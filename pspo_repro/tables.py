@@ -1,0 +1,345 @@
+"""A study's tables, from its finished runs: what training did, against the starting model and the noise floor.
+
+Written to ``results/<profile>/`` (CSV for every row, Markdown for reading), with the profile beside them:
+
+- ``accuracy``: test and out-of-distribution accuracy of each run's selected checkpoint (strict, flexible,
+  permissive), mean ± sd over seeds, with each starting model's accuracy in its own row (``start``);
+- ``training``: validation strict accuracy at step 0, at the best step after 0 (the selected checkpoint)
+  and at the end, speed, and the gradient probes averaged over steps;
+- ``control``: each arm's test gain over its starting model against the shuffled-advantage control's
+  (the noise floor): the difference, its standard error, and whether it exceeds 3 standard errors;
+- ``staleness``: the zero-gradient token fraction and the fraction of ratios outside the clip range by
+  staleness (optimizer updates since the rollouts were generated);
+- ``timing``: the compute each stage took, in core-seconds summed over tasks (warm starts of the tiny
+  models used, training runs including their validation, evaluations).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pspo_repro import rundir
+
+METRICS = ("strict", "flexible", "permissive")
+CONTROL_SUFFIX = "-shuffled"
+START = "start"
+
+
+def _label(run_dir: Path, config: dict[str, Any]) -> str:
+    return config.get("label") or run_dir.parent.name
+
+
+def _runs(study_dir: Path) -> list[tuple[Path, dict[str, Any]]]:
+    return [
+        (d.parent, rundir.read_json(d.parent / "config.json"))
+        for d in sorted(study_dir.glob("*/*/seed*/DONE"))
+    ]
+
+
+def collect(study_dir: Path) -> list[dict[str, Any]]:
+    """One row per (run or starting model, benchmark, metric) with an evaluation summary."""
+    rows = []
+    sources = [(p.parent.parent, None) for p in sorted(study_dir.glob(f"*/{START}/eval/summary.json"))]
+    sources += _runs(study_dir)
+    for folder, config in sources:
+        summary_path = folder / "eval" / "summary.json"
+        if not summary_path.is_file():
+            continue
+        summary = rundir.read_json(summary_path)
+        if config is None:
+            model, label, seed = summary["settings"]["model"], START, None
+        else:
+            model, label, seed = config["model"], _label(folder, config), config["seed"]
+        for bench, entry in summary["benchmarks"].items():
+            for metric in METRICS:
+                m = entry["metrics"][metric]
+                rows.append(
+                    {
+                        "model": model,
+                        "objective": label,
+                        "seed": seed,
+                        "benchmark": bench,
+                        "metric": metric,
+                        "accuracy": m["accuracy"],
+                        "ci95_low": m["ci95"][0],
+                        "ci95_high": m["ci95"][1],
+                        "n": entry["n_problems"],
+                        "run": str(folder),
+                    }
+                )
+    return rows
+
+
+# Probe fields averaged over a run's optimizer steps for the training table.
+PROBE_MEANS = ("zero_weight_frac", "ratio_outside", "mean_abs_r_minus_1", "kl_old_theta", "grad_norm")
+
+
+def collect_training(study_dir: Path) -> list[dict[str, Any]]:
+    """One row per finished run: validation at step 0, best and end, speed, and probe means over steps."""
+    rows = []
+    for run_dir, config in _runs(study_dir):
+        finished = rundir.read_json(run_dir / rundir.DONE)
+        probes = rundir.read_jsonl(run_dir / "probes.jsonl")
+        row = {
+            "model": config["model"],
+            "objective": _label(run_dir, config),
+            "seed": config["seed"],
+            "steps": finished["steps"],
+            "validation_n": finished["validation_first"]["n"],
+            "validation_first": finished["validation_first"]["strict"],
+            "validation_best": finished["validation_best"]["strict"],
+            "best_step": finished["validation_best"]["step"],
+            "validation_last": finished["validation_last"]["strict"],
+            "seconds_per_step": finished["seconds_per_step"],
+        }
+        for key in PROBE_MEANS:
+            values = [p[key] for p in probes if p.get(key) is not None]
+            row[key] = sum(values) / len(values) if values else None
+        cosines = [p["cos_to_noclip"] for p in probes if p.get("cos_to_noclip") is not None]
+        row["cos_to_noclip_min"] = min(cosines) if cosines else None
+        rows.append(row)
+    return rows
+
+
+def collect_staleness(study_dir: Path) -> list[dict[str, Any]]:
+    """One row per (run, staleness): probe means over the steps with that many updates since generation."""
+    rows = []
+    for run_dir, config in _runs(study_dir):
+        by_staleness: dict[int, list[dict]] = {}
+        for p in rundir.read_jsonl(run_dir / "probes.jsonl"):
+            if "staleness" in p and p.get("zero_weight_frac") is not None:
+                by_staleness.setdefault(p["staleness"], []).append(p)
+        for staleness, probes in sorted(by_staleness.items()):
+            rows.append(
+                {
+                    "model": config["model"],
+                    "objective": _label(run_dir, config),
+                    "seed": config["seed"],
+                    "staleness": staleness,
+                    "steps": len(probes),
+                    "zero_weight_frac": _mean([p["zero_weight_frac"] for p in probes]),
+                    "zero_weight_frac_max": max(p["zero_weight_frac"] for p in probes),
+                    "ratio_outside": _mean([p["ratio_outside"] for p in probes]),
+                }
+            )
+    return rows
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values)
+
+
+def _sd(values: list[float]) -> float:
+    if len(values) < 2:
+        return float("nan")
+    mean = _mean(values)
+    return (sum((v - mean) ** 2 for v in values) / (len(values) - 1)) ** 0.5
+
+
+def _mean_sd(values: list[float], scale: float = 1.0, digits: int = 1) -> str:
+    if not values:
+        return ""
+    if len(values) == 1:
+        return f"{scale * values[0]:.{digits}f}"
+    return f"{scale * _mean(values):.{digits}f} ± {scale * _sd(values):.{digits}f}"
+
+
+def _groups(rows: list[dict[str, Any]], *keys: str) -> dict[tuple, list[dict[str, Any]]]:
+    out: dict[tuple, list[dict[str, Any]]] = {}
+    for r in rows:
+        out.setdefault(tuple(r[k] for k in keys), []).append(r)
+    return out
+
+
+def accuracy_table(rows: list[dict[str, Any]]) -> str:
+    """Accuracy in percent, mean ± sd over seeds, per (model, arm) and (benchmark, metric); each model's
+    starting point first."""
+    columns = list(dict.fromkeys((r["benchmark"], r["metric"]) for r in rows))
+    head = "| model | objective | seeds | " + " | ".join(f"{b} {m}" for b, m in columns) + " |"
+    lines = [head, "|" + "---|" * (len(columns) + 3)]
+    groups = _groups(rows, "model", "objective")
+    for (model, label), group in sorted(groups.items(), key=lambda kv: (kv[0][0], kv[0][1] != START)):
+        cells = _groups(group, "benchmark", "metric")
+        seeds = len({r["seed"] for r in group}) if label != START else "-"
+        values = [_mean_sd([r["accuracy"] for r in cells.get(c, [])], 100) for c in columns]
+        lines.append(f"| {model} | {label} | {seeds} | " + " | ".join(values) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def training_table(rows: list[dict[str, Any]]) -> str:
+    """Validation strict accuracy (percent, mean ± sd over seeds) at step 0, at the best step after 0 and
+    at the end, speed, and probe means (percent of completion tokens)."""
+    lines = [
+        "| model | objective | seeds | validation at step 0 | best | best step | end | end - step 0 | s/step "
+        "| zero-gradient tokens % | ratios outside clip range % | mean abs(r-1) | min cos to unclipped |",
+        "|" + "---|" * 13,
+    ]
+
+    def col(group: list[dict[str, Any]], key: str, scale: float = 1.0, digits: int = 1) -> str:
+        return _mean_sd([r[key] for r in group if r[key] is not None], scale, digits)
+
+    for (model, label), group in _groups(rows, "model", "objective").items():
+        change = [r["validation_last"] - r["validation_first"] for r in group]
+        lines.append(
+            f"| {model} | {label} | {len(group)} | {col(group, 'validation_first', 100)} | "
+            f"{col(group, 'validation_best', 100)} | {col(group, 'best_step', 1, 0)} | "
+            f"{col(group, 'validation_last', 100)} | {_mean_sd(change, 100)} | {col(group, 'seconds_per_step', 1, 2)} | "
+            f"{col(group, 'zero_weight_frac', 100, 2)} | {col(group, 'ratio_outside', 100, 2)} | "
+            f"{col(group, 'mean_abs_r_minus_1', 1, 4)} | {col(group, 'cos_to_noclip_min', 1, 2)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def gains(rows: list[dict[str, Any]], benchmark: str, metric: str = "strict") -> list[dict[str, Any]]:
+    """Per (model, arm): each seed's accuracy gain over the starting model on ``benchmark``, compared with
+    the shuffled-advantage control of the same model (an arm ``<objective>-shuffled``).
+
+    ``beats_control`` is true when the mean gain exceeds the control's by more than 3 standard errors of the
+    difference, sqrt(sd_arm^2 / n_arm + sd_control^2 / n_control)."""
+    picked = [r for r in rows if r["benchmark"] == benchmark and r["metric"] == metric]
+    start = {r["model"]: r["accuracy"] for r in picked if r["objective"] == START}
+    per_arm: dict[tuple[str, str], list[float]] = {}
+    for r in picked:
+        if r["objective"] != START and r["model"] in start:
+            per_arm.setdefault((r["model"], r["objective"]), []).append(r["accuracy"] - start[r["model"]])
+    controls = {model: g for (model, label), g in per_arm.items() if label.endswith(CONTROL_SUFFIX)}
+    out = []
+    for (model, label), g in per_arm.items():
+        control = controls.get(model)
+        row: dict[str, Any] = {
+            "model": model,
+            "objective": label,
+            "benchmark": benchmark,
+            "metric": metric,
+            "seeds": len(g),
+            "start": start[model],
+            "gain_mean": _mean(g),
+            "gain_sd": _sd(g),
+            "control_gain_mean": None,
+            "difference": None,
+            "difference_se": None,
+            "beats_control": None,
+        }
+        if control is not None and not label.endswith(CONTROL_SUFFIX):
+            variance = sum(_sd(x) ** 2 / len(x) for x in (g, control) if len(x) > 1)
+            se = math.sqrt(variance) if variance > 0 else float("nan")
+            diff = _mean(g) - _mean(control)
+            row.update(
+                control_gain_mean=_mean(control),
+                difference=diff,
+                difference_se=se,
+                beats_control=bool(math.isfinite(se) and diff > 3 * se),
+            )
+        out.append(row)
+    return out
+
+
+def control_table(rows: list[dict[str, Any]]) -> str:
+    """The gains of :func:`gains` in percentage points."""
+
+    def pp(value: float | None, digits: int = 1) -> str:
+        return "" if value is None or not math.isfinite(value) else f"{100 * value:+.{digits}f}"
+
+    lines = [
+        "| model | objective | benchmark | seeds | start % | gain (pp) | sd | control gain (pp) | difference | se "
+        "| beats control by > 3 se |",
+        "|" + "---|" * 11,
+    ]
+    for r in rows:
+        verdict = {True: "yes", False: "no", None: ""}[r["beats_control"]]
+        lines.append(
+            f"| {r['model']} | {r['objective']} | {r['benchmark']} | {r['seeds']} | {100 * r['start']:.1f} | "
+            f"{pp(r['gain_mean'])} | {pp(r['gain_sd'])} | {pp(r['control_gain_mean'])} | {pp(r['difference'])} | "
+            f"{pp(r['difference_se'])} | {verdict} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def staleness_table(rows: list[dict[str, Any]], shown: tuple[int, ...] = (0, 1, 2, 3)) -> str:
+    """Zero-gradient token fraction (percent, mean over steps and seeds) at the staleness levels ``shown``
+    and at the stalest level each arm reaches, with the fraction of ratios outside the clip range there."""
+    lines = [
+        "| model | objective | "
+        + " | ".join(f"zero-grad % at {s}" for s in shown)
+        + " | stalest | zero-grad % there (max over steps) | ratios outside % there |",
+        "|" + "---|" * (len(shown) + 5),
+    ]
+    for (model, label), group in _groups(rows, "model", "objective").items():
+        by = _groups(group, "staleness")
+        stalest = max(s for (s,) in by)
+        cells = [_mean_sd([r["zero_weight_frac"] for r in by.get((s,), [])], 100, 2) for s in shown]
+        last = by[(stalest,)]
+        lines.append(
+            f"| {model} | {label} | " + " | ".join(cells) + f" | {stalest} | "
+            f"{_mean_sd([r['zero_weight_frac'] for r in last], 100, 2)} "
+            f"({100 * max(r['zero_weight_frac_max'] for r in last):.2f}) | "
+            f"{_mean_sd([r['ratio_outside'] for r in last], 100, 2)} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def collect_timing(study_dir: Path) -> list[dict[str, Any]]:
+    """Seconds per stage, summed over the study's finished tasks (they may have run in parallel)."""
+    from pspo_repro import tiny
+
+    runs = _runs(study_dir)
+    models = {config["model"] for _, config in runs}
+    warm = 0.0
+    for model in sorted(models & set(tiny.names())):
+        recipe = tiny.cache_root() / "tiny" / f"{model}-{tiny.fingerprint(model)[:12]}" / "recipe.json"
+        if recipe.is_file():
+            warm += rundir.read_json(recipe)["build_seconds"]
+    training = sum(rundir.read_json(d / rundir.DONE)["seconds"] for d, _ in runs)
+    evaluation = 0.0
+    for summary in study_dir.glob("*/**/eval/summary.json"):
+        evaluation += sum(
+            b.get("generation_seconds") or 0.0 for b in rundir.read_json(summary)["benchmarks"].values()
+        )
+    return [
+        {"stage": "warm starts", "core_seconds": round(warm, 1), "tasks": len(models & set(tiny.names()))},
+        {"stage": "training (with validation)", "core_seconds": round(training, 1), "tasks": len(runs)},
+        {"stage": "evaluation", "core_seconds": round(evaluation, 1), "tasks": len(runs) + len(models)},
+    ]
+
+
+def timing_table(rows: list[dict[str, Any]]) -> str:
+    lines = ["| stage | tasks | core-minutes |", "|---|---|---|"]
+    lines += [f"| {r['stage']} | {r['tasks']} | {r['core_seconds'] / 60:.1f} |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
+    buf = io.StringIO()
+    if rows:
+        writer = csv.DictWriter(buf, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    rundir.atomic_write_text(path, buf.getvalue())
+
+
+def write_tables(study_dir: Path, out_dir: Path, profile: dict[str, Any]) -> Path:
+    """Every table of a study (see the module docstring) from its finished runs; returns accuracy.md."""
+    rows = collect(study_dir)
+    if not any(r["objective"] != START for r in rows):
+        raise FileNotFoundError(f"no finished, evaluated runs under {study_dir}")
+    training = collect_training(study_dir)
+    staleness = collect_staleness(study_dir)
+    benchmarks = list(dict.fromkeys(r["benchmark"] for r in rows))
+    control = [g for b in benchmarks for g in gains(rows, b)]
+    _write_csv(out_dir / "accuracy.csv", rows)
+    _write_csv(out_dir / "training.csv", training)
+    _write_csv(out_dir / "control.csv", control)
+    _write_csv(out_dir / "staleness.csv", staleness)
+    rundir.atomic_write_text(out_dir / "profile.yaml", yaml.safe_dump(profile, sort_keys=False))
+    rundir.atomic_write_text(out_dir / "accuracy.md", accuracy_table(rows))
+    rundir.atomic_write_text(out_dir / "training.md", training_table(training))
+    rundir.atomic_write_text(out_dir / "control.md", control_table(control))
+    rundir.atomic_write_text(out_dir / "staleness.md", staleness_table(staleness))
+    rundir.atomic_write_text(out_dir / "timing.md", timing_table(collect_timing(study_dir)))
+    return out_dir / "accuracy.md"

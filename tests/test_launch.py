@@ -1,0 +1,111 @@
+"""Study tasks under per-folder locks: a held lock keeps a second worker off, a dead worker's lock is free
+again, and a failing task fails alone."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from pspo_repro import launch
+
+HOLD_LOCK = """
+import sys, time
+from pathlib import Path
+from pspo_repro.launch import folder_lock
+with folder_lock(Path(sys.argv[1])) as held:
+    print("held" if held else "busy", flush=True)
+    time.sleep(600)
+"""
+
+
+def _holder(folder: Path) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-c", HOLD_LOCK, str(folder)], stdout=subprocess.PIPE, text=True)
+    assert proc.stdout.readline().strip() == "held"
+    return proc
+
+
+def _task(folder: Path, **overrides) -> launch.Task:
+    values = dict(
+        name="tiny-test/clip/seed0",
+        kind="train",
+        folder=folder,
+        model="tiny-test",
+        benchmarks=("synthetic",),
+        eval_options={"limit": 4, "batch_size": 4},
+        settings={
+            "model": "tiny-test",
+            "dataset": "synthetic",
+            "objective": "clip",
+            "label": "clip",
+            "max_steps": 1,
+            "batch_size": 8,
+            "grad_accum": 1,
+            "num_generations": 4,
+            "warmup_steps": 0,
+            "max_completion_length": 12,
+            "eval_every": 1,
+            "validation_limit": 4,
+            "eval_batch_size": 4,
+        },
+    )
+    values.update(overrides)
+    return launch.Task(**values)
+
+
+def test_a_held_lock_keeps_other_workers_off(tmp_path):
+    folder = tmp_path / "run"
+    holder = _holder(folder)
+    try:
+        with launch.folder_lock(folder) as held:
+            assert held is False
+        outcome = launch.execute(_task(folder))
+        assert (outcome.status, outcome.error) == ("busy", None)
+        assert not (folder / "config.json").exists()  # nothing was trained
+    finally:
+        holder.kill()
+        holder.wait()
+
+
+def test_the_lock_of_a_dead_worker_is_free_again(tmp_path):
+    folder = tmp_path / "run"
+    holder = _holder(folder)
+    holder.kill()  # SIGKILL: no clean-up code runs, the kernel drops the lock
+    holder.wait()
+    with launch.folder_lock(folder) as held:
+        assert held is True
+        assert (folder / launch.LOCK).read_text().strip() == str(__import__("os").getpid())
+
+
+def test_tasks_run_and_a_failing_one_fails_alone(tiny_model, tmp_path):
+    good = _task(tmp_path / "good")
+    bad = _task(tmp_path / "bad", name="tiny-test/bad/seed0", settings={**good.settings, "objective": "cilp"})
+    messages: list[dict] = []
+    outcomes: list[launch.Outcome] = []
+    launch.run_tasks([bad, good], 1, messages.append, outcomes.append)
+    assert [(o.name, o.status) for o in outcomes] == [("tiny-test/bad/seed0", "failed"), (good.name, "done")]
+    assert "cilp" in outcomes[0].error
+    assert "cilp" in (tmp_path / "bad" / launch.FAILED).read_text()
+    assert launch.is_finished(good) and not launch.is_finished(bad)
+    phases = [m["phase"] for m in messages if m["task"] == good.name]
+    assert phases[0] == "train" and phases[-1] == "eval"
+    steps = [m["step"] for m in messages if m["task"] == good.name and m["phase"] == "train"]
+    assert steps == [0, 1] and {m["max_steps"] for m in messages if m.get("max_steps")} == {1}
+
+
+def test_worker_processes_run_every_task_once(tiny_model, tmp_path):
+    """Two spawned single-threaded workers: every task done once, progress messages reach this process."""
+    tasks = [_task(tmp_path / f"run{i}", name=f"tiny-test/clip/seed{i}") for i in range(3)]
+    tasks = [
+        launch.Task(**{**t.__dict__, "settings": {**t.settings, "seed": i}}) for i, t in enumerate(tasks)
+    ]
+    messages: list[dict] = []
+    outcomes: list[launch.Outcome] = []
+    started = time.time()
+    launch.run_tasks(tasks, 2, messages.append, outcomes.append)
+    assert sorted((o.name, o.status) for o in outcomes) == [(t.name, "done") for t in tasks]
+    assert all(launch.is_finished(t) for t in tasks)
+    assert {m["task"] for m in messages} == {t.name for t in tasks}
+    # a finished task is recognised; the study would not submit it again
+    assert all((t.folder / "DONE").stat().st_mtime > started for t in tasks)

@@ -1,0 +1,77 @@
+"""The study tables' arithmetic on hand-made rows: gains over the starting model against the control."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from pspo_repro import tables
+
+
+def _rows(model: str, label: str, accuracies: list[float]) -> list[dict]:
+    seeds = [None] if label == tables.START else range(len(accuracies))
+    return [
+        {
+            "model": model,
+            "objective": label,
+            "seed": seed,
+            "benchmark": "synthetic",
+            "metric": "strict",
+            "accuracy": a,
+        }
+        for seed, a in zip(seeds, accuracies, strict=True)
+    ]
+
+
+def test_gains_against_the_shuffled_control():
+    rows = (
+        _rows("m", "start", [0.50])
+        + _rows("m", "clip", [0.70, 0.68, 0.72])
+        + _rows("m", "pspo", [0.52, 0.40, 0.61])
+        + _rows("m", "clip-shuffled", [0.30, 0.32, 0.28])
+    )
+    by_label = {g["objective"]: g for g in tables.gains(rows, "synthetic")}
+    clip = by_label["clip"]
+    assert clip["gain_mean"] == pytest.approx(0.20)
+    assert clip["gain_sd"] == pytest.approx(0.02)
+    assert clip["control_gain_mean"] == pytest.approx(-0.20)
+    assert clip["difference"] == pytest.approx(0.40)
+    assert clip["difference_se"] == pytest.approx(math.sqrt(0.02**2 / 3 + 0.02**2 / 3))
+    assert clip["beats_control"] is True
+    pspo = by_label["pspo"]
+    # mean gain 0.01 against -0.20: difference 0.21, se sqrt(0.105^2/3 + 0.02^2/3) = 0.0617: 3.4 se
+    assert pspo["difference"] == pytest.approx(0.21)
+    assert pspo["beats_control"] is True
+    assert by_label["clip-shuffled"]["beats_control"] is None  # the control is not compared with itself
+    weak = tables.gains(
+        _rows("m", "start", [0.5])
+        + _rows("m", "topr", [0.6, 0.3, 0.5])
+        + _rows("m", "clip-shuffled", [0.4, 0.5, 0.45]),
+        "synthetic",
+    )
+    assert next(g for g in weak if g["objective"] == "topr")["beats_control"] is False
+    table = tables.control_table(tables.gains(rows, "synthetic"))
+    assert "| m | clip | synthetic | 3 | 50.0 | +20.0 | +2.0 | -20.0 | +40.0 | +1.6 | yes |" in table
+
+
+def test_staleness_table_shows_the_stalest_level():
+    rows = [
+        {
+            "model": "m",
+            "objective": "clip",
+            "seed": s,
+            "staleness": k,
+            "steps": 2,
+            "zero_weight_frac": 0.01 * k,
+            "zero_weight_frac_max": 0.02 * k,
+            "ratio_outside": 0.03 * k,
+        }
+        for s in (0, 1)
+        for k in range(16)
+    ]
+    table = tables.staleness_table(rows)
+    assert (
+        "| m | clip | 0.00 ± 0.00 | 1.00 ± 0.00 | 2.00 ± 0.00 | 3.00 ± 0.00 | 15 | 15.00 ± 0.00 (30.00) | 45.00 ± 0.00 |"
+        in table
+    )
