@@ -1,16 +1,26 @@
 #!/usr/bin/env bash
 # The whole study in one command: creates the environment if needed, then trains every configuration of
-# a profile, evaluates each run, and writes the tables to results/<profile>/.
+# a profile (in parallel workers), evaluates each run, and writes the tables to results/<profile>/.
 #
-#   ./reproduce.sh            # the CPU profile (tiny models, synthetic arithmetic): about ten hours on 2 cores
-#   ./reproduce.sh smoke      # a few minutes: one tiny model, every objective, a handful of steps
+#   ./reproduce.sh            # the CPU profile (tiny models, synthetic arithmetic): about 45 minutes on 2 cores
+#   ./reproduce.sh smoke      # about a minute: the micro model, every objective, a handful of steps
+#   ./reproduce.sh cpu-full   # the CPU profile with 5 seeds and longer runs (see its description)
 #   ./reproduce.sh paper      # the paper's configurations (GPUs; Qwen models from the hub)
+#
+# Extra arguments go to `pspo-repro study` (e.g. --workers 4, --seeds 0,1).
 set -euo pipefail
 cd "$(dirname "$0")"
 profile=${1:-cpu}
+shift || true
+started=$(date +%s)
 ./scripts/setup_env.sh
+echo "environment ready in $(( $(date +%s) - started )) s"
 if [ -z "${PSPO_DATA_DIR:-}" ] && [ -d ../shared/data ]; then
   PSPO_DATA_DIR=$(cd ../shared/data && pwd)
   export PSPO_DATA_DIR
 fi
-exec .venv/bin/pspo-repro study --profile "$profile" --runs runs --results results
+study_started=$(date +%s)
+status=0
+.venv/bin/pspo-repro study --profile "$profile" --runs runs --results results "$@" || status=$?
+echo "study finished in $(( $(date +%s) - study_started )) s (total $(( $(date +%s) - started )) s), exit status $status"
+exit $status
