@@ -14,9 +14,13 @@ import os
 import re
 import xml.etree.ElementTree as ET
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from pspo_repro import synthetic
+from pspo_repro.problem import Problem
+
+__all__ = ["BENCHMARKS", "Problem", "load"]
 
 DATA_DIR_ENV = "PSPO_DATA_DIR"
 
@@ -64,23 +68,6 @@ HUB_IDS: dict[str, str] = {
 }
 
 
-@dataclass(frozen=True)
-class Problem:
-    """One benchmark problem, whatever its source."""
-
-    id: str
-    question: str
-    answer: str
-    benchmark: str
-    kind: str
-    solution: str | None = None
-    metadata: dict = field(default_factory=dict)
-
-    def as_dict(self) -> dict:
-        """A plain, JSON-serialisable dict (metadata copied)."""
-        return dataclasses.asdict(self)
-
-
 def resolve_data_dir(data_dir: str | Path | None = None) -> Path | None:
     """The local data folder: the argument, else ``$PSPO_DATA_DIR``, else None (meaning: the hub)."""
     source = "the data_dir argument"
@@ -109,8 +96,6 @@ def load(
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be a non-negative integer or None, got {limit!r}")
     if name.startswith("synthetic"):
-        from pspo_repro import synthetic
-
         synthetic_split = split if name == "synthetic" else f"{split}-{name.removeprefix('synthetic-')}"
         return synthetic.generate(synthetic_split, n=limit)
     root = resolve_data_dir(data_dir)
