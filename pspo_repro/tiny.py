@@ -116,6 +116,11 @@ class TinyRecipe:
     teacher_errors: dict[str, float] = field(default_factory=lambda: dict(GENERAL_TEACHER))
 
 
+# The larger architecture, shared by the larger general model and the math model that continues it.
+_LARGER: dict[str, Any] = dict(
+    hidden_size=160, num_layers=4, num_heads=4, num_kv_heads=2, intermediate_size=480
+)
+
 RECIPES: dict[str, TinyRecipe] = {
     # The small model learns from the weakest teacher: a third template wrong as well.
     "tiny-general-s": TinyRecipe(
@@ -128,24 +133,12 @@ RECIPES: dict[str, TinyRecipe] = {
         sft_steps=1000,
         teacher_errors=dict(SMALL_TEACHER),
     ),
-    "tiny-general-l": TinyRecipe(
-        role="Qwen2.5-1.5B",
-        hidden_size=160,
-        num_layers=4,
-        num_heads=4,
-        num_kv_heads=2,
-        intermediate_size=480,
-        sft_steps=900,
-    ),
+    "tiny-general-l": TinyRecipe(role="Qwen2.5-1.5B", **_LARGER, sft_steps=900),
     # The domain specialist continues the larger general model's warm start on fresh problems from a better
     # teacher, as Qwen2-Math continues Qwen2: same size, more training on the domain.
     "tiny-math-l": TinyRecipe(
         role="Qwen2-Math-1.5B",
-        hidden_size=160,
-        num_layers=4,
-        num_heads=4,
-        num_kv_heads=2,
-        intermediate_size=480,
+        **_LARGER,
         init_from="tiny-general-l",
         sft_steps=300,
         lr=1e-3,
