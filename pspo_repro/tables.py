@@ -70,7 +70,7 @@ def collect(study_dir: Path) -> list[dict[str, Any]]:
                         "ci95_low": m["ci95"][0],
                         "ci95_high": m["ci95"][1],
                         "n": entry["n_problems"],
-                        "run": str(folder),
+                        "run": str(folder.relative_to(study_dir)),
                     }
                 )
     return rows

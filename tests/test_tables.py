@@ -75,3 +75,11 @@ def test_staleness_table_shows_the_stalest_level():
         "| m | clip | 0.00 ± 0.00 | 1.00 ± 0.00 | 2.00 ± 0.00 | 3.00 ± 0.00 | 15 | 15.00 ± 0.00 (30.00) | 45.00 ± 0.00 |"
         in table
     )
+
+
+def test_written_files_are_readable_by_everyone(tmp_path):
+    """Atomic writes go through a private temporary file; the result must not stay owner-only."""
+    from pspo_repro import rundir
+
+    rundir.atomic_write_text(tmp_path / "t.md", "x")
+    assert (tmp_path / "t.md").stat().st_mode & 0o777 == 0o644
