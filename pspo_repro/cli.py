@@ -189,8 +189,9 @@ def study(
     except (ValueError, FileNotFoundError) as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None
-    typer.echo(result.table.read_text())
-    typer.echo(f"tables in {result.table.parent}")
+    if result.table is not None:
+        typer.echo(result.table.read_text())
+        typer.echo(f"tables in {result.table.parent}")
     if result.busy:
         typer.echo(
             f"{len(result.busy)} run(s) were being trained by another process: {', '.join(result.busy)}"

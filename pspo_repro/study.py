@@ -170,8 +170,9 @@ def tasks(
 
     A model's first task warm-starts it when it is a tiny model that is not built yet, so the evaluations
     of the starting models come first, those of independent models side by side (one worker each), then
-    their runs; models whose warm start continues another (``init_from``) come after the others' runs, so
-    that no worker waits for a warm start while others could train."""
+    their runs. A model whose warm start continues another (``init_from``) is started just before its
+    parent's runs, when the parent is built, and its own runs come last: no worker waits for a warm start
+    while others could train."""
     from pspo_repro import tiny
 
     by_model: dict[str, list[Run]] = {}
@@ -191,11 +192,16 @@ def tasks(
             run.name, "train", study_dir / run.name, run.model, bench, eval_options, settings, data_dir
         )
 
-    children = {m for m in by_model if m in tiny.names() and tiny.RECIPES[m].init_from is not None}
+    parent = {m: tiny.RECIPES[m].init_from for m in by_model if m in tiny.names()}
+    children = [m for m in by_model if parent.get(m) is not None]
     first = [m for m in by_model if m not in children]
-    result = [start(m) for m in first] + [trained(r) for m in first for r in by_model[m]]
-    for model in (m for m in by_model if m in children):
-        result += [start(model)] + [trained(r) for r in by_model[model]]
+    result = [start(m) for m in first]
+    for model in first:
+        # a child's warm start begins once its parent has been built and its siblings' runs have run
+        result += [start(c) for c in children if parent[c] == model]
+        result += [trained(r) for r in by_model[model]]
+    result += [start(c) for c in children if parent[c] not in first]
+    result += [trained(r) for c in children for r in by_model[c]]
     return result
 
 
@@ -236,18 +242,25 @@ def run_study(
         launch.run_tasks(todo, workers, display.update, on_outcome)
     finally:
         display.close()
-    table = tables.write_tables(study_dir, results_root / name, profile)
+    failed = [o for o in outcomes if o.status == "failed"]
+    try:
+        table: Path | None = tables.write_tables(study_dir, results_root / name, profile)
+    except FileNotFoundError:
+        if not failed:
+            raise
+        table = None  # every run failed: the failures are the result
     return StudyResult(
         table=table,
-        failed=[o for o in outcomes if o.status == "failed"],
+        failed=failed,
         busy=[o.name for o in outcomes if o.status == "busy"],
     )
 
 
 @dataclass(frozen=True)
 class StudyResult:
-    """Where the tables are, which tasks failed (with their errors) and which were busy elsewhere."""
+    """Where the tables are (None when no run finished), which tasks failed (with their errors) and which
+    were busy elsewhere."""
 
-    table: Path
+    table: Path | None
     failed: list[launch.Outcome]
     busy: list[str]

@@ -142,3 +142,55 @@ def test_a_profile_extends_another(tmp_path):
     assert {r.settings.max_steps for r in runs if r.label == "clip"} == {7}
     full = study.load_profile("cpu-full")
     assert full["seeds"] == [0, 1, 2, 3, 4] and "extends" not in full
+
+
+def test_a_failing_run_fails_alone_and_the_study_exits_non_zero(tiny_model, tmp_path):
+    """A model that cannot be loaded (a hub id, offline) fails its runs; the tiny model's run finishes and is
+    tabulated; the command lists the failure and exits with status 1."""
+    from typer.testing import CliRunner
+
+    from pspo_repro.cli import app
+
+    profile = yaml.safe_load((study.resources.files("pspo_repro") / "profiles" / "smoke.yaml").read_text())
+    profile.update(
+        name="mixed", models=["tiny-test", "nobody/no-such-model"], objectives={"clip": {"eps": 0.2}}
+    )
+    profile["train"].update(max_steps=1, validation_limit=4, batch_size=8)
+    profile["eval"].update(benchmarks=["synthetic"], limit=4)
+    path = tmp_path / "mixed.yaml"
+    path.write_text(yaml.safe_dump(profile))
+    args = [
+        "study",
+        "--profile",
+        str(path),
+        "--runs",
+        str(tmp_path / "runs"),
+        "--results",
+        str(tmp_path / "res"),
+    ]
+    result = CliRunner().invoke(app, [*args, "--workers", "1", "--quiet"])
+    assert result.exit_code == 1, result.output
+    assert "2 run(s) failed" in result.output
+    assert (
+        "nobody--no-such-model/clip/seed0: OSError" in result.output
+        and "nobody/no-such-model/start" in result.output
+    )
+    failed = tmp_path / "runs" / "mixed" / "nobody--no-such-model" / "clip" / "seed0"
+    assert "Traceback" in (failed / "FAILED").read_text() and not (failed / "DONE").exists()
+    rows = list(csv.DictReader((tmp_path / "res" / "mixed" / "accuracy.csv").read_text().splitlines()))
+    assert {(r["model"], r["objective"]) for r in rows} == {("tiny-test", "start"), ("tiny-test", "clip")}
+
+
+def test_task_order_keeps_workers_busy_during_warm_starts(tmp_path):
+    """Independent models' starts first (they build side by side), a continued model's start just before its
+    parent's runs (the parent is built by then), and its own runs last."""
+    runs = study.expand(study.load_profile("cpu"))
+    names = [t.name for t in study.tasks(runs, tmp_path, ["synthetic"], {}, None)]
+    assert names[:2] == ["tiny-general-s/start", "tiny-general-l/start"]
+    math_start = names.index("tiny-math-l/start")
+    assert names[math_start - 1].startswith("tiny-general-s/") and names[math_start + 1].startswith(
+        "tiny-general-l/"
+    )
+    assert all(n.startswith("tiny-math-l/") for n in names[-21:]) and len(names) == len(runs) + 3
+    kinds = {t.name: t.kind for t in study.tasks(runs, tmp_path, ["synthetic"], {}, None)}
+    assert kinds["tiny-math-l/start"] == "base" and kinds["tiny-math-l/clip/seed0"] == "train"
