@@ -75,7 +75,10 @@ class TrainSettings:
         metadata={"help": "trade compute for memory (TRL's default is on; it disables the KV cache)"},
     )
     use_vllm: bool = False
-    bf16: bool | None = field(default=None, metadata={"help": "default: on when a GPU is present"})
+    bf16: bool | None = field(
+        default=None,
+        metadata={"help": "bf16 autocast over fp32 weights; default: on when a GPU is present"},
+    )
     logging_steps: int = 1
 
     def __post_init__(self) -> None:
@@ -321,6 +324,12 @@ class RunLog(TrainerCallback):
 # --- the run ------------------------------------------------------------------------------------
 
 
+# The optimizer updates float32 master weights whatever the device; bf16 is autocast only (TrainingArguments'
+# ``bf16=True``), as in the authors' runs, where TRL loaded the model from a path in float32. Adam steps of
+# about lr = 5e-7 are far below half a bf16 rounding step of nearly every weight: bf16 weights would not move.
+MASTER_WEIGHTS_DTYPE = torch.float32
+
+
 def grpo_config(settings: TrainSettings, run_dir: Path) -> Any:
     from pspo_repro.trainer import PSPOGRPOConfig
 
@@ -424,10 +433,7 @@ def train(
     prov = rundir.provenance(settings.seed)
     rundir.atomic_write_json(run_dir / "provenance.json", prov)
 
-    dtype = (
-        torch.bfloat16 if (settings.bf16 or (settings.bf16 is None and torch.cuda.is_available())) else None
-    )
-    model = models.load_model(source, dtype=dtype)
+    model = models.load_model(source, dtype=MASTER_WEIGHTS_DTYPE)
     model.train()
 
     cache = _initial_validation_path(source, settings)

@@ -239,3 +239,29 @@ def test_settings_from_text_are_typed_or_refused():
     ]:
         with pytest.raises(ValueError, match=message):
             TrainSettings.from_dict(bad)
+
+
+def test_an_adam_step_at_the_papers_learning_rate_moves_the_master_weights(tiny_model):
+    """On GPUs the paper profile trains with bf16; the weights the optimizer updates must stay float32. One
+    AdamW step at lr 5e-7 moves nearly every float32 weight, while the same step on bf16 weights (the old
+    policy: the model loaded in bf16) rounds almost every update away."""
+    from pspo_repro import train as train_module
+
+    assert train_module.MASTER_WEIGHTS_DTYPE is torch.float32
+    config = train_module.grpo_config(tiny_settings(tiny_model, bf16=True), tiny_model)
+    assert config.bf16 is True  # mixed precision: autocast, not bf16 weights
+
+    def fraction_moved(dtype: torch.dtype) -> float:
+        torch.manual_seed(0)
+        model = models.load_model(models.ModelSource(str(tiny_model)), dtype=dtype).train()
+        before = [p.detach().clone() for p in model.parameters()]
+        ids = torch.randint(10, 200, (4, 24))
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = model(input_ids=ids, labels=ids).loss
+        loss.backward()
+        torch.optim.AdamW(model.parameters(), lr=5e-7).step()
+        moved = sum(int((p.detach() != b).sum()) for p, b in zip(model.parameters(), before, strict=True))
+        return moved / sum(b.numel() for b in before)
+
+    assert fraction_moved(train_module.MASTER_WEIGHTS_DTYPE) > 0.9
+    assert fraction_moved(torch.bfloat16) < 0.05
