@@ -57,7 +57,7 @@ MATH_SUBJECTS: tuple[str, ...] = (
     "precalculus",
 )
 
-# Hub copies used when no local folder is configured (see PAPER.md). The full MATH set is the
+# Hub copies used when no local folder is configured (the data sets named by the paper, arXiv 2509.21282). The full MATH set is the
 # EleutherAI mirror of the original release, one config per subject with the release's fields.
 HUB_IDS: dict[str, str] = {
     "gsm8k": "openai/gsm8k",

@@ -51,7 +51,7 @@ ALIASES: dict[str, str] = {"math-500": "math500", "gsm-8k": "gsm8k"}
 
 # Per-benchmark generation budgets (new tokens), used unless ``max_new_tokens`` is given.
 # - GSM8K-like word problems: 128, the paper's budget (training and evaluation).
-# - MATH / MATH-500: 1024. MATH solutions are long (hazard 3 in PAPER.md): with SmolLM2's BPE tokenizer
+# - MATH / MATH-500: 1024. MATH solutions are long (the authors' 128 would cut most): with SmolLM2's BPE tokenizer
 #   the MATH-500 reference solutions have a median of 173 tokens; 63% exceed 128, 9% exceed 512 and
 #   0.4% exceed 1024. 1024 fits 99.6% of the references while bounding the cost of degenerate,
 #   repeating completions (which run to the limit).

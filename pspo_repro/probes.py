@@ -169,13 +169,3 @@ class ProbeLog:
         with open(self.path, "a") as f:
             f.write(json.dumps({"step": step, **record}) + "\n")
             f.flush()
-
-
-def read_probes(path: str | os.PathLike) -> list[dict]:
-    """The complete records of a probe log (a torn last line from a crash is ignored)."""
-    records = []
-    with open(path) as f:
-        for line in f:
-            if line.endswith("\n"):
-                records.append(json.loads(line))
-    return records
