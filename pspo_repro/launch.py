@@ -6,6 +6,10 @@ or two studies sharing a runs folder, never train the same run: a task whose loc
 reported as busy and left alone. The kernel releases a lock when its holder dies, so the folder of a worker
 that died is free again, has no ``DONE``, and is trained again from scratch by the next study.
 
+Results of a tiny model are tied to its build: each task folder records the model's fingerprinted cache
+folder (``model_build.json``), and after a recipe change the task counts as unfinished and is redone from
+scratch, so a resumed study never mixes runs of two builds.
+
 A task that raises fails alone: its error is recorded (``<folder>/FAILED``) and returned, and the study goes
 on. On CPUs each worker runs single-threaded (tiny models gain nothing from more threads); on GPUs, one
 worker per device via ``CUDA_VISIBLE_DEVICES``.
@@ -16,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import multiprocessing
 import os
+import shutil
 import traceback
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -27,6 +32,7 @@ from pspo_repro import rundir
 
 LOCK = ".lock"
 FAILED = "FAILED"
+BUILT_FROM = "model_build.json"  # which build of a tiny model the folder's results come from
 
 Report = Callable[[dict[str, Any]], None]
 
@@ -89,8 +95,27 @@ def folder_lock(folder: Path) -> Iterator[bool]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
+def _build(model: str) -> str | None:
+    """Which build of a tiny model the task starts from (its cache folder's name, which carries the recipe's
+    fingerprint); None for other models, taken as they are."""
+    from pspo_repro import tiny
+
+    return tiny.folder(model).name if model in tiny.names() else None
+
+
+def _from_current_build(task: Task) -> bool:
+    build = _build(task.model)
+    if build is None:
+        return True
+    marker = task.folder / BUILT_FROM
+    return marker.is_file() and rundir.read_json(marker).get("build") == build
+
+
 def is_finished(task: Task) -> bool:
-    """Whether a task's results are complete (training DONE and an evaluation summary of every benchmark)."""
+    """Whether a task's results are complete (training DONE and an evaluation summary of every benchmark)
+    and come from the current build of its tiny model: a changed recipe makes them stale."""
+    if not _from_current_build(task):
+        return False
     if task.kind == "train" and not rundir.is_done(task.folder):
         return False
     summary = task.folder / "eval" / "summary.json"
@@ -112,6 +137,9 @@ def execute(task: Task, report: Report | None = None, progress: bool = False) ->
         if not held:
             return Outcome(task.name, "busy")
         (task.folder / FAILED).unlink(missing_ok=True)
+        if not _from_current_build(task):  # results of another build of the model, or of unknown origin
+            (task.folder / rundir.DONE).unlink(missing_ok=True)  # so training starts from scratch
+            shutil.rmtree(task.folder / "eval", ignore_errors=True)
         try:
             if task.model in tiny.names() and not tiny.is_built(task.model):
                 say(phase="warm start")
@@ -136,6 +164,9 @@ def execute(task: Task, report: Report | None = None, progress: bool = False) ->
         except Exception as err:  # noqa: BLE001 - a failing task must fail alone
             rundir.atomic_write_text(task.folder / FAILED, traceback.format_exc())
             return Outcome(task.name, "failed", f"{type(err).__name__}: {err}")
+        build = _build(task.model)
+        if build is not None:
+            rundir.atomic_write_json(task.folder / BUILT_FROM, {"build": build})
     return Outcome(task.name, "done")
 
 

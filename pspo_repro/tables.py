@@ -292,7 +292,7 @@ def collect_timing(study_dir: Path) -> list[dict[str, Any]]:
     models = {config["model"] for _, config in runs}
     warm = 0.0
     for model in sorted(models & set(tiny.names())):
-        recipe = tiny.cache_root() / "tiny" / f"{model}-{tiny.fingerprint(model)[:12]}" / "recipe.json"
+        recipe = tiny.folder(model) / "recipe.json"
         if recipe.is_file():
             warm += rundir.read_json(recipe)["build_seconds"]
     training = sum(rundir.read_json(d / rundir.DONE)["seconds"] for d, _ in runs)

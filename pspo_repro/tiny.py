@@ -242,7 +242,8 @@ def fingerprint(name: str) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()
 
 
-def _folder(name: str) -> Path:
+def folder(name: str) -> Path:
+    """The cache folder of the model's current recipe (its name carries the fingerprint)."""
     return cache_root() / "tiny" / f"{name}-{fingerprint(name)[:12]}"
 
 
@@ -264,12 +265,12 @@ def _lock(path: Path) -> Iterator[None]:
 
 def is_built(name: str) -> bool:
     """Whether the model's current recipe is already built in the cache."""
-    return (_folder(name) / "recipe.json").is_file()
+    return (folder(name) / "recipe.json").is_file()
 
 
 def ensure(name: str, progress: bool = True) -> Path:
     """The model's cached folder (config, weights, tokenizer, recipe.json); builds it when missing."""
-    final = _folder(name)
+    final = folder(name)
     if (final / "recipe.json").is_file():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)

@@ -3,6 +3,7 @@ again, and a failing task fails alone."""
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 import time
@@ -109,3 +110,27 @@ def test_worker_processes_run_every_task_once(tiny_model, tmp_path):
     assert {m["task"] for m in messages} == {t.name for t in tasks}
     # a finished task is recognised; the study would not submit it again
     assert all((t.folder / "DONE").stat().st_mtime > started for t in tasks)
+
+
+def test_a_changed_tiny_recipe_makes_finished_tasks_stale(tiny_model, tmp_path, monkeypatch):
+    """Results record the build of the tiny model they start from; after a recipe change the task is
+    unfinished again and is redone from scratch, so a resumed study never mixes two builds."""
+    from dataclasses import replace
+
+    from pspo_repro import tiny
+
+    task = _task(tmp_path / "run")
+    assert launch.execute(task).status == "done"
+    assert launch.is_finished(task)
+    built_from = json.loads((task.folder / launch.BUILT_FROM).read_text())["build"]
+    assert built_from == tiny.folder("tiny-test").name
+    first_done = (task.folder / "DONE").stat().st_mtime_ns
+
+    cheap = replace(tiny.RECIPES["tiny-test"], seed=1, sft_steps=5, eval_n=2, eval_max_new_tokens=4)
+    monkeypatch.setitem(tiny.RECIPES, "tiny-test", cheap)
+    assert not launch.is_finished(task)
+    assert launch.execute(task).status == "done"
+    assert launch.is_finished(task)
+    assert json.loads((task.folder / launch.BUILT_FROM).read_text())["build"] == tiny.folder("tiny-test").name
+    assert tiny.folder("tiny-test").name != built_from
+    assert (task.folder / "DONE").stat().st_mtime_ns > first_done  # trained again, not kept
