@@ -137,9 +137,12 @@ def execute(task: Task, report: Report | None = None, progress: bool = False) ->
         if not held:
             return Outcome(task.name, "busy")
         (task.folder / FAILED).unlink(missing_ok=True)
+        build = _build(task.model)
         if not _from_current_build(task):  # results of another build of the model, or of unknown origin
             (task.folder / rundir.DONE).unlink(missing_ok=True)  # so training starts from scratch
             shutil.rmtree(task.folder / "eval", ignore_errors=True)
+            if build is not None:  # recorded first, so that a task cut short resumes rather than restarts
+                rundir.atomic_write_json(task.folder / BUILT_FROM, {"build": build})
         try:
             if task.model in tiny.names() and not tiny.is_built(task.model):
                 say(phase="warm start")
@@ -164,9 +167,6 @@ def execute(task: Task, report: Report | None = None, progress: bool = False) ->
         except Exception as err:  # noqa: BLE001 - a failing task must fail alone
             rundir.atomic_write_text(task.folder / FAILED, traceback.format_exc())
             return Outcome(task.name, "failed", f"{type(err).__name__}: {err}")
-        build = _build(task.model)
-        if build is not None:
-            rundir.atomic_write_json(task.folder / BUILT_FROM, {"build": build})
     return Outcome(task.name, "done")
 
 

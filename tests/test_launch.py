@@ -4,6 +4,7 @@ again, and a failing task fails alone."""
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -125,6 +126,11 @@ def test_a_changed_tiny_recipe_makes_finished_tasks_stale(tiny_model, tmp_path, 
     built_from = json.loads((task.folder / launch.BUILT_FROM).read_text())["build"]
     assert built_from == tiny.folder("tiny-test").name
     first_done = (task.folder / "DONE").stat().st_mtime_ns
+    # a task cut short during its evaluation resumes there: the run of the same build is kept
+    shutil.rmtree(task.folder / "eval")
+    assert not launch.is_finished(task)
+    assert launch.execute(task).status == "done" and launch.is_finished(task)
+    assert (task.folder / "DONE").stat().st_mtime_ns == first_done
 
     cheap = replace(tiny.RECIPES["tiny-test"], seed=1, sft_steps=5, eval_n=2, eval_max_new_tokens=4)
     monkeypatch.setitem(tiny.RECIPES, "tiny-test", cheap)
