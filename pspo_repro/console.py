@@ -39,15 +39,6 @@ def quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
-def _short(seconds: float) -> str:
-    seconds = int(seconds)
-    return (
-        f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
-        if seconds >= 3600
-        else (f"{seconds // 60}:{seconds % 60:02d}")
-    )
-
-
 class StudyProgress:
     """One line for the whole study: tasks done / total, elapsed and estimated time left, and for each
     task in progress its phase (warm start, training step and reward, evaluation).
@@ -79,6 +70,10 @@ class StudyProgress:
         self.active.setdefault(task, {}).update(message)
         self._render()
 
+    def note(self, text: str) -> None:
+        """A line above the progress display (e.g. a run that failed)."""
+        self.bar.write(text)
+
     def finish(self, task: str) -> None:
         self.active.pop(task, None)
         self.done += 1
@@ -103,5 +98,7 @@ class StudyProgress:
 
     def close(self) -> None:
         self.bar.n = self.done
-        self.bar.set_postfix_str(f"finished in {_short(time.time() - self.started)}", refresh=False)
+        self.bar.set_postfix_str(
+            f"finished in {tqdm.format_interval(time.time() - self.started)}", refresh=False
+        )
         self.bar.close()

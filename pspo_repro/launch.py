@@ -103,8 +103,7 @@ def _build(model: str) -> str | None:
     return tiny.folder(model).name if model in tiny.names() else None
 
 
-def _from_current_build(task: Task) -> bool:
-    build = _build(task.model)
+def _from_current_build(task: Task, build: str | None) -> bool:
     if build is None:
         return True
     marker = task.folder / BUILT_FROM
@@ -114,7 +113,7 @@ def _from_current_build(task: Task) -> bool:
 def is_finished(task: Task) -> bool:
     """Whether a task's results are complete (training DONE and an evaluation summary of every benchmark)
     and come from the current build of its tiny model: a changed recipe makes them stale."""
-    if not _from_current_build(task):
+    if not _from_current_build(task, _build(task.model)):
         return False
     if task.kind == "train" and not rundir.is_done(task.folder):
         return False
@@ -138,7 +137,8 @@ def execute(task: Task, report: Report | None = None, progress: bool = False) ->
             return Outcome(task.name, "busy")
         (task.folder / FAILED).unlink(missing_ok=True)
         build = _build(task.model)
-        if not _from_current_build(task):  # results of another build of the model, or of unknown origin
+        # results of another build of the model, or of unknown origin: start afresh
+        if not _from_current_build(task, build):
             (task.folder / rundir.DONE).unlink(missing_ok=True)  # so training starts from scratch
             shutil.rmtree(task.folder / "eval", ignore_errors=True)
             if build is not None:  # recorded first, so that a task cut short resumes rather than restarts

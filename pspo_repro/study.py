@@ -236,7 +236,7 @@ def run_study(
         outcomes.append(outcome)
         display.finish(outcome.name)
         if outcome.status == "failed":
-            display.bar.write(f"failed: {outcome.name}: {outcome.error}")
+            display.note(f"failed: {outcome.name}: {outcome.error}")
 
     try:
         launch.run_tasks(todo, workers, display.update, on_outcome)
