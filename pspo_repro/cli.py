@@ -57,6 +57,7 @@ def train(
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ) -> None:
     """Train one configuration into a run directory (skipped when the run is already complete)."""
+    from pspo_repro import distributed
     from pspo_repro.console import quiet_libraries
     from pspo_repro.train import TrainSettings
     from pspo_repro.train import train as run_training
@@ -72,10 +73,11 @@ def train(
     quiet_libraries()
     try:
         run_dir = run_training(settings, out, progress=not quiet)
-    except (ValueError, FileNotFoundError) as err:  # a bad model or data folder: one line, no traceback
+    except (ValueError, FileNotFoundError, ImportError) as err:  # bad model, data or vLLM: one line
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None
-    typer.echo(json.dumps(json.loads((run_dir / "DONE").read_text()), indent=2))
+    if distributed.is_main_process():  # under accelerate launch, one process reports
+        typer.echo(json.dumps(json.loads((run_dir / "DONE").read_text()), indent=2))
 
 
 @app.command("eval")

@@ -12,6 +12,9 @@ One JSON line per optimizer step in ``probes.jsonl``:
   of each reuse cycle, where every ratio is 1);
 - ``kl_old_theta`` (the k3 estimate of KL(pi_old || pi_theta) on the sampled tokens), ``mean_abs_r_minus_1``,
   ``entropy``;
+- with vLLM rollouts and TRL's importance-sampling correction (:mod:`pspo_repro.rollouts`):
+  ``vllm_is_weight``, statistics of the correction's per-token weight (trainer over vLLM probability,
+  truncated or masked), and ``vllm_is_zero_frac``, the fraction of tokens it masks out;
 - every ``probe_every`` steps: ``cos_to_noclip``, the cosine between this objective's parameter gradient and the
   unclipped surrogate's on the same micro-batch, and ``samples``, (ratio, advantage, weight) triples.
 """
@@ -95,9 +98,21 @@ class StepProbe:
         self.adv: list[torch.Tensor] = []
         self.weight: list[torch.Tensor] = []
         self.entropy: list[torch.Tensor] = []
+        self.is_weight: list[torch.Tensor] = []
         self.cosines: list[float] = []
         self.grad_norm: float | None = None
         self.grad_norm_groups: dict[str, float] = {}
+
+    @classmethod
+    def merged(cls, parts: list[StepProbe]) -> StepProbe:
+        """One step's probe from the probes of the processes that shared it (tokens and cosines pooled;
+        gradient norms are the first's, since the processes' gradients are averaged before the norms)."""
+        out = cls()
+        for part in parts:
+            for name in ("ratio", "adv", "weight", "entropy", "is_weight", "cosines"):
+                getattr(out, name).extend(getattr(part, name))
+        out.grad_norm, out.grad_norm_groups = parts[0].grad_norm, parts[0].grad_norm_groups
+        return out
 
     @torch.no_grad()
     def add_tokens(
@@ -116,6 +131,11 @@ class StepProbe:
         self.weight.append(weight.expand(shape)[keep].float().cpu())
         if entropy is not None:
             self.entropy.append(entropy[keep].float().cpu())
+
+    @torch.no_grad()
+    def add_is_weights(self, weight: torch.Tensor, mask: torch.Tensor) -> None:
+        """Keep vLLM's importance-sampling weights of the completion tokens ((B, T), or (B, 1) per sequence)."""
+        self.is_weight.append(weight.expand(mask.shape)[mask.bool()].float().cpu())
 
     def summary(self, eps_low: float, eps_high: float, n_samples: int, generator: torch.Generator) -> dict:
         """The probe record of the step (see the module docstring)."""
@@ -145,6 +165,10 @@ class StepProbe:
         )
         if self.entropy:
             rec["entropy"] = float(torch.cat(self.entropy).mean())
+        if self.is_weight:
+            is_w = torch.cat(self.is_weight)
+            rec["vllm_is_weight"] = _summary(is_w)
+            rec["vllm_is_zero_frac"] = float((is_w == 0).float().mean()) if is_w.numel() else None
         finite = [c for c in self.cosines if math.isfinite(c)]  # nan: a zero gradient has no direction
         if self.cosines:
             rec["cos_to_noclip"] = sum(finite) / len(finite) if finite else None

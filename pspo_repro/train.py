@@ -19,7 +19,7 @@ from tqdm.auto import tqdm
 from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback
 
-from pspo_repro import data, models, objectives, prompts, rewards, rundir
+from pspo_repro import data, distributed, models, objectives, prompts, rewards, rollouts, rundir
 
 DATASETS = ("gsm8k", "synthetic")
 
@@ -74,7 +74,27 @@ class TrainSettings:
         default=False,
         metadata={"help": "trade compute for memory (TRL's default is on; it disables the KV cache)"},
     )
-    use_vllm: bool = False
+    # --- GPU options: vLLM rollouts (pspo_repro.rollouts); defaults are TRL's, vLLM off ---------------
+    use_vllm: bool = field(default=False, metadata={"help": "generate rollouts with vLLM (the vllm extra)"})
+    vllm_mode: str = field(default="colocate", metadata={"help": "colocate (in each process) or server"})
+    vllm_gpu_memory_utilization: float = field(
+        default=0.3, metadata={"help": "vLLM's share of each GPU's memory in colocate mode"}
+    )
+    vllm_server_host: str = field(default="0.0.0.0", metadata={"help": "server mode: the vLLM server's host"})
+    vllm_server_port: int = field(default=8000, metadata={"help": "server mode: the vLLM server's port"})
+    vllm_server_base_url: str | None = field(
+        default=None, metadata={"help": "server mode: the server's URL (overrides host and port)"}
+    )
+    vllm_importance_sampling_correction: bool = field(
+        default=True, metadata={"help": "reweight the loss by trainer / vLLM token probabilities"}
+    )
+    vllm_importance_sampling_mode: str = field(
+        default="sequence_mask",
+        metadata={"help": "token_truncate, token_mask, sequence_truncate or sequence_mask"},
+    )
+    vllm_importance_sampling_clip_max: float | None = 3.0
+    vllm_importance_sampling_clip_min: float | None = None
+    # --- end of GPU options ---------------------------------------------------------------------------
     bf16: bool | None = field(
         default=None,
         metadata={"help": "bf16 autocast over fp32 weights; default: on when a GPU is present"},
@@ -93,6 +113,7 @@ class TrainSettings:
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
         self.objective_params()  # validates the objective name and parameters
+        rollouts.check_settings(self)  # GPU options: vLLM rollouts
 
     def objective_params(self) -> dict[str, float]:
         params = {
@@ -255,6 +276,9 @@ class Validation(TrainerCallback):
         }
 
     def validate(self, model: Any, step: int) -> dict[str, Any]:
+        if not distributed.is_main_process():  # GPU options: one process validates, the others wait
+            distributed.wait_for_everyone()
+            return {}
         if step == 0 and self.initial is not None:
             record = {**self.initial, "step": 0}
         else:
@@ -265,6 +289,7 @@ class Validation(TrainerCallback):
             self._save_checkpoint(model, step)
         rundir.append_jsonl(self.run_dir / "validation.jsonl", record)
         self.last = record
+        distributed.wait_for_everyone()
         return record
 
     def _save_checkpoint(self, model: Any, step: int) -> None:
@@ -293,17 +318,22 @@ class RunLog(TrainerCallback):
         self.path = run_dir / "train_log.jsonl"
         self.validation = validation
         self.progress = progress
+        self.main = distributed.is_main_process()  # GPU options: one process logs
         self.bar: tqdm | None = None
         self.start = time.time()
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.bar = tqdm(
-            total=state.max_steps, desc="train", unit="step", dynamic_ncols=True, disable=not self.progress
+            total=state.max_steps,
+            desc="train",
+            unit="step",
+            dynamic_ncols=True,
+            disable=not (self.progress and self.main),
         )
         self.start = time.time()
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if not logs:
+        if not logs or not self.main:
             return
         rundir.append_jsonl(self.path, {"step": state.global_step, "time": time.time() - self.start, **logs})
         if self.bar is not None:
@@ -335,6 +365,8 @@ def grpo_config(settings: TrainSettings, run_dir: Path) -> Any:
 
     s = settings
     gpu = torch.cuda.is_available()
+    # GPU options: the profile's per-step batch kept whatever the number of processes (pspo_repro.distributed)
+    layout = distributed.settings_layout(s)
     return PSPOGRPOConfig(
         output_dir=str(run_dir / "trainer"),
         objective=s.objective,
@@ -356,9 +388,9 @@ def grpo_config(settings: TrainSettings, run_dir: Path) -> Any:
         warmup_steps=s.warmup_steps,
         num_train_epochs=s.epochs,
         max_steps=s.max_steps,
-        per_device_train_batch_size=s.batch_size,
-        gradient_accumulation_steps=s.grad_accum,
-        steps_per_generation=s.steps_per_generation,
+        per_device_train_batch_size=layout.batch_size,
+        gradient_accumulation_steps=layout.grad_accum,
+        steps_per_generation=layout.steps_per_generation,
         num_iterations=s.num_iterations,
         num_generations=s.num_generations,
         temperature=s.temperature,
@@ -369,8 +401,7 @@ def grpo_config(settings: TrainSettings, run_dir: Path) -> Any:
         max_grad_norm=s.max_grad_norm,
         weight_decay=s.weight_decay,
         gradient_checkpointing=s.gradient_checkpointing,
-        use_vllm=s.use_vllm,
-        vllm_mode="colocate",
+        **rollouts.grpo_kwargs(s),  # GPU options: vLLM rollouts
         bf16=gpu if s.bf16 is None else s.bf16,
         logging_steps=s.logging_steps,
         save_strategy="no",
@@ -417,21 +448,25 @@ def train(
     run_dir = Path(run_dir)
     if rundir.is_done(run_dir):
         return run_dir
+    rollouts.require_vllm(settings)  # GPU options: both fail before anything is written
+    distributed.settings_layout(settings)
     source = models.resolve(settings.model)
     train_problems, validation_problems = load_problems(settings)
     tokenizer = models.load_tokenizer(source)
 
-    # A run that died part-way restarts from scratch: its logs would mix two histories.
-    for name in ("train_log.jsonl", "probes.jsonl", "validation.jsonl", "checkpoint", "trainer"):
-        path = run_dir / name
-        if path.is_dir():
-            shutil.rmtree(path)
-        else:
-            path.unlink(missing_ok=True)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    rundir.atomic_write_json(run_dir / "config.json", settings.to_dict())
-    prov = rundir.provenance(settings.seed)
-    rundir.atomic_write_json(run_dir / "provenance.json", prov)
+    if distributed.is_main_process():  # GPU options: one process writes the run's files
+        # A run that died part-way restarts from scratch: its logs would mix two histories.
+        for name in ("train_log.jsonl", "probes.jsonl", "validation.jsonl", "checkpoint", "trainer"):
+            path = run_dir / name
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        rundir.atomic_write_json(run_dir / "config.json", settings.to_dict())
+        prov = rundir.provenance(settings.seed)
+        prov["processes"] = distributed.world_size()
+        rundir.atomic_write_json(run_dir / "provenance.json", prov)
 
     model = models.load_model(source, dtype=MASTER_WEIGHTS_DTYPE)
     model.train()
@@ -451,6 +486,9 @@ def train(
     started = time.time()
     trainer.train()
     seconds = time.time() - started
+    if not distributed.is_main_process():  # GPU options: the main process finishes the run
+        distributed.wait_for_everyone()
+        return run_dir
     shutil.rmtree(run_dir / "trainer", ignore_errors=True)
 
     prov.update(finished=rundir.now(), train_seconds=seconds, steps=trainer.state.global_step)
@@ -471,4 +509,5 @@ def train(
             "validation_best": best,
         },
     )
+    distributed.wait_for_everyone()  # GPU options: the other processes return once DONE is written
     return run_dir

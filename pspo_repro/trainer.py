@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from accelerate.utils import gather_object
 from transformers import TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
 
@@ -126,7 +127,9 @@ class PSPOGRPOTrainer(GRPOTrainer):
         self.objective = self.args.build_objective()
         self._noclip = objectives.get("noclip", level=self.args.importance_sampling_level)
         path = self.args.probes_file or f"{self.args.output_dir}/probes.jsonl"
-        self.probe_log = ProbeLog(path if self.args.probes else None, seed=self.args.seed)
+        # the main process writes the probes of the whole step (see _flush_probes)
+        main = self.accelerator.is_main_process
+        self.probe_log = ProbeLog(path if self.args.probes and main else None, seed=self.args.seed)
         if self.args.probes:
             self.add_callback(_ProbeFlush(self))
         self._shuffle_generator = torch.Generator().manual_seed(self.args.seed)
@@ -155,11 +158,14 @@ class PSPOGRPOTrainer(GRPOTrainer):
         if self.args.probes and grad_norm is None:  # no clipping: norms were not taken above
             self.probe_log.current.grad_norm_groups = group_grad_norms(model.named_parameters())
         norm = super()._get_grad_norm(model, grad_norm=grad_norm)
-        self.probe_log.current.grad_norm = float(norm)
+        # None: DeepSpeed had no global norm to report for this step
+        self.probe_log.current.grad_norm = None if norm is None else float(norm)
         return norm
 
     def _flush_probes(self, step: int) -> None:
         current, self.probe_log.current = self.probe_log.current, StepProbe()
+        if self.accelerator.num_processes > 1:  # every process saw part of the step's batch
+            current = StepProbe.merged(gather_object([current]))
         n = self.args.probe_samples if current.cosines else 0
         record = current.summary(self.epsilon_low, self.epsilon_high, n, self.probe_log.generator)
         # Optimizer updates made since the rollouts of this step were generated (0: on-policy).
@@ -211,6 +217,8 @@ class PSPOGRPOTrainer(GRPOTrainer):
 
         if self.use_vllm and self.vllm_importance_sampling_correction:
             per_token_loss = per_token_loss * inputs["importance_sampling_ratio"]
+            if self.args.probes and self.model.training:
+                self.probe_log.current.add_is_weights(inputs["importance_sampling_ratio"], mask)
             if probe_cos:
                 unclipped = unclipped * inputs["importance_sampling_ratio"]
         if self.beta != 0.0:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 from trl import GRPOConfig, GRPOTrainer
@@ -181,3 +183,47 @@ def test_probe_interval_must_not_alias_with_the_reuse_cycle(tmp_path):
     assert config(**paper, probe_every=10, probes=False).probe_every == 10  # no probes, nothing to alias
     on_policy = dict(gradient_accumulation_steps=1, steps_per_generation=1, num_iterations=1)
     assert config(**on_policy, probe_every=4).probe_every == 4  # every step is on-policy: nothing to alias
+
+
+def test_vllm_importance_sampling_weights_scale_the_loss_as_in_trl_and_reach_the_probes(
+    model_and_tokenizer, train_dataset, tmp_path
+):
+    """With vLLM rollouts TRL hands the loss a per-sequence importance-sampling weight (``sequence_mask``:
+    0 for a masked-out sequence). The trainers are built without vLLM (not installed here) and then told
+    their batch came from it, which is all the loss step reads."""
+    model, tok = model_and_tokenizer
+    common = dict(loss_type="dapo", epsilon=0.2, num_iterations=2)
+    probes = tmp_path / "probes.jsonl"
+    ours = make_trainer(
+        PSPOGRPOTrainer,
+        PSPOGRPOConfig,
+        model,
+        tok,
+        train_dataset,
+        tmp_path / "a",
+        objective="clip",
+        probes_file=str(probes),
+        probe_every=0,
+        **common,
+    )
+    stock = make_trainer(GRPOTrainer, GRPOConfig, model, tok, train_dataset, tmp_path / "b", **common)
+    for trainer in (ours, stock):
+        assert trainer.vllm_importance_sampling_correction  # TRL's default
+        trainer.use_vllm = True
+    inputs = fake_inputs(model, tok)
+    weights = torch.tensor([1.0, 0.5, 0.0, 2.0, 1.0, 1.5, 0.0, 0.25]).unsqueeze(1)  # (B, 1): per sequence
+    inputs["importance_sampling_ratio"] = weights
+    model.train()
+    loss_ours, grads_ours = loss_and_grads(ours, model, inputs)
+    loss_stock, grads_stock = loss_and_grads(stock, model, inputs)
+    torch.testing.assert_close(loss_ours, loss_stock, rtol=0, atol=1e-6)
+    for a, b in zip(grads_ours, grads_stock, strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
+    ours._flush_probes(1)
+    (record,) = [json.loads(line) for line in probes.read_text().splitlines()]
+    # token-level statistics: each sequence's weight counted once per completion token
+    per_token = weights.expand(8, 10)[inputs["completion_mask"].bool()]
+    assert record["vllm_is_weight"]["mean"] == pytest.approx(float(per_token.mean()))
+    assert (record["vllm_is_weight"]["min"], record["vllm_is_weight"]["max"]) == (0.0, 2.0)
+    assert record["vllm_is_zero_frac"] == pytest.approx(float((per_token == 0).float().mean()))
+    assert record["n_tokens"] == int(inputs["completion_mask"].sum())
