@@ -264,10 +264,12 @@ def gradient_preservation(ctx: Context) -> Section:
     rows = []
     for (model, label), rs in sorted(groups.items()):
         per = staleness_means(rs, "zero_weight_frac")
+        if not per:  # no step with a nonzero advantage
+            continue
         worst = max(
             p["zero_weight_frac"] for r in rs for p in r.probes if p.get("zero_weight_frac") is not None
         )
-        stale = max(per) if per else None
+        stale = max(per)
         rows.append(
             [
                 model,
@@ -763,6 +765,8 @@ def trust_region_acts(ctx: Context) -> Section:
     for (model, arm, eps), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], str(kv[0][1]), kv[0][2])):
         per = staleness_means(rs, "zero_weight_frac")
         out = staleness_means(rs, "ratio_outside")
+        if not per:
+            continue
         stale = max(per)
         acts = per[stale] >= BINDS
         if eps > 0:
