@@ -336,8 +336,9 @@ def rescaled_surrogate(ctx: Context) -> Section:
     s = Section(
         "PSPO is a rescaled unclipped surrogate",
         "PSPO's parameter gradient equals (1 - alpha) times the unclipped importance-weighted gradient.",
-        "On every micro-batch of a few real optimizer steps of the study's own runs (TRL's GRPOTrainer, the "
-        "run's settings), both gradients are computed with autograd through the package's objectives; the "
+        "The first optimizer steps of the study's pspo and clip runs are trained again from their starting "
+        "model with their settings (TRL's GRPOTrainer); on every micro-batch TRL hands to the loss, both "
+        "gradients are computed with autograd through the package's objectives; the "
         "largest relative difference ||g_pspo - (1 - alpha) g_noclip|| / ||(1 - alpha) g_noclip|| is reported.",
         f"{SUPPORTED} if the largest relative difference is at most {identities.GRAD_RTOL:g} (float32 "
         f"precision); {NOT_SUPPORTED} otherwise.",
@@ -376,8 +377,8 @@ def soft_trust_region(ctx: Context) -> Section:
         "With pi~ = (1 - alpha) pi_theta + alpha pi_old, TV(pi~, pi_old) = (1 - alpha) TV(pi_theta, pi_old) and "
         "KL(pi~ || pi_old) <= (1 - alpha) KL(pi_theta || pi_old). The bound is about pi~, not the policy the "
         "update produces: pi_theta itself is not held back.",
-        "Exact computation on the full next-token distributions of the trained tiny model at states sampled "
-        "from real training batches (pi_old: the policy that generated the batch; pi_theta: the policy after "
+        "Exact computation on the full next-token distributions of the model at states sampled from those "
+        "training batches (pi_old: the policy that generated the batch; pi_theta: the policy after "
         "the updates made since), and how far pi_theta moves from pi_old under PSPO and under clip, by "
         "staleness (exact TV and KL at those states; the probes' mean |r - 1| on every run).",
         f"{SUPPORTED} if the TV equality holds within {identities.DIST_ATOL:g} and the KL bound is never "
