@@ -625,18 +625,17 @@ def clip_baseline(ctx: Context) -> Section:
     rows, verdicts = [], []
     for (model, arm), g in sorted(usable.items(), key=lambda kv: (kv[0][0], str(kv[0][1]))):
         zero = _accs([r for r in g if r.config["eps"] == 0], ctx.benchmark)
-        pspo = _accs(
-            [
-                r
-                for r in ctx.runs
-                if r.objective == "pspo"
-                and not r.control
-                and r.model == model
-                and r.arm == arm
-                and r.config["alpha"] == g[0].config["alpha"]
-            ],
-            ctx.benchmark,
-        )
+        pspo_runs = [
+            r
+            for r in ctx.runs
+            if r.objective == "pspo"
+            and not r.control
+            and r.model == model
+            and r.arm == arm
+            and r.config["alpha"] == g[0].config["alpha"]
+        ]
+        pspo = _accs(pspo_runs, ctx.benchmark)
+        s.labels += [r.label for r in pspo_runs]
         for eps in sorted({r.config["eps"] for r in g if r.config["eps"] > 0}):
             accs = _accs([r for r in g if r.config["eps"] == eps], ctx.benchmark)
             if not accs or not zero:
@@ -667,7 +666,7 @@ def clip_baseline(ctx: Context) -> Section:
                 ]
             )
         s.labels += sorted({r.label for r in g})
-    s.labels = sorted(set(s.labels) | {"pspo", "pspo-stress"})
+    s.labels = sorted(set(s.labels))
     s.verdict = verdicts[0] if verdicts and len(set(verdicts)) == 1 else INCONCLUSIVE
     s.body = table(
         [
