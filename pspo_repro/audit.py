@@ -486,6 +486,11 @@ def _start_folder(run: Run) -> Path | None:
     return path if path.is_dir() else None
 
 
+def _rewards(run: Run) -> list[tuple[int, float]]:
+    """(step, training reward) of the logged steps that have one."""
+    return [(x["step"], x["reward"]) for x in run.train_log if x.get("reward") is not None]
+
+
 def alpha_matters(ctx: Context, optimizer: str) -> Section:
     scale = (
         "a constant loss scale cannot cancel" if optimizer == "sgd" else "Adam cancels a constant loss scale"
@@ -495,8 +500,8 @@ def alpha_matters(ctx: Context, optimizer: str) -> Section:
         f"PSPO's alpha changes training: PSPO at alpha in {{0, 0.1, 0.4, 0.9}} trains differently from the "
         f"unclipped surrogate (noclip) with the same reuse and seeds ({optimizer}; {scale}).",
         "Per seed, the distance between each PSPO run's selected checkpoint and noclip's (same seed, same "
-        "checkpoint step), relative to how far noclip moved from the starting model; the largest per-step "
-        "difference of their training rewards; and test accuracy (strict), mean ± sd over seeds.",
+        "checkpoint step), relative to how far noclip moved from the starting model; the largest difference "
+        "of their training rewards (logged once per generation); and test accuracy (strict), mean ± sd over seeds.",
         f"{SUPPORTED} if some alpha's test accuracy differs from noclip's by more than {Z:g} standard errors; "
         f"{NOT_SUPPORTED} if every alpha's checkpoints lie within 1% (relative distance) of noclip's; "
         f"{INCONCLUSIVE} otherwise.",
@@ -523,7 +528,7 @@ def alpha_matters(ctx: Context, optimizer: str) -> Section:
         return s
     rows = []
     any_differs, all_close = False, True
-    curves: dict[str, list[float]] = {}
+    curves: dict[str, list[tuple[int, float]]] = {}
     for (model, arm), g in sorted(usable.items(), key=lambda kv: (kv[0][0], str(kv[0][1]))):
         noclip = {r.config["seed"]: r for r in g if r.objective == "noclip"}
         base = _accs(list(noclip.values()), ctx.benchmark)
@@ -567,9 +572,9 @@ def alpha_matters(ctx: Context, optimizer: str) -> Section:
                 ]
             )
             seed0 = min(rs, key=lambda r: r.config["seed"])
-            curves[f"{model} alpha {alpha:g}"] = [x.get("reward") for x in seed0.train_log]
+            curves[f"{model} alpha {alpha:g}"] = _rewards(seed0)
         ref0 = min(noclip.values(), key=lambda r: r.config["seed"])
-        curves[f"{model} noclip"] = [x.get("reward") for x in ref0.train_log]
+        curves[f"{model} noclip"] = _rewards(ref0)
         s.labels += sorted({r.label for r in g})
     s.labels = sorted(set(s.labels))
     s.verdict = SUPPORTED if any_differs else NOT_SUPPORTED if all_close else INCONCLUSIVE
@@ -580,7 +585,7 @@ def alpha_matters(ctx: Context, optimizer: str) -> Section:
             "alpha",
             "seeds",
             "checkpoint distance to noclip (relative, largest)",
-            "largest reward difference on a step",
+            "largest training-reward difference (per generation)",
             "test strict %",
             "noclip test strict %",
             "difference (se), points",
@@ -590,8 +595,9 @@ def alpha_matters(ctx: Context, optimizer: str) -> Section:
     )
 
     def draw(ax: Any) -> None:
-        for name, ys in sorted(curves.items()):
-            ax.plot(range(1, len(ys) + 1), ys, label=name, lw=1.2, ls="--" if "noclip" in name else "-")
+        for name, points in sorted(curves.items()):
+            xs, ys = [p[0] for p in points], [p[1] for p in points]
+            ax.plot(xs, ys, label=name, lw=1.2, marker=".", ls="--" if "noclip" in name else "-")
         ax.set_xlabel("optimizer step")
         ax.set_ylabel("training reward (seed 0)")
         ax.set_title(f"PSPO alphas and noclip under {optimizer}")
