@@ -1,4 +1,4 @@
-"""The command line: ``pspo-repro train``, ``pspo-repro eval`` and ``pspo-repro tiny``."""
+"""The command line: ``pspo-repro train``, ``eval``, ``study``, ``audit`` and ``tiny``."""
 
 from __future__ import annotations
 
@@ -203,6 +203,35 @@ def study(
         for outcome in result.failed:
             typer.echo(f"  {outcome.name}: {outcome.error}", err=True)
         raise typer.Exit(1)
+
+
+@app.command()
+def audit(
+    profile: Annotated[
+        str, typer.Option(help="Profile name (pspo_repro/profiles) or path to a YAML file.")
+    ] = "audit",
+    runs: Annotated[Path, typer.Option(help="Folder of run directories (as given to study).")] = Path("runs"),
+    results: Annotated[
+        Path, typer.Option(help="Folder for results (audit.md goes beside the tables).")
+    ] = Path("results"),
+    measure: Annotated[
+        bool, typer.Option(help="Measure the exact identities on the study's runs when not yet measured.")
+    ] = True,
+    identity_steps: Annotated[
+        int | None, typer.Option(help="Optimizer steps per identity measurement (default: two reuse cycles).")
+    ] = None,
+) -> None:
+    """Audit the paper's claims on a study's finished runs: results/<study>/audit.md and its figures."""
+    from pspo_repro.audit import run_audit
+    from pspo_repro.console import quiet_libraries
+
+    quiet_libraries()
+    try:
+        path = run_audit(profile, runs, results, measure=measure, identity_steps=identity_steps)
+    except (ValueError, FileNotFoundError) as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(f"audit in {path}")
 
 
 @app.command()

@@ -1,0 +1,182 @@
+"""The claims audit: written from a real small study, verdicts by rule, the same file when regenerated,
+sections without their runs skipped with the runs named; and the audit profile's runs."""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+
+import pytest
+import yaml
+
+from pspo_repro import audit, study
+
+PROFILE = {
+    "name": "audit-test",
+    "seeds": [0, 1],
+    "train": {
+        "dataset": "synthetic",
+        "learning_rate": 1.0e-3,
+        "lr_scheduler": "constant",
+        "warmup_steps": 0,
+        "max_steps": 4,
+        "batch_size": 16,
+        "grad_accum": 1,
+        "steps_per_generation": 2,
+        "num_iterations": 2,
+        "num_generations": 4,
+        "max_completion_length": 24,
+        "eval_every": 4,
+        "validation_limit": 16,
+        "eval_batch_size": 16,
+        "probe_every": 3,
+    },
+    "models": ["tiny-test"],
+    "objectives": {
+        "clip": {"eps": 0.2},
+        "clip-eps0": {"objective": "clip", "eps": 0.0},
+        "pspo": {"alpha": 0.1},
+        "pspo-a0.4": {"objective": "pspo", "alpha": 0.4},
+        "noclip": {},
+        "clip-shuffled": {"objective": "clip", "eps": 0.2, "shuffle_advantages": True},
+        "noclip-sgd": {"objective": "noclip", "optimizer": "sgd", "learning_rate": 0.5},
+        "pspo-sgd": {"objective": "pspo", "alpha": 0.1, "optimizer": "sgd", "learning_rate": 0.5},
+        "pspo-a0.9-sgd": {"objective": "pspo", "alpha": 0.9, "optimizer": "sgd", "learning_rate": 0.5},
+    },
+    "eval": {"benchmarks": ["synthetic"], "limit": 16, "batch_size": 16},
+}
+
+
+@pytest.fixture(scope="module")
+def audited(tiny_model, tmp_path_factory):
+    """A real study of 18 four-step runs on tiny-test, audited once (identities measured)."""
+    root = tmp_path_factory.mktemp("audit")
+    profile = root / "audit-test.yaml"
+    profile.write_text(yaml.safe_dump(PROFILE))
+    result = study.run_study(str(profile), root / "runs", root / "results", workers=2, progress=False)
+    assert not result.failed
+    path = audit.run_audit(str(profile), root / "runs", root / "results", identity_steps=4)
+    return root, profile, path
+
+
+def sections(text: str) -> dict[str, str]:
+    parts = re.split(r"^## ", text, flags=re.M)[1:]
+    return {p.splitlines()[0]: p for p in parts}
+
+
+def verdict(section: str) -> str | None:
+    found = re.search(r"\*\*Verdict: (.+?)\.\*\*", section)
+    return found.group(1) if found else None
+
+
+@pytest.mark.slow
+def test_every_claim_has_a_section_with_a_verdict_or_its_missing_runs(audited):
+    root, _, path = audited
+    assert path == root / "results" / "audit-test" / "audit.md"
+    found = sections(path.read_text())
+    assert len(found) == len(audit.SECTIONS) == 11
+    for title, body in found.items():
+        assert verdict(body) in audit.VERDICTS or "Not tested: runs missing" in body, title
+        assert "Reproduce: `pspo-repro study --profile" in body
+    # the identities hold on the study's own training batches
+    assert verdict(found["PSPO is a rescaled unclipped surrogate"]) == audit.SUPPORTED
+    assert verdict(found["Soft trust region"]) == audit.SUPPORTED
+    # PSPO's weight (1 - alpha) r is never 0: the gradient-preservation rule can only say supported or
+    # inconclusive (when no clip binds), never not supported
+    assert verdict(found["Gradient preservation"]) in (audit.SUPPORTED, audit.INCONCLUSIVE)
+    # runs under SGD at two alphas and noclip: the SGD section is tested
+    assert verdict(found["Does alpha matter under SGD?"]) in audit.VERDICTS
+    # no sigmoid or topr run: those sections name what is missing
+    assert "needs finished sigmoid runs" in found["Sigmoid saturation"]
+    assert "needs finished topr runs" in found["TOPR under group-relative advantages"]
+    assert (path.parent / "audit-zero-gradient.png").stat().st_size > 1000
+
+
+@pytest.mark.slow
+def test_numbers_come_from_the_run_folders(audited):
+    root, _, path = audited
+    runs = audit.load_runs(root / "runs" / "audit-test")
+    clip_max = max(p["zero_weight_frac"] or 0.0 for r in runs if r.objective == "clip" for p in r.probes)
+    text = sections(path.read_text())["Gradient preservation"]
+    assert f"clip {100 * clip_max:.3f}%" in text
+    ident = json.loads((path.parent / "identities.json").read_text())
+    assert set(ident) == {"tiny-test/clip/seed0", "tiny-test/pspo/seed0"}
+    worst = max(m["grad_rel_diff_max"] for m in ident.values())
+    assert 0 < worst < 1e-4
+    assert f"Largest relative difference: {worst:.2e}." in path.read_text()
+
+
+@pytest.mark.slow
+def test_regenerating_from_the_same_results_gives_the_same_file(audited):
+    root, profile, path = audited
+    first = path.read_bytes()
+    again = audit.run_audit(str(profile), root / "runs", root / "results", measure=False)
+    assert again.read_bytes() == first
+
+
+@pytest.mark.slow
+def test_the_verdict_follows_the_data(audited, tmp_path):
+    """Edit one probe record of a PSPO run so that it zeroes a gradient: the rule turns the verdict."""
+    root, profile, _ = audited
+    runs = tmp_path / "runs"
+    shutil.copytree(root / "runs", runs)
+    probes = runs / "audit-test" / "tiny-test" / "pspo" / "seed0" / "probes.jsonl"
+    records = [json.loads(line) for line in probes.read_text().splitlines()]
+    records[-1]["zero_weight_frac"] = 0.25
+    probes.write_text("".join(json.dumps(r) + "\n" for r in records))
+    out = audit.write_audit(
+        runs / "audit-test", tmp_path / "results", "audit-test", "synthetic", None, plot=False
+    )
+    found = sections(out.read_text())
+    assert verdict(found["Gradient preservation"]) == audit.NOT_SUPPORTED
+    assert "PSPO 25.000%" in found["Gradient preservation"]
+    assert "no identity measurements" in found["Soft trust region"]
+
+
+def test_an_empty_study_is_a_clear_error(tmp_path):
+    with pytest.raises(FileNotFoundError, match="no finished runs"):
+        audit.write_audit(tmp_path, tmp_path / "out", "x", "synthetic", None)
+
+
+def test_audit_profile_reuses_the_cpu_runs_and_adds_the_arms():
+    profile = study.load_profile("audit")
+    assert profile["name"] == "cpu"  # the cpu study's folder: its runs are reused
+    audit_runs = {(r.model, r.label, r.seed): r.settings for r in study.expand(profile)}
+    cpu_runs = {(r.model, r.label, r.seed): r.settings for r in study.expand(study.load_profile("cpu"))}
+    shared = set(audit_runs) & set(cpu_runs)
+    assert len(shared) == 27 and all(audit_runs[k] == cpu_runs[k] for k in shared)
+    new = {label for _, label, _ in set(audit_runs) - shared}
+    assert new == {
+        "pspo-a0",
+        "pspo-a0.4",
+        "pspo-a0.9",
+        "noclip-sgd",
+        "pspo-a0-sgd",
+        "pspo-sgd",
+        "pspo-a0.4-sgd",
+        "pspo-a0.9-sgd",
+        "clip-eps0",
+        "clip-eps0.1",
+        "clip-stress-eps0",
+        "clip-stress-eps0.1",
+    }
+    s = audit_runs[("tiny-general-l", "pspo-a0.9-sgd", 2)]
+    assert (s.objective, s.alpha, s.optimizer, s.learning_rate) == ("pspo", 0.9, "sgd", 0.2)
+    assert (s.steps_per_generation, s.num_iterations, s.max_steps) == (2, 2, 20)
+    stress = audit_runs[("tiny-general-l", "clip-stress-eps0", 0)]
+    assert (stress.eps, stress.learning_rate, stress.num_iterations, stress.max_steps) == (0.0, 6e-4, 4, 32)
+
+
+def test_audit_command_on_a_folder_without_runs_is_a_clear_error(tmp_path):
+    from typer.testing import CliRunner
+
+    from pspo_repro.cli import app
+
+    profile = tmp_path / "audit-test.yaml"
+    profile.write_text(yaml.safe_dump(PROFILE))
+    args = ["audit", "--profile", str(profile), "--runs", str(tmp_path / "runs"), "--results", str(tmp_path)]
+    result = CliRunner().invoke(app, [*args, "--no-measure"])
+    assert result.exit_code == 2
+    assert "no finished runs" in result.output
+    assert not (tmp_path / "audit-test" / "audit.md").exists()
