@@ -181,3 +181,25 @@ def test_probe_interval_must_not_alias_with_the_reuse_cycle(tmp_path):
     assert config(**paper, probe_every=10, probes=False).probe_every == 10  # no probes, nothing to alias
     on_policy = dict(gradient_accumulation_steps=1, steps_per_generation=1, num_iterations=1)
     assert config(**on_policy, probe_every=4).probe_every == 4  # every step is on-policy: nothing to alias
+
+
+def test_a_resumed_epoch_keeps_the_order_it_would_have_had():
+    """TRL's RepeatSampler restarts its generator, so a run resumed in epoch 1 would replay epoch 0's order;
+    the trainer's sampler reaches epoch e's order however it got there, and matches TRL's when uninterrupted."""
+    from trl.trainer.utils import RepeatSampler
+
+    from pspo_repro.trainer import EpochSampler
+
+    args = dict(data_source=range(12), mini_repeat_count=2, batch_size=3, repeat_count=2, seed=5)
+    stock, ours = RepeatSampler(**args), EpochSampler(**args)
+    epochs = []
+    for epoch in range(3):
+        ours.set_epoch(epoch)
+        epochs.append(list(ours))
+        assert epochs[-1] == list(stock)  # uninterrupted: TRL's order
+    assert epochs[0] != epochs[1] != epochs[2]
+    for epoch in (1, 2):
+        resumed = EpochSampler(**args)
+        resumed.set_epoch(epoch)
+        assert list(resumed) == epochs[epoch]
+        assert list(RepeatSampler(**args)) == epochs[0]  # what TRL's own sampler would give instead
