@@ -343,7 +343,7 @@ def test_a_preempted_run_resumes_from_its_checkpoint_with_one_history(tiny_model
 
     def metrics(run):
         return [
-            (r["step"], r["loss"], r["reward"], r["grad_norm"])
+            (r["step"], r["loss"], r.get("reward"), r["grad_norm"])
             for r in rundir.read_jsonl(run / "train_log.jsonl")
             if "loss" in r
         ]
