@@ -9,6 +9,7 @@ level; the masked mean of those at sequence level, GSPO-style). The weight is wh
 Usage::
 
     obj = objectives.get("pspo", alpha=0.1)
+    obj = objectives.get("clip", epsilon=0.2)                # parameters as GRPOConfig names them
     loss = obj.per_token_loss(logp, old_logp, advantages)   # (B, T)
 """
 
@@ -101,11 +102,11 @@ class Objective:
 # --- the objectives -----------------------------------------------------------------------------
 
 
-def _clip(eps: float = 0.2, eps_high: float | None = None, level: RatioLevel = "token") -> Objective:
-    _check(eps >= 0, f"clip: eps must be >= 0, got {eps}")
-    eps_high = eps if eps_high is None else eps_high
-    _check(eps_high >= 0, f"clip: eps_high must be >= 0, got {eps_high}")
-    lo, hi = 1.0 - eps, 1.0 + eps_high
+def _clip(epsilon: float = 0.2, epsilon_high: float | None = None, level: RatioLevel = "token") -> Objective:
+    _check(epsilon >= 0, f"clip: epsilon must be >= 0, got {epsilon}")
+    epsilon_high = epsilon if epsilon_high is None else epsilon_high
+    _check(epsilon_high >= 0, f"clip: epsilon_high must be >= 0, got {epsilon_high}")
+    lo, hi = 1.0 - epsilon, 1.0 + epsilon_high
 
     def loss(_lr, r, a):
         return -torch.min(r * a, torch.clamp(r, lo, hi) * a)
@@ -115,7 +116,7 @@ def _clip(eps: float = 0.2, eps_high: float | None = None, level: RatioLevel = "
         binds = ((a > 0) & (r > hi)) | ((a < 0) & (r < lo))
         return torch.where(binds, torch.zeros_like(r), r)
 
-    return Objective("clip", {"eps": eps, "eps_high": eps_high}, level, loss, weight)
+    return Objective("clip", {"epsilon": epsilon, "epsilon_high": epsilon_high}, level, loss, weight)
 
 
 def _pspo(alpha: float = 0.1, level: RatioLevel = "token") -> Objective:
@@ -130,9 +131,12 @@ def _pspo(alpha: float = 0.1, level: RatioLevel = "token") -> Objective:
     return Objective("pspo", {"alpha": alpha}, level, loss, weight)
 
 
-def _sigmoid(tau_pos: float = 1.0, tau_neg: float = 1.05, level: RatioLevel = "token") -> Objective:
-    _check(tau_pos > 0, f"sigmoid: tau_pos must be > 0, got {tau_pos}")
-    _check(tau_neg > 0, f"sigmoid: tau_neg must be > 0, got {tau_neg}")
+def _sigmoid(
+    sapo_temperature_pos: float = 1.0, sapo_temperature_neg: float = 1.05, level: RatioLevel = "token"
+) -> Objective:
+    tau_pos, tau_neg = sapo_temperature_pos, sapo_temperature_neg
+    _check(tau_pos > 0, f"sigmoid: sapo_temperature_pos must be > 0, got {tau_pos}")
+    _check(tau_neg > 0, f"sigmoid: sapo_temperature_neg must be > 0, got {tau_neg}")
 
     def _tau(a):
         return torch.where(a > 0, torch.full_like(a, tau_pos), torch.full_like(a, tau_neg))
@@ -145,7 +149,8 @@ def _sigmoid(tau_pos: float = 1.0, tau_neg: float = 1.05, level: RatioLevel = "t
         s = torch.sigmoid(_tau(a) * (r - 1.0))
         return 4.0 * s * (1.0 - s) * r
 
-    return Objective("sigmoid", {"tau_pos": tau_pos, "tau_neg": tau_neg}, level, loss, weight)
+    params = {"sapo_temperature_pos": tau_pos, "sapo_temperature_neg": tau_neg}
+    return Objective("sigmoid", params, level, loss, weight)
 
 
 def _topr(level: RatioLevel = "token") -> Objective:
@@ -177,14 +182,38 @@ _REGISTRY: dict[str, Callable[..., Objective]] = {
     "noclip": _noclip,
 }
 
-# Parameters each objective accepts (besides ``level``), for validation and for config schemas.
+# Parameters each objective accepts (besides ``level``): the one mapping from objectives to their settings.
+# Names are GRPOConfig's where TRL has the setting (the clip range; SAPO's temperatures, which are the
+# sigmoid objective's), so run settings and the trainer's config use the same names; ``alpha`` is PSPO's.
 PARAMS: dict[str, tuple[str, ...]] = {
-    "clip": ("eps", "eps_high"),
+    "clip": ("epsilon", "epsilon_high"),
     "pspo": ("alpha",),
-    "sigmoid": ("tau_pos", "tau_neg"),
+    "sigmoid": ("sapo_temperature_pos", "sapo_temperature_neg"),
     "topr": (),
     "noclip": (),
 }
+
+# Earlier names of those parameters, still read from older profiles and run configs.
+RENAMED: dict[str, str] = {
+    "eps": "epsilon",
+    "eps_high": "epsilon_high",
+    "tau_pos": "sapo_temperature_pos",
+    "tau_neg": "sapo_temperature_neg",
+}
+
+
+def parameter_names() -> tuple[str, ...]:
+    """Every objective parameter, each once, in registry order."""
+    return tuple(dict.fromkeys(p for params in PARAMS.values() for p in params))
+
+
+def params_of(name: str, settings: object) -> dict[str, float]:
+    """The parameters of objective ``name`` read from ``settings`` (any object with those attributes, such
+    as a run's settings or the trainer's config); unset (None) ones are left to the objective's default."""
+    if name not in _REGISTRY:
+        raise ValueError(f"unknown objective {name!r}; known objectives: {', '.join(names())}")
+    values = {p: getattr(settings, p) for p in PARAMS[name]}
+    return {p: v for p, v in values.items() if v is not None}
 
 
 def names() -> list[str]:

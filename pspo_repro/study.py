@@ -10,7 +10,7 @@ Profile format::
       tiny-general-s: {}
       tiny-math-l: {alpha: 0.4}
     objectives:                                                 # objective -> settings for that objective
-      clip: {eps: 0.2}
+      clip: {epsilon: 0.2}
       pspo: {}
       noclip: {num_iterations: 1}
       clip-shuffled: {objective: clip, shuffle_advantages: true}  # a labelled variant (a control)

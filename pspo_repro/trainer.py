@@ -8,6 +8,7 @@ dr_grpo, dapo); the per-token loss comes from :mod:`pspo_repro.objectives`.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,6 +16,7 @@ import torch
 from accelerate.utils import gather_object
 from transformers import TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
+from trl.trainer.utils import RepeatSampler
 
 from pspo_repro import objectives
 from pspo_repro.probes import ProbeLog, StepProbe, gradient_cosine, group_grad_norms
@@ -89,11 +91,8 @@ class PSPOGRPOConfig(GRPOConfig):
         return max(1, micro_steps // self.gradient_accumulation_steps)
 
     def build_objective(self) -> objectives.Objective:
-        params = {
-            "clip": {"eps": self.epsilon, "eps_high": self.epsilon_high},
-            "pspo": {"alpha": self.alpha},
-            "sigmoid": {"tau_pos": self.sapo_temperature_pos, "tau_neg": self.sapo_temperature_neg},
-        }.get(self.objective, {})
+        """The objective with its parameters, read from this config under the same names (objectives.PARAMS)."""
+        params = objectives.params_of(self.objective, self)
         return objectives.get(self.objective, level=self.importance_sampling_level, **params)
 
 
@@ -105,6 +104,32 @@ class _ProbeFlush(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         self.trainer._flush_probes(state.global_step)
+
+
+class EpochSampler(RepeatSampler):
+    """TRL's ``RepeatSampler`` whose order in epoch e is the (e + 1)-th permutation of its seeded generator,
+    whether the run reached epoch e by iterating or by resuming from a checkpoint. TRL's sampler has no
+    ``set_epoch`` and starts its generator afresh, so a run resumed in a later epoch would replay the first
+    epoch's order; uninterrupted runs see exactly TRL's order."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.epoch = 0
+        self._drawn = 0  # permutations taken from the generator so far
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        if self.shuffle:
+            for _ in range(self.epoch - self._drawn):  # resumed in a later epoch: skip the earlier orders
+                torch.randperm(self.num_samples, generator=self.generator)
+            self._drawn = max(self._drawn, self.epoch) + 1
+        yield from super().__iter__()
+
+
+# Our generators' states, saved beside transformers' rng_state.pth in each trainer checkpoint (one per process).
+RNG_STATE_FILE = "pspo_rng_state{}.pth"
 
 
 class PSPOGRPOTrainer(GRPOTrainer):
@@ -133,6 +158,33 @@ class PSPOGRPOTrainer(GRPOTrainer):
         if self.args.probes:
             self.add_callback(_ProbeFlush(self))
         self._shuffle_generator = torch.Generator().manual_seed(self.args.seed)
+
+    def _get_train_sampler(self, dataset=None):
+        s = super()._get_train_sampler(dataset)
+        return EpochSampler(
+            s.data_source, s.mini_repeat_count, s.batch_size, s.repeat_count, s.shuffle, s.seed
+        )
+
+    # --- resuming: the probe sampler and the advantage shuffle continue where the checkpoint left them ----
+
+    def _save_rng_state(self, output_dir: str) -> None:
+        super()._save_rng_state(output_dir)
+        states = {
+            "probes": self.probe_log.generator.get_state(),
+            "shuffle": self._shuffle_generator.get_state(),
+        }
+        torch.save(states, os.path.join(output_dir, self._rng_state_file()))
+
+    def _load_rng_state(self, checkpoint: str | None) -> None:
+        super()._load_rng_state(checkpoint)
+        path = os.path.join(checkpoint, self._rng_state_file()) if checkpoint is not None else None
+        if path is not None and os.path.isfile(path):
+            states = torch.load(path, weights_only=True)
+            self.probe_log.generator.set_state(states["probes"])
+            self._shuffle_generator.set_state(states["shuffle"])
+
+    def _rng_state_file(self) -> str:
+        return RNG_STATE_FILE.format(f"_{self.args.process_index}" if self.args.world_size > 1 else "")
 
     def _generate_and_score_completions(self, inputs):
         batch = super()._generate_and_score_completions(inputs)

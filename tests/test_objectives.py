@@ -8,9 +8,9 @@ import torch
 from pspo_repro import objectives
 
 ALL = {
-    "clip": {"eps": 0.2},
+    "clip": {"epsilon": 0.2},
     "pspo": {"alpha": 0.1},
-    "sigmoid": {"tau_pos": 1.0, "tau_neg": 1.05},
+    "sigmoid": {"sapo_temperature_pos": 1.0, "sapo_temperature_neg": 1.05},
     "topr": {},
     "noclip": {},
 }
@@ -66,7 +66,7 @@ def test_advantages_per_token_equal_per_sequence(name):
 
 def test_clip_gradient_is_zero_exactly_where_it_binds():
     eps = 0.2
-    obj = objectives.get("clip", eps=eps)
+    obj = objectives.get("clip", epsilon=eps)
     logp, old, adv = random_inputs(4)
     ratio = torch.exp(logp - old)
     a = adv.unsqueeze(-1).expand_as(ratio)
@@ -79,7 +79,7 @@ def test_clip_gradient_is_zero_exactly_where_it_binds():
 
 
 def test_clip_asymmetric_bounds():
-    obj = objectives.get("clip", eps=0.1, eps_high=0.3)
+    obj = objectives.get("clip", epsilon=0.1, epsilon_high=0.3)
     ratio = torch.tensor([[1.25, 1.35, 0.85, 0.95]])
     adv = torch.tensor([[1.0, 1.0, -1.0, -1.0]])
     w = obj.grad_weight(ratio, adv)
@@ -140,7 +140,7 @@ def test_all_objectives_agree_on_policy():
 
 
 def test_sigmoid_weight_decays_far_from_one():
-    obj = objectives.get("sigmoid", tau_pos=1.0, tau_neg=1.0)
+    obj = objectives.get("sigmoid", sapo_temperature_pos=1.0, sapo_temperature_neg=1.0)
     ratio = torch.tensor([1.0, 2.0, 5.0, 20.0])
     w = obj.grad_weight(ratio, torch.ones(4))
     assert w[0] == 1.0 and w[3] < 1e-5 and w[3] < w[2]
@@ -181,10 +181,11 @@ def test_sequence_ratio_is_masked_geometric_mean():
         ("ppo", {}, "unknown objective 'ppo'; known objectives: clip, pspo, sigmoid, topr, noclip"),
         ("pspo", {"alpha": 1.5}, "alpha must be in [0, 1], got 1.5"),
         ("pspo", {"alpha": -0.1}, "alpha must be in [0, 1], got -0.1"),
-        ("clip", {"eps": -0.1}, "eps must be >= 0, got -0.1"),
-        ("sigmoid", {"tau_pos": 0.0}, "tau_pos must be > 0, got 0.0"),
-        ("sigmoid", {"tau_neg": -1.0}, "tau_neg must be > 0, got -1.0"),
-        ("clip", {"alpha": 0.1}, "allowed: eps, eps_high"),
+        ("clip", {"epsilon": -0.1}, "epsilon must be >= 0, got -0.1"),
+        ("sigmoid", {"sapo_temperature_pos": 0.0}, "sapo_temperature_pos must be > 0, got 0.0"),
+        ("sigmoid", {"sapo_temperature_neg": -1.0}, "sapo_temperature_neg must be > 0, got -1.0"),
+        ("clip", {"alpha": 0.1}, "allowed: epsilon, epsilon_high"),
+        ("clip", {"eps": 0.1}, "allowed: epsilon, epsilon_high"),
     ],
 )
 def test_bad_parameters_name_value_and_allowed(name, params, message):
@@ -198,3 +199,31 @@ def test_bad_level_and_bad_advantage_shape():
     logp, old, _ = random_inputs(11)
     with pytest.raises(ValueError, match=r"shape \(B,\) or \(B, T\)"):
         objectives.get("noclip").per_token_loss(logp, old, torch.ones(3, 2))
+
+
+def test_each_parameter_reads_the_setting_of_its_name():
+    """One mapping (PARAMS) serves the run settings and the trainer config, whose fields carry these names."""
+    from dataclasses import fields
+
+    from pspo_repro.train import TrainSettings
+    from pspo_repro.trainer import PSPOGRPOConfig
+
+    assert objectives.parameter_names() == (
+        "epsilon",
+        "epsilon_high",
+        "alpha",
+        "sapo_temperature_pos",
+        "sapo_temperature_neg",
+    )
+    for cls in (TrainSettings, PSPOGRPOConfig):
+        assert set(objectives.parameter_names()) <= {f.name for f in fields(cls)}, cls
+    settings = TrainSettings(objective="clip", epsilon=0.3, epsilon_high=None, alpha=0.7)
+    assert objectives.params_of("clip", settings) == {"epsilon": 0.3}  # None: the objective's default
+    assert objectives.params_of("pspo", settings) == {"alpha": 0.7}
+    assert objectives.params_of("topr", settings) == {}
+    assert objectives.get("clip", **objectives.params_of("clip", settings)).params == {
+        "epsilon": 0.3,
+        "epsilon_high": 0.3,
+    }
+    with pytest.raises(ValueError, match="unknown objective 'ppo'"):
+        objectives.params_of("ppo", settings)

@@ -17,8 +17,8 @@ def test_shipped_profiles_expand():
     assert len(paper) == 3 * 5 * 5
     by_key = {(r.model, r.label, r.seed): r.settings for r in paper}
     # layering: train < models < objectives < cells
-    assert by_key[("Qwen/Qwen2.5-0.5B", "clip", 0)].eps == 0.1
-    assert by_key[("Qwen/Qwen2.5-1.5B", "clip", 0)].eps == 0.2
+    assert by_key[("Qwen/Qwen2.5-0.5B", "clip", 0)].epsilon == 0.1
+    assert by_key[("Qwen/Qwen2.5-1.5B", "clip", 0)].epsilon == 0.2
     assert by_key[("Qwen/Qwen2.5-0.5B", "clip", 0)].learning_rate == 1e-6
     assert by_key[("Qwen/Qwen2.5-1.5B", "clip", 0)].learning_rate == 5e-7
     assert by_key[("Qwen/Qwen2-Math-1.5B", "pspo", 3)].alpha == 0.4

@@ -9,11 +9,14 @@ import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import pytest
 import torch
+from transformers import TrainerCallback
 
 from pspo_repro import models, rundir
+from pspo_repro import train as train_module
 from pspo_repro.train import TrainSettings, train
 
 
@@ -116,7 +119,7 @@ def test_a_bad_model_name_leaves_no_run_folder(tmp_path):
 
 def test_training_moves_the_weights(tiny_model, tmp_path):
     """Probe steps sample (ratio, advantage, weight) triples and the cosine to the unclipped gradient."""
-    run = train(tiny_settings(tiny_model, objective="clip", eps=0.2), tmp_path / "run", progress=False)
+    run = train(tiny_settings(tiny_model, objective="clip", epsilon=0.2), tmp_path / "run", progress=False)
     probes = rundir.read_jsonl(run / "probes.jsonl")
     sampled = [p for p in probes if "samples" in p]
     assert [p["step"] for p in sampled] == [1, 3]  # probe_every = 2
@@ -136,7 +139,7 @@ def test_clip_zeroes_gradients_where_pspo_does_not(tiny_model, tmp_path):
             objective=objective,
             learning_rate=0.05,
             max_steps=4,
-            eps=0.05,
+            epsilon=0.05,
             steps_per_generation=4,
             num_iterations=1,
             max_grad_norm=0.0,
@@ -228,9 +231,21 @@ def test_killed_run_leaves_no_done_and_no_torn_files(tiny_model, tmp_path):
 def test_settings_from_text_are_typed_or_refused():
     """YAML reads ``2e-4`` as a string and ``--set`` values come through YAML: they become numbers."""
     s = TrainSettings.from_dict(
-        {"learning_rate": "2e-4", "max_steps": "32", "temperature": 1, "probes": "false", "eps_high": None}
+        {
+            "learning_rate": "2e-4",
+            "max_steps": "32",
+            "temperature": 1,
+            "probes": "false",
+            "epsilon_high": None,
+        }
     )
-    assert (s.learning_rate, s.max_steps, s.temperature, s.probes, s.eps_high) == (2e-4, 32, 1.0, False, None)
+    assert (s.learning_rate, s.max_steps, s.temperature, s.probes, s.epsilon_high) == (
+        2e-4,
+        32,
+        1.0,
+        False,
+        None,
+    )
     assert type(s.learning_rate) is float and type(s.max_steps) is int
     for bad, message in [
         ({"learning_rate": "fast"}, "learning_rate must be a number, got 'fast'"),
@@ -265,3 +280,211 @@ def test_an_adam_step_at_the_papers_learning_rate_moves_the_master_weights(tiny_
 
     assert fraction_moved(train_module.MASTER_WEIGHTS_DTYPE) > 0.9
     assert fraction_moved(torch.bfloat16) < 0.05
+
+
+class Preempted(Exception):
+    pass
+
+
+class Preempt(TrainerCallback):
+    """Stops the run as a preemption would, once step ``after`` is complete (its logs, probes and validation
+    written) and before the next begins."""
+
+    def __init__(self, after: int) -> None:
+        self.after = after
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if state.global_step == self.after:
+            raise Preempted
+
+
+class FinalWeights(TrainerCallback):
+    weights: dict[str, torch.Tensor] = {}
+
+    def on_train_end(self, args, state, control, model=None, **kwargs):
+        self.weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def test_a_preempted_run_resumes_from_its_checkpoint_with_one_history(tiny_model, tmp_path):
+    """A run stopped after step 5 resumes from its step-4 checkpoint: same final weights, probes, rewards and
+    validation as an uninterrupted run, and each step once in every log. One generation serves 2 optimizer
+    steps (1 micro-batch per step, used twice), so checkpoints every 2 steps fall where generations start;
+    advantages are shuffled so that the shuffle's generator must be restored too."""
+    settings = tiny_settings(
+        tiny_model,
+        objective="clip",
+        max_steps=6,
+        steps_per_generation=1,
+        num_iterations=2,
+        save_steps=2,
+        eval_every=1,
+        probe_every=3,
+        shuffle_advantages=True,
+    )
+    whole = FinalWeights()
+    a = train(settings, tmp_path / "a", progress=False, callbacks=[whole])
+
+    b = tmp_path / "b"
+    with pytest.raises(Preempted):
+        train(settings, b, progress=False, callbacks=[Preempt(after=5)])
+    assert not (b / "DONE").exists()
+    assert [p.name for p in (b / "trainer").glob("checkpoint-*")] == ["checkpoint-4"]  # save_total_limit 1
+    assert [r["step"] for r in rundir.read_jsonl(b / "probes.jsonl")] == [1, 2, 3, 4, 5]
+    resumed = FinalWeights()
+    train(settings, b, progress=False, callbacks=[resumed])
+
+    assert resumed.weights.keys() == whole.weights.keys()
+    assert all(torch.equal(resumed.weights[k], whole.weights[k]) for k in whole.weights)
+    start = weights(tiny_model)
+    assert any(not torch.equal(whole.weights[k], start[k]) for k in start)
+    assert rundir.read_jsonl(b / "probes.jsonl") == rundir.read_jsonl(a / "probes.jsonl")
+    assert rundir.read_jsonl(b / "validation.jsonl") == rundir.read_jsonl(a / "validation.jsonl")
+    assert [r["step"] for r in rundir.read_jsonl(b / "validation.jsonl")] == [0, 1, 2, 3, 4, 5, 6]
+
+    def metrics(run):
+        return [
+            (r["step"], r["loss"], r.get("reward"), r["grad_norm"])
+            for r in rundir.read_jsonl(run / "train_log.jsonl")
+            if "loss" in r
+        ]
+
+    assert [m[0] for m in metrics(b)] == [1, 2, 3, 4, 5, 6]
+    assert metrics(b) == metrics(a)
+    done_a, done_b = (json.loads((run / "DONE").read_text()) for run in (a, b))
+    assert done_b["validation_best"] == done_a["validation_best"] and done_b["steps"] == 6
+    assert (
+        json.loads((b / "checkpoint" / "checkpoint_step.json").read_text())["step"]
+        == done_a["validation_best"]["step"]
+    )
+    assert not (b / "trainer").exists() and not (b / "checkpoint.next").exists()
+    assert [r["step"] for r in json.loads((b / "provenance.json").read_text())["resumed"]] == [4]
+
+
+def test_checkpoints_must_fall_where_a_generation_starts():
+    # 2 micro-batches per generation, used twice, 1 per optimizer step: generations start every 4 steps
+    with pytest.raises(ValueError, match="save_steps=6 must be a multiple of 4"):
+        TrainSettings(save_steps=6, grad_accum=1, steps_per_generation=2, num_iterations=2)
+    assert TrainSettings(save_steps=8, grad_accum=1, steps_per_generation=2, num_iterations=2).save_steps == 8
+    # the paper's: 16 micro-batches per step and per generation, used twice: every 2 steps
+    assert TrainSettings(save_steps=100).save_steps == 100
+    with pytest.raises(ValueError, match="save_steps=99 must be a multiple of 2"):
+        TrainSettings(save_steps=99)
+
+
+def test_objective_parameters_under_their_earlier_names_are_read():
+    """Older profiles and run configs say eps / eps_high / tau_pos / tau_neg: they mean GRPOConfig's names."""
+    s = TrainSettings.from_dict(
+        {"objective": "clip", "eps": 0, "eps_high": "0.3", "tau_pos": 2, "tau_neg": 3}
+    )
+    assert (s.epsilon, s.epsilon_high, s.sapo_temperature_pos, s.sapo_temperature_neg) == (0.0, 0.3, 2.0, 3.0)
+    assert s.objective_params() == {"epsilon": 0.0, "epsilon_high": 0.3}
+    assert TrainSettings.from_dict({"eps": 0.2, "epsilon": 0.2}).epsilon == 0.2
+    with pytest.raises(
+        ValueError, match="'eps' is the earlier name of 'epsilon'.*\\(0 and 0.2\\); give 'epsilon' only"
+    ):
+        TrainSettings.from_dict({"eps": 0, "epsilon": 0.2})
+    config = train_module.grpo_config(
+        TrainSettings(objective="clip", epsilon=0.15, epsilon_high=0.25), Path("run")
+    )
+    assert (config.epsilon, config.epsilon_high, config.build_objective().params) == (
+        0.15,
+        0.25,
+        {"epsilon": 0.15, "epsilon_high": 0.25},
+    )
+
+
+def test_validation_is_greedy_or_sampled_with_the_training_sampler_by_default():
+    with pytest.raises(ValueError, match="validation must be one of greedy, sampled, got 'beam'"):
+        TrainSettings(validation="beam")
+    with pytest.raises(ValueError, match="validation_temperature apply to validation: sampled only"):
+        TrainSettings(validation_temperature=0.5)
+    assert TrainSettings().sampled_validation() is None
+    sampled = TrainSettings(validation="sampled", temperature=0.7, top_p=0.95, num_generations=8)
+    assert sampled.sampled_validation() == {"temperature": 0.7, "top_p": 0.95, "n": 8}
+    own = TrainSettings(validation="sampled", validation_temperature=1.0, validation_generations=2)
+    assert own.sampled_validation() == {"temperature": 1.0, "top_p": 0.9, "n": 2}
+
+
+def test_the_paper_profile_validates_as_the_authors_and_the_cpu_profiles_as_before():
+    """The authors' TRL evaluation: T 0.8, top-p 0.9, 4 completions per prompt; smoke and cpu stay greedy,
+    without trainer checkpoints."""
+    from pspo_repro import study
+
+    paper = study.expand(study.load_profile("paper"))
+    assert {str(r.settings.sampled_validation()) for r in paper} == {
+        "{'temperature': 0.8, 'top_p': 0.9, 'n': 4}"
+    }
+    assert {r.settings.save_steps for r in paper} == {100}
+    for name in ("smoke", "cpu"):
+        runs = study.expand(study.load_profile(name))
+        assert {(r.settings.validation, r.settings.save_steps, r.settings.report_to) for r in runs} == {
+            ("greedy", 0, "none")
+        }
+
+
+def test_sampled_validation_is_seeded_and_leaves_the_training_random_stream_alone(tiny_model, tmp_path):
+    from pspo_repro import data, prompts
+
+    source = models.resolve(str(tiny_model))
+    model, tokenizer = models.load_model(source), models.load_tokenizer(source)
+    problems = data.load("synthetic", "validation")[:3]
+    texts = [prompts.render_prompt(tokenizer, p.question, p.kind) for p in problems]
+    options = {"temperature": 1.0, "top_p": 1.0, "top_k": 0, "eos_token_id": tokenizer.eos_token_id}
+
+    def sample(seed):
+        return train_module.sampled_completions(model, tokenizer, texts, 24, 8, 4, seed, options)
+
+    torch.manual_seed(123)
+    before = torch.get_rng_state()
+    first = sample(7)
+    assert torch.equal(torch.get_rng_state(), before)
+    assert [len(group) for group in first] == [4, 4, 4]
+    assert sample(7) == first
+    assert sample(8) != first
+    assert any(len(set(group)) > 1 for group in first)  # sampled, not four copies of the greedy answer
+
+    settings = tiny_settings(tiny_model, validation="sampled", validation_generations=4, validation_limit=3)
+    validation = train_module.Validation(tmp_path, settings, problems, tokenizer)
+    record = validation.measure(model, 5)
+    assert (record["n"], record["completions"]) == (3, 12)
+    assert validation.measure(model, 5) == record
+
+
+def test_max_prompt_length_is_gone_with_a_clear_error_and_old_run_configs_still_read(tmp_path):
+    """TRL 1.16's GRPOConfig has no max_prompt_length (prompts are never truncated): the setting, passed to
+    nothing, is refused; a run folder written before, with it and with the earlier eps name, still reads."""
+    from dataclasses import fields
+
+    from trl import GRPOConfig
+
+    assert "max_prompt_length" not in {f.name for f in fields(GRPOConfig)}
+    with pytest.raises(
+        ValueError, match="setting max_prompt_length was removed: TRL 1.16's GRPOConfig has no"
+    ):
+        TrainSettings.from_dict({"max_prompt_length": 512})
+    old = {**TrainSettings(objective="clip").to_dict(), "max_prompt_length": 512, "eps": 0.0}
+    for name in ("epsilon", "save_steps", "save_total_limit", "report_to", "validation"):
+        old.pop(name)  # settings added since
+    old.pop("validation_temperature"), old.pop("validation_top_p"), old.pop("validation_generations")
+    rundir.atomic_write_json(tmp_path / "config.json", old)
+    settings = train_module.read_run_settings(tmp_path)
+    assert (settings.objective, settings.epsilon, settings.save_steps) == ("clip", 0.0, 0)
+
+
+def test_report_to_maps_to_transformers_trackers_and_is_off_by_default(tiny_model, tmp_path):
+    config = train_module.grpo_config(TrainSettings(), tmp_path)
+    assert config.report_to == []
+    config = train_module.grpo_config(TrainSettings(report_to="wandb, trackio", label="clip-x"), tmp_path)
+    assert config.report_to == ["wandb", "trackio"] and config.run_name == "Qwen2.5-0.5B/clip-x/seed0"
+    with pytest.raises(
+        ValueError, match="report_to must be 'none' or a comma-separated .*got 'tensorbord'.*tensorboard"
+    ):
+        TrainSettings(report_to="tensorbord")
+    # tensorboard is a tracker transformers knows, but its package is not installed here
+    settings = TrainSettings(model=str(tiny_model), dataset="synthetic", report_to="tensorboard")
+    assert train_module.grpo_config(settings, tmp_path).report_to == ["tensorboard"]
+    with pytest.raises(
+        ValueError, match=r"report_to names tracker\(s\) \['tensorboard'\] whose package is not"
+    ):
+        train(settings, tmp_path / "run", progress=False)
+    assert not (tmp_path / "run").exists()

@@ -227,3 +227,25 @@ def test_vllm_importance_sampling_weights_scale_the_loss_as_in_trl_and_reach_the
     assert (record["vllm_is_weight"]["min"], record["vllm_is_weight"]["max"]) == (0.0, 2.0)
     assert record["vllm_is_zero_frac"] == pytest.approx(float((per_token == 0).float().mean()))
     assert record["n_tokens"] == int(inputs["completion_mask"].sum())
+
+
+def test_a_resumed_epoch_keeps_the_order_it_would_have_had():
+    """TRL's RepeatSampler restarts its generator, so a run resumed in epoch 1 would replay epoch 0's order;
+    the trainer's sampler reaches epoch e's order however it got there, and matches TRL's when uninterrupted."""
+    from trl.trainer.utils import RepeatSampler
+
+    from pspo_repro.trainer import EpochSampler
+
+    args = dict(data_source=range(12), mini_repeat_count=2, batch_size=3, repeat_count=2, seed=5)
+    stock, ours = RepeatSampler(**args), EpochSampler(**args)
+    epochs = []
+    for epoch in range(3):
+        ours.set_epoch(epoch)
+        epochs.append(list(ours))
+        assert epochs[-1] == list(stock)  # uninterrupted: TRL's order
+    assert epochs[0] != epochs[1] != epochs[2]
+    for epoch in (1, 2):
+        resumed = EpochSampler(**args)
+        resumed.set_epoch(epoch)
+        assert list(resumed) == epochs[epoch]
+        assert list(RepeatSampler(**args)) == epochs[0]  # what TRL's own sampler would give instead
