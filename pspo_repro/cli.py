@@ -103,7 +103,7 @@ def evaluate_command(
     overwrite: Annotated[bool, typer.Option(help="Discard records made with other settings.")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ) -> None:
-    """Evaluate a model on benchmarks: strict, flexible and permissive accuracy side by side."""
+    """Evaluate a model on benchmarks: strict, flexible, permissive and paper accuracy side by side."""
     from pspo_repro import evaluate
 
     target = out if out is not None else Path(model)

@@ -1,8 +1,8 @@
 """Evaluation: generate completions for benchmark problems, grade them, and summarise.
 
 Greedy decoding (temperature 0) gives the headline accuracy; sampling (temperature > 0, ``n_samples``
-per problem) adds pass@k and majority-vote accuracy. Every completion is graded under the three
-metrics of ``pspo_repro.grading`` (strict, flexible, permissive).
+per problem) adds pass@k and majority-vote accuracy. Every completion is graded under the four
+metrics of ``pspo_repro.grading`` (strict, flexible, permissive, and the paper's own grading).
 
 Outputs, in ``<out_dir>/eval/``:
 
@@ -34,7 +34,7 @@ from typing import Any, Protocol
 from pspo_repro import data, grading, models, rundir
 from pspo_repro.prompts import render_prompt
 
-METRICS: tuple[str, ...] = ("strict", "flexible", "permissive")
+METRICS: tuple[str, ...] = grading.METRICS
 BACKENDS: tuple[str, ...] = ("hf", "vllm")
 PASS_AT_K: tuple[int, ...] = (1, 2, 4, 8, 16)
 
@@ -716,8 +716,15 @@ def _existing_records(path: Path, settings: dict, overwrite: bool) -> dict[str, 
                 f"{path} holds records made with other settings ({', '.join(f'{k}: {a!r} there, {b!r} now' for k, (a, b) in diff.items())}); "
                 "use another output folder, or overwrite=True (--overwrite) to discard them"
             )
-        done.setdefault(record["id"], record)
+        done.setdefault(record["id"], _current_grades(record))
     return done
+
+
+def _current_grades(record: dict) -> dict:
+    """The record, graded again from its completions when it predates one of the metrics."""
+    if all(m in g for g in record["grades"] for m in METRICS):
+        return record
+    return {**record, "grades": grade_record(record)}
 
 
 def _run_benchmark(

@@ -1,6 +1,6 @@
-"""Answer extraction and correctness: strict, flexible and permissive grading of a completion.
+"""Answer extraction and correctness: strict, flexible, permissive and the paper's own grading of a completion.
 
-Three metrics, reported side by side because the paper's "answer anywhere" accuracy can overstate
+Four metrics, reported side by side because the paper's "answer anywhere" accuracy can overstate
 performance (names follow lm-evaluation-harness where it has them):
 
 numeric answers (GSM8K, SVAMP, ASDiv; the prompt asks for a final ``#### N`` line)
@@ -17,6 +17,19 @@ latex answers (MATH, MATH-500; the prompt asks for ``\\boxed{}``)
                 and prose number, from the end, at most ``_MAX_CANDIDATES``) is equivalent to the gold;
                 all are tried by the fast path, the ``_MAX_MV_CANDIDATES`` most final ones of at most
                 ``_MAX_MV_PERMISSIVE`` characters by math-verify.
+
+every benchmark
+    paper       the authors' grading (``_extract_final_answer`` in their ``maths_rewards.py``), applied as
+                they applied it, to every benchmark and to the gold answer too: the whole rest of the line
+                after the first ``####`` (found by ``####\\s*([^\\n]+)``, so ``\\s*`` may cross a newline)
+                read as one number (commas removed; ``3/4``; a trailing ``%`` divides by 100; anything
+                Python's ``float`` reads), else the LAST number-like token anywhere in the text; correct when
+                both values exist and are equal (relative and absolute tolerance 1e-6), which is exactly
+                when their reward exceeds 0.5. Their code then tried the line as a sympy expression, but
+                through ``sympify(..., transformations=...)``, an argument sympy's ``sympify`` does not take
+                (in their pinned sympy 1.13.1 as in later ones): the TypeError was caught, so that branch never
+                ran and ``#### 5 + 3`` falls back to the last number, 3. It is reproduced as it ran.
+                Note that on MATH answers this reads ``\\frac{14}{3}`` as 3.
 
 Numbers are compared numerically (relative and absolute tolerance 1e-6) after removing thousands
 separators, ``$``, ``%`` and trailing units; ``3/4`` and ``\\frac{3}{4}`` are fractions. A number is a
@@ -54,10 +67,11 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
+from fractions import Fraction
 from typing import Any
 
 KINDS = ("numeric", "latex")
-METRICS = ("strict", "flexible", "permissive")
+METRICS = ("strict", "flexible", "permissive", "paper")
 
 # Work bounds (see the module docstring).
 _MAX_TEXT = 100_000  # characters of a completion that are graded (head and tail halves)
@@ -76,7 +90,7 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Grade:
-    """The three verdicts for one completion, and what each one extracted."""
+    """The four verdicts for one completion, and what each one extracted."""
 
     strict: bool
     flexible: bool
@@ -84,9 +98,11 @@ class Grade:
     strict_answer: str | None  # what strict judged (None if the format was not there)
     flexible_answer: str | None
     permissive_answer: str | None  # the matching span found, or None
+    paper: bool = False
+    paper_answer: str | None = None  # the value the authors' extraction read, as text
 
     def as_dict(self) -> dict:
-        """A plain dict of the six fields."""
+        """A plain dict of the eight fields."""
         return dataclasses.asdict(self)
 
 
@@ -289,7 +305,7 @@ def _math_segments(text: str) -> list[str]:
 
 def gold_from_solution(solution: str, kind: str) -> str:
     """The gold answer inside a reference solution: after ``####`` (numeric), the last box (latex)."""
-    _check_kind(kind)
+    check_kind(kind)
     if kind == "numeric":
         answer = extract_hash_answer(solution)
         if not answer:
@@ -301,7 +317,8 @@ def gold_from_solution(solution: str, kind: str) -> str:
     return answer
 
 
-def _check_kind(kind: str) -> None:
+def check_kind(kind: str) -> None:
+    """Raise a ValueError naming ``kind`` and the allowed kinds unless it is one of ``KINDS``."""
     if kind not in KINDS:
         raise ValueError(f"unknown answer kind {kind!r}; allowed kinds: {', '.join(KINDS)}")
 
@@ -670,64 +687,103 @@ def _score_latex(text: str, gold: str) -> Grade:
 
 def score(completion: str, gold: str, kind: str = "numeric") -> Grade:
     """Grade one completion against the gold answer under all three metrics (never raises on text)."""
-    _check_kind(kind)
+    check_kind(kind)
     text = _bounded(completion) if isinstance(completion, str) else ""
     gold = gold if isinstance(gold, str) else str(gold)
     try:
-        return _score_latex(text, gold) if kind == "latex" else _score_numeric(text, gold)
+        grade = _score_latex(text, gold) if kind == "latex" else _score_numeric(text, gold)
+        answer = paper_value(text)
+        return dataclasses.replace(
+            grade, paper=paper_equal(answer, paper_value(gold)), paper_answer=_value_text(answer)
+        )
     except Exception:  # a grader bug must not stop an evaluation: log it, grade incorrect
         logger.warning("grading failed for a completion of %d characters; graded incorrect", len(text))
         return Grade(False, False, False, None, None, None)
 
 
-def paper_answer(completion: str, kind: str = "numeric") -> str | None:
-    """The authors' extraction: the first number after the first ``####``, else the last number.
+# ---------------------------------------------------------------- the paper's grading
 
-    For latex answers: the ``####`` answer, else the flexible answer (last boxed, math segment, number).
-    """
-    _check_kind(kind)
-    text = _bounded(completion) if isinstance(completion, str) else ""
-    start = text.find("####")
-    if kind == "latex":
-        hash_answer = extract_hash_answer(text)
-        boxed = _boxed_spans(text)
-        return hash_answer or _latex_flexible_answer(text, boxed[0] if boxed else None, None)
-    if start >= 0:
-        match = _NUMBER_RE.search(text, start + 4)
-        if match:
-            return match.group(0)
-    return last_number(text)
+# The authors' patterns (maths_rewards.py), unchanged: the #### line, a number-like token, the format bonus.
+_PAPER_HASH_RE = re.compile(r"####\s*([^\n]+)")
+_PAPER_NUMBER_RE = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+)?%?")
+_PAPER_BONUS_RE = re.compile(r"####\s*\d+[^\n]+")
+_LETTER_RE = re.compile(r"[a-zA-Z]")
 
 
-def paper_reward(completion: str, gold: str, kind: str = "numeric") -> float:
-    """The training reward of the authors' script, clipped to [0, 1].
-
-    1 if ``paper_answer`` equals the gold (numerically; equivalent LaTeX for latex answers), +0.05 if
-    the completion contains ``####``, -0.2 if it holds no number at all (latex answers: no answer could
-    be extracted). After clipping the only values are 1.0, 0.05 and 0.0: the -0.2 can only apply when
-    nothing was earned. A non-numeric gold (ASDiv's "3:4", "Yes") is correct when the flexible metric
-    says so, and carries no "no number" penalty.
-    """
-    _check_kind(kind)
-    text = _bounded(completion) if isinstance(completion, str) else ""
-    gold = gold if isinstance(gold, str) else str(gold)
-    correct, has_answer = False, False
+def _paper_number(token: str) -> float | None:
+    """The authors' ``_to_number``: ``1,234``, ``12.5``, ``3/4``, ``12.5%`` (a hundredth), or None."""
+    s = token.strip()
+    percent = s.endswith("%")
+    if percent:
+        s = s[:-1]
+    if "/" in s and not _LETTER_RE.search(s):
+        try:
+            value = float(Fraction(s.replace(",", "")))
+            return value / 100.0 if percent else value
+        except (ValueError, ZeroDivisionError, OverflowError):
+            pass
     try:
-        if kind == "latex":
-            answer = paper_answer(text, kind)
-            has_answer = answer is not None
-            correct = has_answer and _latex_equal(answer or "", gold)
-        elif (gold_value := parse_number(gold)) is None:
-            has_answer = True
-            correct = _score_text_gold(text, gold, extract_hash_answer(text)).flexible
-        else:
-            answer = paper_answer(text, kind)
-            has_answer = last_number(text) is not None
-            correct = answer is not None and _close(_token_value(answer), gold_value)
-    except Exception:  # as in score(): never raise on a completion
-        logger.warning("reward failed for a completion of %d characters; counted incorrect", len(text))
-    reward = float(correct) + (0.05 if "####" in text else 0.0) - (0.0 if has_answer else 0.2)
-    return min(1.0, max(0.0, reward))
+        value = float(s.replace(",", ""))
+    except (ValueError, OverflowError):
+        return None
+    return value / 100.0 if percent else value
+
+
+def paper_value(text: str) -> float | None:
+    """The authors' extraction (``_extract_final_answer``): the rest of the first ``####`` line as a number,
+    else the last number-like token anywhere; None when there is none (see the module docstring)."""
+    if not isinstance(text, str):
+        return None
+    text = _bounded(text)
+    match = _PAPER_HASH_RE.search(text)
+    if match:
+        value = _paper_number(match.group(1))
+        if value is not None:
+            return value
+    last = None
+    for last in _PAPER_NUMBER_RE.finditer(text):  # noqa: B007 - only the last match is wanted
+        pass
+    return _paper_number(last.group(0)) if last is not None else None
+
+
+def paper_equal(answer: float | None, gold: float | None, tol: float = 1e-6) -> bool:
+    """The authors' ``numeric_equal`` (exact, or relative and absolute tolerance ``tol``); False for None."""
+    if answer is None or gold is None:
+        return False
+    return answer == gold or math.isclose(answer, gold, rel_tol=tol, abs_tol=tol)
+
+
+def paper_format_bonus(text: str) -> bool:
+    """Whether the authors' +0.05 applies: ``####``, optional whitespace, a digit, then at least one more
+    character on that line (so ``#### 5`` at the end, ``#### -5`` and ``#### $5`` get none)."""
+    return isinstance(text, str) and _PAPER_BONUS_RE.search(_bounded(text)) is not None
+
+
+def _value_text(value: float | None) -> str | None:
+    """A number as record text: integers without ``.0``, other values as Python writes them."""
+    if value is None:
+        return None
+    if math.isfinite(value) and value.is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    return repr(value)
+
+
+def paper_answer(completion: str) -> str | None:
+    """The value of :func:`paper_value` as text (``"42"``, ``"0.75"``), or None."""
+    return _value_text(paper_value(completion))
+
+
+def latex_answer(completion: str) -> str | None:
+    """A LaTeX answer read leniently: the ``####`` answer, else the last boxed content, math segment or
+    prose number (the shaped reward's reading of MATH-style completions)."""
+    text = _bounded(completion) if isinstance(completion, str) else ""
+    boxed = _boxed_spans(text)
+    return extract_hash_answer(text) or _latex_flexible_answer(text, boxed[0] if boxed else None, None)
+
+
+def latex_equal(answer: str, gold: str) -> bool:
+    """Whether a LaTeX answer is equivalent to the gold (fast paths, then bounded math-verify)."""
+    return _latex_equal(answer, gold)
 
 
 def binary_reward(completion: str, gold: str, kind: str = "numeric", metric: str = "strict") -> float:

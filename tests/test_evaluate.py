@@ -100,6 +100,35 @@ def _record(completions: list[str], gold: str, kind: str = "numeric", benchmark:
     return record
 
 
+def test_paper_metric_differs_from_strict_and_flexible_in_a_summary():
+    # "#### 42 apples and 2 pears": strict reads 42; flexible and the paper's grading read the last number, 2
+    # "####\n42\nin 3 steps": strict finds nothing on the #### line; the paper reads 42 across the newline
+    records = [_record(["#### 42 apples and 2 pears"], "42"), _record(["####\n42\nin 3 steps"], "42")]
+    metrics = ev.summarize_benchmark(records)["metrics"]
+    assert {m: metrics[m]["correct"] for m in ev.METRICS} == {
+        "strict": 1,
+        "flexible": 0,
+        "permissive": 2,
+        "paper": 1,
+    }
+    assert records[0]["grades"][0]["paper_answer"] == "2" and records[1]["grades"][0]["paper_answer"] == "42"
+
+
+def test_records_from_before_the_paper_metric_are_graded_again_on_resume(tmp_path):
+    record = _record(["####\n42\nin 3 steps"], "42")
+    settings = {"seed": 0}
+    old = {
+        **record,
+        "settings": settings,
+        "grades": [{k: v for k, v in g.items() if not k.startswith("paper")} for g in record["grades"]],
+    }
+    path = tmp_path / "gsm8k.jsonl"
+    path.write_text(json.dumps(old) + "\n")
+    done = ev._existing_records(path, settings, overwrite=False)
+    assert done["x"]["grades"][0]["paper"] is True
+    assert ev.summarize_benchmark(list(done.values()))["metrics"]["paper"]["correct"] == 1
+
+
 def test_summary_of_sampled_records():
     records = [
         # strict: 2 of 4 right ("12", "12.0"; the last has no ####); majority "12" beats "7": right
@@ -125,8 +154,13 @@ def test_summary_of_sampled_records():
     assert flexible["pass_at_k"]["1"] == pytest.approx((3 / 4 + 1 / 4 + 0) / 3)
     assert flexible["majority_vote"] == pytest.approx(1 / 3)
     assert "majority_vote" not in summary["metrics"]["permissive"]  # nothing to vote over
+    paper = summary["metrics"]["paper"]  # the paper's grading reads "The answer is 12" and "I think 7" too
+    assert paper["pass_at_k"]["1"] == pytest.approx((3 / 4 + 1 / 4 + 0) / 3)
+    assert paper["accuracy"] == pytest.approx(1 / 3) and paper["majority_vote"] == pytest.approx(1 / 3)
     table = ev.summary_table({"benchmarks": {"gsm8k": {**summary, "max_new_tokens": 128}}})
     assert "gsm8k" in table and " 33.3% [" in table and "majority vote 33.3%" in table
+    assert table.splitlines()[0].split("|")[1:5] == [f" {m:>19} " for m in ev.METRICS]
+    assert ev.METRICS == ("strict", "flexible", "permissive", "paper")
     assert f"pass@2 {100 * strict['pass_at_k']['2']:.1f}%" in table
     assert summary["mean_completion_tokens"] == pytest.approx(
         sum(len(c) for r in records for c in r["completions"]) / 12
