@@ -31,8 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from pspo_repro import data, grading, models, rundir
-from pspo_repro.prompts import render_prompt
+from pspo_repro import data, grading, models, prompts, rundir
 
 METRICS: tuple[str, ...] = grading.METRICS
 BACKENDS: tuple[str, ...] = ("hf", "vllm")
@@ -591,6 +590,7 @@ def evaluate(
     seed: int = 0,
     progress: bool = True,
     overwrite: bool = False,
+    system_prompt: str | None = None,
 ) -> dict:
     """Evaluate ``model`` on ``benchmarks`` and write records and summary under ``<out_dir>/eval/``.
 
@@ -599,7 +599,10 @@ def evaluate(
     :func:`parse_benchmarks`. ``limit``: the first N problems of each benchmark. ``max_new_tokens``:
     one budget for all benchmarks, else :data:`DEFAULT_MAX_NEW_TOKENS`. ``batch_size``: sequences per
     forward pass (hf backend). Records already present with the same settings are kept (resume); other
-    settings raise a ValueError unless ``overwrite`` deletes the old records. Returns the summary.
+    settings raise a ValueError unless ``overwrite`` deletes the old records. ``system_prompt``: the
+    system message's style (:mod:`pspo_repro.prompts`); default: the run's own when ``model`` is a run
+    directory, so a model is evaluated with the prompt it was trained with, else ``default``.
+    Returns the summary.
     """
     names = (
         parse_benchmarks(benchmarks)
@@ -607,6 +610,8 @@ def evaluate(
         else parse_benchmarks(",".join(benchmarks))
     )
     _check_settings(backend, limit, temperature, n_samples, top_p, max_new_tokens, batch_size)
+    system_prompt = system_prompt if system_prompt is not None else run_system_prompt(model)
+    prompts.check_system_prompt(system_prompt)
     if data_dir is not None and not Path(data_dir).expanduser().is_dir():
         raise FileNotFoundError(
             f"benchmark data folder {str(data_dir)!r} does not exist; point data_dir / --data-dir at the folder "
@@ -628,6 +633,7 @@ def evaluate(
         "top_p": top_p,
         "n_samples": n_samples,
         "seed": seed,
+        "system_prompt": system_prompt,
     }
 
     engine: Backend | None = None
@@ -661,6 +667,14 @@ def evaluate(
             summary_path, _merged_summary(summary_path, settings, max_new_tokens, limit, entries)
         )
     return _merged_summary(summary_path, settings, max_new_tokens, limit, entries)
+
+
+def run_system_prompt(model: str | Path) -> str:
+    """The system prompt a run directory was trained with (its ``config.json``), else ``default``."""
+    config = Path(model) / "config.json"
+    if (Path(model) / "checkpoint").is_dir() and config.is_file():
+        return rundir.read_json(config).get("system_prompt", prompts.DEFAULT)
+    return prompts.DEFAULT
 
 
 def _check_settings(
@@ -706,12 +720,10 @@ def _existing_records(path: Path, settings: dict, overwrite: bool) -> dict[str, 
     _drop_partial_line(path)
     done: dict[str, dict] = {}
     for record in read_records(path):
-        if record.get("settings") != settings:
-            diff = {
-                k: (record.get("settings", {}).get(k), v)
-                for k, v in settings.items()
-                if record.get("settings", {}).get(k) != v
-            }
+        # records from before the system prompt was a setting were made with the default one
+        made_with = {"system_prompt": prompts.DEFAULT, **record.get("settings", {})}
+        if made_with != settings:
+            diff = {k: (made_with.get(k), v) for k, v in settings.items() if made_with.get(k) != v}
             raise ValueError(
                 f"{path} holds records made with other settings ({', '.join(f'{k}: {a!r} there, {b!r} now' for k, (a, b) in diff.items())}); "
                 "use another output folder, or overwrite=True (--overwrite) to discard them"
@@ -740,8 +752,10 @@ def _run_benchmark(
     batch, and an out-of-memory error shows at once)."""
     from tqdm.auto import tqdm
 
-    prompts = [render_prompt(engine.tokenizer, p.question, p.kind) for p in todo]
-    lengths = [len(ids) for ids in engine.tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+    texts = [
+        prompts.render_prompt(engine.tokenizer, p.question, p.kind, settings["system_prompt"]) for p in todo
+    ]
+    lengths = [len(ids) for ids in engine.tokenizer(texts, add_special_tokens=False)["input_ids"]]
     order = sorted(range(len(todo)), key=lambda i: -lengths[i])
     written: list[dict] = []
     total = total or len(todo)
@@ -754,7 +768,7 @@ def _run_benchmark(
             # A seed per chunk, derived from its first problem, so samples differ across chunks.
             chunk_seed = zlib.crc32(f"{settings['seed']}:{todo[chunk[0]].id}".encode())
             generations = engine.generate(
-                [prompts[i] for i in chunk],
+                [texts[i] for i in chunk],
                 n=settings["n_samples"],
                 temperature=settings["temperature"],
                 top_p=settings["top_p"],
@@ -762,7 +776,7 @@ def _run_benchmark(
                 seed=chunk_seed,
             )
             records = [
-                _record(todo[i], prompts[i], g, settings) for i, g in zip(chunk, generations, strict=True)
+                _record(todo[i], texts[i], g, settings) for i, g in zip(chunk, generations, strict=True)
             ]
             append_records(path, records)
             written += records

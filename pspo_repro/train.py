@@ -42,6 +42,9 @@ class TrainSettings:
     dataset: str = field(default="gsm8k", metadata={"help": "training data: gsm8k or synthetic"})
     data_dir: str | None = field(default=None, metadata={"help": "local benchmark folder (else the hub)"})
     reward: str = field(default="paper", metadata={"help": "paper (authors' shaped reward) or strict"})
+    system_prompt: str = field(
+        default="default", metadata={"help": "default (ours) or authors (their exact wording); see prompts"}
+    )
     seed: int = 0
     learning_rate: float = 5e-7
     optimizer: str = field(default="adamw", metadata={"help": "adamw or sgd (the scale-sensitive control)"})
@@ -88,6 +91,7 @@ class TrainSettings:
             raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}")
         if self.reward not in rewards.REWARDS:
             raise ValueError(f"reward must be one of {', '.join(rewards.REWARDS)}, got {self.reward!r}")
+        prompts.check_system_prompt(self.system_prompt)
         if self.eval_every <= 0:
             raise ValueError(f"eval_every must be > 0, got {self.eval_every}")
         if self.learning_rate <= 0:
@@ -165,12 +169,16 @@ def load_problems(settings: TrainSettings) -> tuple[list[data.Problem], list[dat
     return train, validation
 
 
-def to_dataset(problems: list[data.Problem]) -> Any:
+def to_dataset(problems: list[data.Problem], system_prompt: str = prompts.DEFAULT) -> Any:
     from datasets import Dataset
 
     return Dataset.from_list(
         [
-            {"prompt": prompts.chat_messages(p.question, p.kind), "answer": p.answer, "kind": p.kind}
+            {
+                "prompt": prompts.chat_messages(p.question, p.kind, system_prompt),
+                "answer": p.answer,
+                "kind": p.kind,
+            }
             for p in problems
         ]
     )
@@ -228,7 +236,9 @@ class Validation(TrainerCallback):
         initial: dict[str, Any] | None = None,
     ):
         self.run_dir, self.settings, self.problems, self.tokenizer = run_dir, settings, problems, tokenizer
-        self.texts = [prompts.render_prompt(tokenizer, p.question, p.kind) for p in problems]
+        self.texts = [
+            prompts.render_prompt(tokenizer, p.question, p.kind, settings.system_prompt) for p in problems
+        ]
         self.initial = initial
         self.best: float = -math.inf
         self.last: dict[str, Any] = {}
@@ -397,6 +407,8 @@ def _initial_validation_path(source: models.ModelSource, settings: TrainSettings
         "validation_limit": settings.validation_limit,
         "max_completion_length": settings.max_completion_length,
         "reward": settings.reward,
+        # only when not the default, so that the step-0 records cached before this setting stay valid
+        **({"system_prompt": settings.system_prompt} if settings.system_prompt != prompts.DEFAULT else {}),
     }
     digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
     return tiny.cache_root() / "validation" / f"{folder.name}-{digest}.json"
@@ -443,7 +455,7 @@ def train(
         model=model,
         reward_funcs=[rewards.get(settings.reward)],
         args=grpo_config(settings, run_dir),
-        train_dataset=to_dataset(train_problems),
+        train_dataset=to_dataset(train_problems, settings.system_prompt),
         processing_class=tokenizer,
         callbacks=[validation, RunLog(run_dir, validation, progress), *(callbacks or [])],
     )

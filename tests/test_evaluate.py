@@ -115,11 +115,13 @@ def test_paper_metric_differs_from_strict_and_flexible_in_a_summary():
 
 
 def test_records_from_before_the_paper_metric_are_graded_again_on_resume(tmp_path):
+    """Records written before the paper metric and the system prompt setting existed are kept: they were
+    made with the default system prompt, and their completions are graded again."""
     record = _record(["####\n42\nin 3 steps"], "42")
-    settings = {"seed": 0}
+    settings = {"seed": 0, "system_prompt": "default"}
     old = {
         **record,
-        "settings": settings,
+        "settings": {"seed": 0},
         "grades": [{k: v for k, v in g.items() if not k.startswith("paper")} for g in record["grades"]],
     }
     path = tmp_path / "gsm8k.jsonl"
@@ -127,6 +129,8 @@ def test_records_from_before_the_paper_metric_are_graded_again_on_resume(tmp_pat
     done = ev._existing_records(path, settings, overwrite=False)
     assert done["x"]["grades"][0]["paper"] is True
     assert ev.summarize_benchmark(list(done.values()))["metrics"]["paper"]["correct"] == 1
+    with pytest.raises(ValueError, match="system_prompt: 'default' there, 'authors' now"):
+        ev._existing_records(path, {**settings, "system_prompt": "authors"}, overwrite=False)
 
 
 def test_summary_of_sampled_records():
