@@ -183,16 +183,16 @@ class Backend(Protocol):
 
 
 def stop_token_ids(tokenizer: Any, generation_config: Any = None) -> list[int]:
-    """Token ids that end a completion: the model's eos id(s), the tokenizer's eos and, for ChatML
-    templates, ``<|im_end|>`` (the end of an assistant turn, which base models' eos does not cover)."""
-    ids: list[int] = []
+    """Token ids that end a completion: the tokenizer's eos id and every eos id of the model's generation
+    config, the rule of TRL's ``GRPOTrainer`` for its rollouts (``self.eos_token_ids``), so that a model is
+    evaluated on completions cut where its training completions were cut.
+
+    For the Qwen base models that is ``<|endoftext|>`` only, which is also where the authors' evaluation
+    stopped: a ``<|im_end|>`` such a model writes does not end its completion, in training or here.
+    """
     eos = getattr(generation_config, "eos_token_id", None)
-    ids += list(eos) if isinstance(eos, (list, tuple)) else [eos]
+    ids = list(eos) if isinstance(eos, (list, tuple)) else [eos]
     ids.append(tokenizer.eos_token_id)
-    end_of_turn = (
-        tokenizer.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in tokenizer.get_vocab() else None
-    )
-    ids.append(end_of_turn)
     return sorted({int(i) for i in ids if i is not None})
 
 

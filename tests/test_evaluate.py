@@ -377,3 +377,39 @@ def test_a_tiny_model_by_name(tmp_path, monkeypatch):
     assert len(records) == 4 and {r["settings"]["model"] for r in records} == {"tiny-test"}
     assert records[0]["prompt"].startswith("<|user|>")  # the tiny chat template, no system message
     assert summary["benchmarks"]["synthetic"]["n_problems"] == 4
+
+
+def test_evaluation_stops_where_trl_training_rollouts_stop(tiny_model, tmp_path):
+    """The stop tokens are TRL GRPOTrainer's own (the tokenizer's eos and the generation config's eos ids),
+    read from a real trainer; a ChatML end of turn that neither names does not stop a completion."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import GRPOConfig, GRPOTrainer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_end|>"]})
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    declared = tokenizer.convert_tokens_to_ids("#")  # an eos the model declares besides the tokenizer's
+    model.generation_config.eos_token_id = [declared]
+
+    def zero(completions: list, **_) -> list[float]:
+        return [0.0] * len(completions)
+
+    config = GRPOConfig(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=2,
+        num_generations=2,
+        max_steps=1,
+        use_cpu=True,
+        report_to="none",
+    )
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=zero,
+        args=config,
+        train_dataset=Dataset.from_list([{"prompt": "a"}, {"prompt": "b"}]),
+        processing_class=tokenizer,
+    )
+    stops = ev.stop_token_ids(tokenizer, model.generation_config)
+    assert stops == sorted(trainer.eos_token_ids) == sorted({tokenizer.eos_token_id, declared})
+    assert tokenizer.convert_tokens_to_ids("<|im_end|>") not in stops
