@@ -29,7 +29,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pspo_repro import data, grading  # noqa: E402
+from pspo_repro import data, grading, verify_guard  # noqa: E402
 from pspo_repro.rewards import paper_reward_value  # noqa: E402
 
 _NAIVE_NUMBER = re.compile(r"-?\d+\.?\d*")
@@ -68,7 +68,7 @@ def gsm8k_completions(problems: Sequence[data.Problem]) -> list[tuple[str, str]]
 
 def clear_caches() -> None:
     grading._latex_equal.cache_clear()
-    grading._mv_parse.cache_clear()
+    verify_guard.mv_parse.cache_clear()
 
 
 def timed(fn: Callable[[], object], repeats: int) -> tuple[float, object]:
@@ -128,7 +128,7 @@ def bench_latex(data_dir: Path | None, repeats: int, limit: int) -> None:
 
     t_right, g_right = timed(lambda: [grading.score(c, g, "latex") for c, g in right], repeats)
     t_wrong, g_wrong = timed(lambda: [grading.score(c, g, "latex") for c, g in wrong], repeats)
-    t_mv, mv = timed(lambda: [grading._mv_equal(b, g) for b, g in boxed], repeats)
+    t_mv, mv = timed(lambda: [verify_guard.equivalent(b, g) for b, g in boxed], repeats)
     t_plain, plain = timed(lambda: [verify(parse(g), parse(c)) for c, g in right], 1)
 
     def summary(grades: list[grading.Grade]) -> str:
@@ -160,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     data_dir = args.data_dir
     if data_dir is None and not os.environ.get(data.DATA_DIR_ENV):
         data_dir = REPO.parent / "shared" / "data"
-    grading._math_verify()  # import sympy and math-verify before timing
+    verify_guard._math_verify()  # import sympy and math-verify before timing
     print(
         f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, main thread (math-verify signal timeouts on)"
     )

@@ -42,33 +42,21 @@ permissive a whole-word occurrence anywhere.
 
 Grading never raises on any completion and bounds its work: texts are cut to ``_MAX_TEXT`` characters
 (head and tail kept), regexes have bounded repetition, brace matching is iterative, number tokens of
-more than ``_MAX_DIGITS`` digits are not numbers, and only short candidates reach math-verify.
-math-verify parses LaTeX without evaluating it (except ``\\binom``), but its comparison can run for
-ever on inputs like ``2^{2^{2^{100}}}``. Three guards:
-
-1. cost screens: candidates whose expressions would be astronomically costly (huge powers, factorials,
-   binomials; sums, integrals, limits) never reach sympy (``_costly_text``, ``_costly_expr``);
-2. on the main thread, math-verify's own timeouts (``parsing_timeout``, ``timeout_seconds``), which
-   use ``signal.alarm`` and raise in any other thread, are set to ``_MV_TIMEOUT_S``;
-3. on other threads they are switched off and ``_deadline`` stops math-verify after ``_MV_TIMEOUT_S``
-   with a per-thread trace function instead, so grading from worker threads is bounded too.
+more than ``_MAX_DIGITS`` digits are not numbers, and only short candidates reach math-verify, through
+the cost screens and deadlines of :mod:`pspo_repro.verify_guard`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import logging
 import math
 import re
-import sys
-import threading
-import time
-from collections.abc import Iterator
 from dataclasses import dataclass
 from fractions import Fraction
-from typing import Any
+
+from pspo_repro import verify_guard
 
 KINDS = ("numeric", "latex")
 METRICS = ("strict", "flexible", "permissive", "paper")
@@ -78,14 +66,18 @@ _MAX_TEXT = 100_000  # characters of a completion that are graded (head and tail
 _MAX_DIGITS = 300  # a token with more digits is not a number (floats overflow near 309 digits anyway)
 _MAX_NUMBER_TEXT = 300  # parse_number gives up on longer strings
 _MAX_BOXED_TRIES = 50  # unclosed \boxed{ occurrences skipped before giving up
-_MAX_CANDIDATE = 300  # longest candidate (characters) handed to math-verify
+_MAX_CANDIDATE = verify_guard.MAX_EXPRESSION  # longest candidate (characters) handed to math-verify
 _MAX_CANDIDATES = 64  # permissive latex: candidates compared by the fast path
 _MAX_MV_CANDIDATES = 4  # permissive latex: candidates compared by math-verify
 _MAX_MV_PERMISSIVE = 100  # permissive latex: longest candidate for math-verify (derivations are longer)
 _MAX_LATEX_SCAN = 20_000  # permissive/flexible latex: characters (the tail) searched for math segments
-_MV_TIMEOUT_S = 2  # seconds per math-verify parse and per verify (signal.alarm needs whole seconds)
 
 logger = logging.getLogger(__name__)
+
+# The guard's parse cache and deadline, reachable from here as before for the bounded-work checks.
+_mv_parse = verify_guard.mv_parse
+_deadline = verify_guard.deadline
+_DeadlineExceeded = verify_guard.DeadlineExceeded
 
 
 @dataclass(frozen=True)
@@ -399,142 +391,6 @@ def _norm_latex(text: str) -> str:
     return _LATEX_DROP_RE.sub("", text).rstrip(".")
 
 
-_COSTLY_CMD_RE = re.compile(r"\\(?:binom|dbinom|tbinom|choose|Gamma|gamma|operatorname|zeros|ones|eye)|!")
-_BIG_INT_RE = re.compile(r"\d{5,}")  # binomial(99999, 50000) alone takes about a second
-_LONG_INT_RE = re.compile(r"\d{16,}")
-
-
-def _costly_text(text: str) -> bool:
-    """Screen before parsing: too long, too deep, very long integers, or factorial-like of big numbers."""
-    if len(text) > _MAX_CANDIDATE or _LONG_INT_RE.search(text):
-        return True
-    depth = 0
-    for ch in text:
-        depth += ch == "{"
-        depth -= ch == "}"
-        if depth > 12:
-            return True
-    return bool(_COSTLY_CMD_RE.search(text) and _BIG_INT_RE.search(text))
-
-
-def _costly_expr(expr: Any) -> bool:
-    """Screen after parsing: would evaluating or simplifying this expression blow up?
-
-    Sums, products, integrals, limits and derivatives are never final answers, and sympy may try to
-    evaluate them term by term, so they are screened out too.
-    """
-    import sympy
-
-    calculus = (sympy.Sum, sympy.Product, sympy.Integral, sympy.Limit, sympy.Derivative)
-
-    try:
-        nodes = 0
-        for node in sympy.preorder_traversal(expr):
-            nodes += 1
-            if nodes > 2_000:
-                return True
-            if isinstance(node, sympy.Pow):
-                base, exp = node.args
-                size = _magnitude(exp)
-                if size is None:
-                    return True
-                if base.free_symbols:
-                    if size > 200:
-                        return True
-                    continue
-                base_size = _magnitude(base)
-                if base_size is None or size * math.log10(max(2.0, base_size)) > 20_000:
-                    return True
-            elif isinstance(node, calculus):
-                return True
-            elif isinstance(node, (sympy.factorial, sympy.factorial2, sympy.gamma, sympy.binomial)):
-                for arg in node.args:
-                    size = _magnitude(arg)
-                    if size is None or size > 5_000:
-                        return True
-    except Exception:  # anything unexpected while inspecting: do not risk it
-        return True
-    return False
-
-
-def _magnitude(expr: Any) -> float | None:
-    """abs(numeric value) of a symbol-free expression (cheaply, via mpmath), 0 when it has symbols."""
-    if getattr(expr, "free_symbols", None):
-        return 0.0
-    try:
-        value = complex(expr.evalf(15))
-    except (TypeError, ValueError, OverflowError, AttributeError):
-        return None
-    size = abs(value)
-    return size if math.isfinite(size) else None
-
-
-@functools.lru_cache(maxsize=1)
-def _math_verify() -> Any:
-    """math-verify is imported on first use: sympy makes it slow to import and numeric grading needs none of it."""
-    import math_verify
-
-    return math_verify
-
-
-def _on_main_thread() -> bool:
-    return threading.current_thread() is threading.main_thread()
-
-
-class _DeadlineExceeded(BaseException):
-    """Raised inside math-verify by the worker-thread deadline.
-
-    A BaseException, so that math-verify's own ``except Exception`` cannot swallow it and carry on
-    (Python switches a trace function off once it raises, so a swallowed one would leave the rest untimed).
-    """
-
-
-@contextlib.contextmanager
-def _deadline(seconds: float) -> Iterator[None]:
-    """Off the main thread, stop the enclosed Python code after ``seconds`` (``_DeadlineExceeded``).
-
-    ``signal.alarm`` is unavailable there, so a per-thread trace function checks the clock at every
-    Python function call (long single C calls, e.g. one huge integer product, are not interrupted;
-    the cost screens keep those out). Nothing is installed on the main thread, where math-verify's
-    signal timeouts apply, nor when a tracer (debugger, coverage) is already active.
-    """
-    if _on_main_thread() or sys.gettrace() is not None:
-        yield
-        return
-    end = time.monotonic() + seconds
-
-    def tracer(frame: Any, event: str, arg: Any) -> None:
-        if time.monotonic() > end:
-            raise _DeadlineExceeded
-        return None  # no line-level tracing: call events are enough and much cheaper
-
-    sys.settrace(tracer)
-    try:
-        yield
-    finally:
-        sys.settrace(None)
-
-
-def _mv_timeout() -> int | None:
-    """math-verify's own (signal-based) timeout: only usable on the main thread."""
-    return _MV_TIMEOUT_S if _on_main_thread() else None
-
-
-@functools.lru_cache(maxsize=8192)
-def _mv_parse(latex: str) -> tuple:
-    """math-verify's parse of one answer, boxed so that only the whole expression is read."""
-    mv = _math_verify()
-    config = [mv.LatexExtractionConfig(boxed_match_priority=0), mv.ExprExtractionConfig()]
-    try:
-        with _deadline(_MV_TIMEOUT_S):
-            parsed = mv.parse(f"\\boxed{{{latex}}}", extraction_config=config, parsing_timeout=_mv_timeout())
-            if any(not isinstance(p, str) and _costly_expr(p) for p in parsed):
-                return tuple(p for p in parsed if isinstance(p, str))
-            return tuple(parsed)
-    except (Exception, _DeadlineExceeded):  # math-verify returns [] on its own errors; this guards the rest
-        return ()
-
-
 @functools.lru_cache(maxsize=16384)
 def _latex_equal(pred: str, gold: str) -> bool:
     """Whether a candidate answer is equivalent to the gold: fast paths first, then math-verify."""
@@ -547,53 +403,7 @@ def _latex_equal(pred: str, gold: str) -> bool:
     gold_value, pred_value = parse_number(gold), parse_number(pred)
     if gold_value is not None and pred_value is not None:
         return _close(pred_value, gold_value)
-    return _mv_equal(pred, gold)
-
-
-def _mv_equal(pred: str, gold: str) -> bool:
-    """math-verify's equivalence of two short LaTeX answers, after the cost screens (never raises)."""
-    if _costly_text(pred) or _costly_text(gold):
-        return False
-    gold_parsed, pred_parsed = _mv_parse(gold), _mv_parse(pred)
-    if not gold_parsed or not pred_parsed:
-        return False
-    try:
-        with _deadline(_MV_TIMEOUT_S):
-            if "%" not in pred + gold and _clearly_different(gold_parsed, pred_parsed):
-                return False
-            return bool(
-                _math_verify().verify(list(gold_parsed), list(pred_parsed), timeout_seconds=_mv_timeout())
-            )
-    except (Exception, _DeadlineExceeded):
-        return False
-
-
-def _numeric_values(parsed: tuple) -> list[complex] | None:
-    """Values of the parsed expressions when every one is a plain number (sets, tuples, equations, symbols:
-    None)."""
-    import sympy
-
-    exprs = [p for p in parsed if not isinstance(p, str)]
-    if not exprs or not all(isinstance(e, sympy.Expr) and e.is_number for e in exprs):
-        return None
-    try:
-        values = [complex(e.evalf(20)) for e in exprs]
-    except (TypeError, ValueError, OverflowError, ArithmeticError):  # oo, zoo, nan, ...
-        return None
-    return values if all(math.isfinite(abs(v)) for v in values) else None
-
-
-def _clearly_different(gold_parsed: tuple, pred_parsed: tuple) -> bool:
-    """Both sides are plain numbers whose values differ by far more than math-verify's 6-decimal rounding.
-
-    Proving two expressions different is what makes math-verify slow on wrong answers (sympy tries to
-    simplify their difference); evaluating both numerically decides those cases in about a millisecond.
-    Percentages are left to math-verify, which may read 50 as 50% = 0.5.
-    """
-    gold_values, pred_values = _numeric_values(gold_parsed), _numeric_values(pred_parsed)
-    if gold_values is None or pred_values is None:
-        return False
-    return not any(abs(g - p) <= 1e-4 * max(1.0, abs(g)) for g in gold_values for p in pred_values)
+    return verify_guard.equivalent(pred, gold)
 
 
 def _latex_candidates(text: str, hash_answer: str | None) -> list[str]:
