@@ -20,6 +20,7 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback
 
 from pspo_repro import data, models, objectives, prompts, rewards, rundir
+from pspo_repro.backends import greedy_completions
 
 DATASETS = ("gsm8k", "synthetic")
 
@@ -185,39 +186,6 @@ def to_dataset(problems: list[data.Problem], system_prompt: str = prompts.DEFAUL
 
 
 # --- validation and the best checkpoint ---------------------------------------------------------
-
-
-@torch.inference_mode()
-def greedy_completions(
-    model: Any, tokenizer: Any, texts: list[str], max_new_tokens: int, batch_size: int
-) -> list[str]:
-    """Greedy completions of rendered prompts, batched by length with left padding."""
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    out: list[str] = [""] * len(texts)
-    was_training = model.training
-    model.eval()
-    side, tokenizer.padding_side = tokenizer.padding_side, "left"
-    try:
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            enc = tokenizer(
-                [texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False
-            )
-            enc = enc.to(model.device)
-            gen = model.generate(
-                **enc,
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-            )
-            texts_out = tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
-            for i, text in zip(idx, texts_out, strict=True):
-                out[i] = text
-    finally:
-        tokenizer.padding_side = side
-        model.train(was_training)
-    return out
 
 
 class Validation(TrainerCallback):
