@@ -496,7 +496,7 @@ def _score_latex(text: str, gold: str) -> Grade:
 
 
 def score(completion: str, gold: str, kind: str = "numeric") -> Grade:
-    """Grade one completion against the gold answer under all three metrics (never raises on text)."""
+    """Grade one completion against the gold answer under all four metrics (never raises on text)."""
     check_kind(kind)
     text = _bounded(completion) if isinstance(completion, str) else ""
     gold = gold if isinstance(gold, str) else str(gold)
