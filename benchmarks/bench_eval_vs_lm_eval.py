@@ -36,7 +36,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pspo_repro import data, grading, models, tiny  # noqa: E402
+from pspo_repro import backends, data, grading, models, rundir, tiny  # noqa: E402
 from pspo_repro import evaluate as ev  # noqa: E402
 from pspo_repro.prompts import render_prompt  # noqa: E402
 
@@ -63,7 +63,7 @@ def run_ours(model: str, n: int, batch_size: int, max_new_tokens: int, data_dir:
             data_dir=data_dir,
             progress=False,
         )
-        records = ev.read_records(Path(out) / "eval" / "gsm8k.jsonl")
+        records = rundir.read_jsonl(Path(out) / "eval" / "gsm8k.jsonl")
     return summary["benchmarks"]["gsm8k"]["generation_seconds"], {
         r["id"]: r["completions"][0] for r in records
     }
@@ -300,7 +300,7 @@ def main() -> int:
         ours_s, ours_text = run_ours(model, args.n, args.batch_size, args.max_new_tokens, args.data_dir)
         source = models.resolve(model)
         n_params = sum(p.numel() for p in models.load_model(source).parameters())
-        threads = ev.cpu_threads(n_params)
+        threads = backends.cpu_threads(n_params)
         lm_same_s, lm_text = run_lm_eval(model, problems, args.batch_size, args.max_new_tokens, threads)
         n = len(problems)
         print(
@@ -337,7 +337,7 @@ def main() -> int:
 
     if args.smollm2_records.is_file():
         by_id = {p.id: p for p in data.load("gsm8k", data_dir=args.data_dir)}
-        records = [r for r in ev.read_records(args.smollm2_records) if r["id"] in by_id]
+        records = [r for r in rundir.read_jsonl(args.smollm2_records) if r["id"] in by_id]
         comps = [c for r in records for c in r["completions"]]
         golds = [r["gold"] for r in records for _ in r["completions"]]
         sols = [by_id[r["id"]].solution for r in records for _ in r["completions"]]

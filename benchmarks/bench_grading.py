@@ -2,7 +2,7 @@
 
 Numeric path: GSM8K test reference solutions plus perturbed variants of each (wrong final answer, no
 ``####`` line, answer restated in prose with ``$`` and thousands separators, answer glued to ``####``),
-graded with ``score`` (all three metrics) and with ``paper_reward``. Baseline, timed in the same process
+graded with ``score`` (all four metrics) and with ``paper_reward``. Baseline, timed in the same process
 on the same texts: a naive plain-regex last-number extractor with a float comparison (one metric, no
 tolerance handling, no ``####`` rule), the extractor a quick script would use.
 
@@ -29,7 +29,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pspo_repro import data, grading  # noqa: E402
+from pspo_repro import data, grading, verify_guard  # noqa: E402
+from pspo_repro.rewards import paper_reward_value  # noqa: E402
 
 _NAIVE_NUMBER = re.compile(r"-?\d+\.?\d*")
 
@@ -67,7 +68,7 @@ def gsm8k_completions(problems: Sequence[data.Problem]) -> list[tuple[str, str]]
 
 def clear_caches() -> None:
     grading._latex_equal.cache_clear()
-    grading._mv_parse.cache_clear()
+    verify_guard.mv_parse.cache_clear()
 
 
 def timed(fn: Callable[[], object], repeats: int) -> tuple[float, object]:
@@ -97,14 +98,14 @@ def bench_numeric(data_dir: Path | None, repeats: int) -> None:
     pairs = gsm8k_completions(problems)
     n = len(pairs)
     t_score, grades = timed(lambda: [grading.score(c, g) for c, g in pairs], repeats)
-    t_reward, rewards = timed(lambda: [grading.paper_reward(c, g) for c, g in pairs], repeats)
+    t_reward, rewards = timed(lambda: [paper_reward_value(c, g) for c, g in pairs], repeats)
     t_naive, naive = timed(lambda: [naive_last_number_correct(c, g) for c, g in pairs], repeats)
     acc = {m: sum(getattr(gr, m) for gr in grades) / n for m in grading.METRICS}
     note = ", ".join(f"{m} {v:.3f}" for m, v in acc.items())
     print_table(
         f"Numeric path: {len(problems)} GSM8K test solutions x 5 variants (best of {repeats})",
         [
-            row("score (strict, flexible, permissive)", n, t_score, note),
+            row("score (strict, flexible, permissive, paper)", n, t_score, note),
             row("paper_reward", n, t_reward, f"mean reward {sum(rewards) / n:.3f}"),
             row("baseline: naive regex last number", n, t_naive, f"accuracy {sum(naive) / n:.3f}"),
         ],
@@ -127,7 +128,7 @@ def bench_latex(data_dir: Path | None, repeats: int, limit: int) -> None:
 
     t_right, g_right = timed(lambda: [grading.score(c, g, "latex") for c, g in right], repeats)
     t_wrong, g_wrong = timed(lambda: [grading.score(c, g, "latex") for c, g in wrong], repeats)
-    t_mv, mv = timed(lambda: [grading._mv_equal(b, g) for b, g in boxed], repeats)
+    t_mv, mv = timed(lambda: [verify_guard.equivalent(b, g) for b, g in boxed], repeats)
     t_plain, plain = timed(lambda: [verify(parse(g), parse(c)) for c, g in right], 1)
 
     def summary(grades: list[grading.Grade]) -> str:
@@ -159,7 +160,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     data_dir = args.data_dir
     if data_dir is None and not os.environ.get(data.DATA_DIR_ENV):
         data_dir = REPO.parent / "shared" / "data"
-    grading._math_verify()  # import sympy and math-verify before timing
+    verify_guard._math_verify()  # import sympy and math-verify before timing
     print(
         f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, main thread (math-verify signal timeouts on)"
     )

@@ -104,8 +104,12 @@ def evaluate_command(
     seed: Annotated[int, typer.Option(help="Sampling seed.")] = 0,
     overwrite: Annotated[bool, typer.Option(help="Discard records made with other settings.")] = False,
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
+    system_prompt: Annotated[
+        str | None,
+        typer.Option(help="default or authors (default: a run's own, else default)."),
+    ] = None,
 ) -> None:
-    """Evaluate a model on benchmarks: strict, flexible and permissive accuracy side by side."""
+    """Evaluate a model on benchmarks: strict, flexible, permissive and paper accuracy side by side."""
     from pspo_repro import evaluate
 
     target = out if out is not None else Path(model)
@@ -128,6 +132,7 @@ def evaluate_command(
             seed=seed,
             progress=not quiet,
             overwrite=overwrite,
+            system_prompt=system_prompt,
         )
     except (ValueError, FileNotFoundError, ImportError) as err:
         typer.echo(f"error: {err}", err=True)

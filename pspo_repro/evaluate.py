@@ -1,41 +1,37 @@
-"""Evaluation: generate completions for benchmark problems, grade them, and summarise.
+"""The evaluation loop: generate completions for benchmark problems, grade them, and summarise.
 
 Greedy decoding (temperature 0) gives the headline accuracy; sampling (temperature > 0, ``n_samples``
-per problem) adds pass@k and majority-vote accuracy. Every completion is graded under the three
-metrics of ``pspo_repro.grading`` (strict, flexible, permissive).
+per problem) adds pass@k and majority-vote accuracy. Every completion is graded under the four
+metrics of ``pspo_repro.grading`` (strict, flexible, permissive, and the paper's own grading).
 
 Outputs, in ``<out_dir>/eval/``:
 
 - ``<benchmark>.jsonl``: one line per problem (prompt, completions, token counts, truncation flags,
   per-completion grades with the answer each metric extracted, gold, metadata, settings). Lines are
-  appended a batch at a time and fsync'ed, so an interrupted evaluation resumes from the problems
-  already recorded; a trailing partial line (a write cut short) is dropped.
+  appended and fsync'ed as they are made (``rundir.append_jsonl``), so an interrupted evaluation resumes
+  from the problems already recorded; a trailing partial line (a write cut short) is dropped.
 - ``summary.json``: per benchmark and metric, accuracy with a Wilson 95% interval, mean completion
   length, fraction cut at the token limit, per-category accuracy, and pass@k / majority vote when
   ``n_samples > 1``; written atomically (temporary file + ``os.replace``).
 
-Two generation backends share one interface (:class:`Backend`): ``hf`` (transformers ``generate``,
-CPU or GPU) and ``vllm`` (vLLM ``LLM.generate``, GPU; optional dependency).
+Generation is done by a backend of :mod:`pspo_repro.backends` (``hf`` or ``vllm``); the statistics
+(Wilson intervals, pass@k, majority vote) are those of :mod:`pspo_repro.stats`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import math
-import os
 import time
 import zlib
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
-from pspo_repro import data, grading, models, rundir
-from pspo_repro.prompts import render_prompt
+from pspo_repro import data, grading, models, prompts, rundir
+from pspo_repro.backends import BACKENDS, Backend, Generation, make_backend, require_vllm
+from pspo_repro.stats import majority_vote, pass_at_k, wilson_interval
 
-METRICS: tuple[str, ...] = ("strict", "flexible", "permissive")
-BACKENDS: tuple[str, ...] = ("hf", "vllm")
+METRICS: tuple[str, ...] = grading.METRICS
 PASS_AT_K: tuple[int, ...] = (1, 2, 4, 8, 16)
 
 SYNTHETIC_BENCHMARKS: tuple[str, ...] = tuple(b for b in data.BENCHMARKS if b.startswith("synthetic"))
@@ -77,67 +73,9 @@ CATEGORY_KEYS: dict[str, tuple[str, ...]] = {
     "synthetic-svamp": ("transfer", "variant"),
     "synthetic-asdiv": ("transfer", "variant"),
 }
-WILSON_Z95 = 1.959963984540054  # the 97.5% quantile of the standard normal
 
 
-# ---------------------------------------------------------------- statistics
-
-
-def wilson_interval(successes: int, n: int, z: float = WILSON_Z95) -> tuple[float, float]:
-    """Wilson score interval for a binomial proportion (95% by default); (0, 1) when ``n == 0``.
-
-    Preferred over the normal approximation because it stays inside [0, 1] and behaves at 0% / 100%.
-    """
-    if n < 0 or not 0 <= successes <= max(n, 0):
-        raise ValueError(f"need 0 <= successes <= n, got successes={successes}, n={n}")
-    if n == 0:
-        return 0.0, 1.0
-    p = successes / n
-    denom = 1 + z * z / n
-    centre = (p + z * z / (2 * n)) / denom
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / denom
-    lo = 0.0 if successes == 0 else max(0.0, centre - half)  # exact ends, not 1e-17 of rounding
-    hi = 1.0 if successes == n else min(1.0, centre + half)
-    return lo, hi
-
-
-def pass_at_k(n: int, c: int, k: int) -> float:
-    """Unbiased pass@k estimator (Chen et al., 2021): ``1 - C(n-c, k) / C(n, k)``.
-
-    The probability that at least one of ``k`` samples drawn without replacement from ``n`` samples,
-    ``c`` of them correct, is correct. Computed as a product to avoid huge binomials.
-    """
-    if not 0 <= c <= n or not 1 <= k <= n:
-        raise ValueError(f"need 0 <= c <= n and 1 <= k <= n, got n={n}, c={c}, k={k}")
-    if n - c < k:
-        return 1.0
-    prob_all_wrong = 1.0
-    for i in range(n - c + 1, n + 1):
-        prob_all_wrong *= 1.0 - k / i
-    return 1.0 - prob_all_wrong
-
-
-def majority_vote(answers: Sequence[str | None], same: Callable[[str, str], bool]) -> int | None:
-    """Index of a representative of the most frequent answer, or None when no answer was extracted.
-
-    Answers are grouped with ``same`` (an equivalence such as numeric equality with tolerance), so
-    "12", "12.0" and "12.00" count as one vote. Missing answers (None) do not vote. Ties go to the
-    group whose first member comes first, which keeps the vote deterministic.
-    """
-    groups: list[list[int]] = []
-    for i, answer in enumerate(answers):
-        if answer is None:
-            continue
-        for group in groups:
-            if same(answers[group[0]], answer):  # type: ignore[arg-type]
-                group.append(i)
-                break
-        else:
-            groups.append([i])
-    if not groups:
-        return None
-    best = max(groups, key=len)  # max keeps the first of equal-sized groups
-    return best[0]
+# ---------------------------------------------------------------- answers
 
 
 def answers_equivalent(a: str, b: str, kind: str) -> bool:
@@ -151,247 +89,6 @@ def answers_equivalent(a: str, b: str, kind: str) -> bool:
         return True
     probe = f"\\boxed{{{a}}}" if kind == "latex" else f"#### {a}"
     return grading.score(probe, b, kind).strict
-
-
-# ---------------------------------------------------------------- backends
-
-
-@dataclass
-class Generation:
-    """The ``n`` completions of one prompt, their lengths in tokens, and whether each hit the limit."""
-
-    texts: list[str]
-    num_tokens: list[int]
-    truncated: list[bool]
-
-
-class Backend(Protocol):
-    """What the evaluator needs from a generation engine."""
-
-    name: str
-    tokenizer: Any
-    chunk_size: int  # prompts per generate() call between two writes of the records
-
-    def generate(
-        self,
-        prompts: Sequence[str],
-        n: int,
-        temperature: float,
-        top_p: float,
-        max_new_tokens: int,
-        seed: int,
-    ) -> list[Generation]: ...
-
-
-def stop_token_ids(tokenizer: Any, generation_config: Any = None) -> list[int]:
-    """Token ids that end a completion: the model's eos id(s), the tokenizer's eos and, for ChatML
-    templates, ``<|im_end|>`` (the end of an assistant turn, which base models' eos does not cover)."""
-    ids: list[int] = []
-    eos = getattr(generation_config, "eos_token_id", None)
-    ids += list(eos) if isinstance(eos, (list, tuple)) else [eos]
-    ids.append(tokenizer.eos_token_id)
-    end_of_turn = (
-        tokenizer.convert_tokens_to_ids("<|im_end|>") if "<|im_end|>" in tokenizer.get_vocab() else None
-    )
-    ids.append(end_of_turn)
-    return sorted({int(i) for i in ids if i is not None})
-
-
-# Below this many parameters a forward pass is a handful of tiny matrix products: splitting them over
-# threads costs more in synchronisation than it gains.
-SINGLE_THREAD_PARAMS = 20_000_000
-
-
-def cpu_threads(n_params: int) -> int:
-    """Intra-op threads for CPU generation.
-
-    OpenMP threads wait for each other at every matrix product, so a thread that has no free core to
-    run on stalls all of them: on a 2-core machine already running ~3 busy processes, SmolLM2 decoding
-    took 4.7 s per step with 2 threads and 0.18 s with 1. So: 1 thread for tiny models; otherwise
-    torch's default (physical cores) capped at the CPUs this process may use and at the cores left idle
-    by the current load average. An explicit OMP_NUM_THREADS is obeyed as is.
-    """
-    import torch
-
-    if n_params < SINGLE_THREAD_PARAMS:
-        return 1
-    if os.environ.get("OMP_NUM_THREADS"):
-        return torch.get_num_threads()
-    try:
-        allowed = len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        allowed = os.cpu_count() or 1
-    try:
-        idle = round(allowed - os.getloadavg()[0])
-    except OSError:  # pragma: no cover - load average unavailable
-        idle = allowed
-    return max(1, min(torch.get_num_threads(), allowed, idle))
-
-
-@contextlib.contextmanager
-def _torch_threads(n: int | None) -> Iterator[None]:
-    """Use ``n`` intra-op threads inside the block only (the setting is process-wide)."""
-    import torch
-
-    if n is None:
-        yield
-        return
-    before = torch.get_num_threads()
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(before)
-
-
-class HFBackend:
-    """transformers ``generate``: batched, left-padded, KV cache, under ``torch.inference_mode``."""
-
-    name = "hf"
-
-    def __init__(self, source: models.ModelSource, batch_size: int = 32, device: str | None = None) -> None:
-        import torch
-
-        if batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.tokenizer = models.load_tokenizer(source)
-        dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
-        self.model = _load_model(source, dtype=dtype, device=self.device)
-        n_params = sum(p.numel() for p in self.model.parameters())
-        self.threads = cpu_threads(n_params) if self.device == "cpu" else None
-        self.batch_size = batch_size
-        self.chunk_size = batch_size
-        self.stop_ids = stop_token_ids(self.tokenizer, self.model.generation_config)
-
-    def generate(
-        self,
-        prompts: Sequence[str],
-        n: int,
-        temperature: float,
-        top_p: float,
-        max_new_tokens: int,
-        seed: int,
-    ) -> list[Generation]:
-        import torch
-        from transformers import GenerationConfig
-
-        sampling = temperature > 0
-        config = GenerationConfig(
-            max_new_tokens=max_new_tokens,
-            do_sample=sampling,
-            num_return_sequences=n,
-            pad_token_id=self.tokenizer.pad_token_id,
-            eos_token_id=self.stop_ids,
-            # top_k=0 disables HF's default top-k of 50, so sampling is plain temperature + top-p
-            # (as in vLLM and TRL's rollouts).
-            **({"temperature": temperature, "top_p": top_p, "top_k": 0} if sampling else {}),
-        )
-        per_call = max(1, self.batch_size // n)  # batch_size counts sequences, not prompts
-        results: list[Generation] = []
-        for start in range(0, len(prompts), per_call):
-            batch = list(prompts[start : start + per_call])
-            enc = self.tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False)
-            enc = {k: v.to(self.device) for k, v in enc.items()}
-            if sampling:
-                torch.manual_seed(seed + start)
-            with torch.inference_mode(), _torch_threads(self.threads):
-                out = self.model.generate(**enc, generation_config=config)
-            new = out[:, enc["input_ids"].shape[1] :].tolist()
-            for row in range(len(batch)):
-                texts, lengths, cut = [], [], []
-                for ids in new[row * n : (row + 1) * n]:
-                    end = next((i for i, t in enumerate(ids) if t in self.stop_ids), None)
-                    body = ids if end is None else ids[:end]
-                    texts.append(self.tokenizer.decode(body, skip_special_tokens=True))
-                    lengths.append(len(body))
-                    cut.append(end is None)  # no stop token within max_new_tokens
-                results.append(Generation(texts, lengths, cut))
-        return results
-
-
-class VLLMBackend:
-    """vLLM ``LLM.generate`` (GPU). Prompts go in as token ids from our tokenizer, so both backends
-    see exactly the same tokens (no second BOS from vLLM's own tokenisation)."""
-
-    name = "vllm"
-
-    def __init__(self, source: models.ModelSource, seed: int = 0, **llm_kwargs: Any) -> None:
-        try:
-            import vllm
-        except ImportError as exc:
-            raise ImportError(
-                "backend 'vllm' needs vLLM, which needs a CUDA GPU: pip install 'pspo-repro[vllm]' "
-                "(or use --backend hf)"
-            ) from exc
-        self._vllm = vllm
-        self.tokenizer = models.load_tokenizer(source)
-        model = str(Path(source.path) / source.gguf_file) if source.gguf_file else source.path
-        # For a GGUF file vLLM reads the tokenizer from the same file.
-        self.llm = vllm.LLM(model=model, tokenizer=model, seed=seed, **llm_kwargs)
-        self.chunk_size = 512  # vLLM schedules its own batches; this only sets how often records are saved
-        self.stop_ids = stop_token_ids(
-            self.tokenizer, getattr(self.llm.llm_engine, "generation_config", None)
-        )
-
-    def generate(
-        self,
-        prompts: Sequence[str],
-        n: int,
-        temperature: float,
-        top_p: float,
-        max_new_tokens: int,
-        seed: int,
-    ) -> list[Generation]:
-        ids = self.tokenizer(list(prompts), add_special_tokens=False)["input_ids"]
-        params = [
-            self._vllm.SamplingParams(
-                n=n,
-                temperature=temperature,
-                top_p=top_p if temperature > 0 else 1.0,
-                max_tokens=max_new_tokens,
-                seed=seed + i,  # one stream per prompt: samples do not depend on batching
-                stop_token_ids=self.stop_ids,
-                skip_special_tokens=True,
-            )
-            for i in range(len(prompts))
-        ]
-        outputs = self.llm.generate([{"prompt_token_ids": p} for p in ids], params, use_tqdm=False)
-        results = []
-        for request in outputs:
-            texts, lengths, cut = [], [], []
-            for completion in sorted(request.outputs, key=lambda c: c.index):
-                tokens = list(completion.token_ids)
-                if tokens and completion.finish_reason == "stop" and tokens[-1] in self.stop_ids:
-                    tokens = tokens[:-1]  # count the completion's own tokens, as the hf backend does
-                texts.append(completion.text)
-                lengths.append(len(tokens))
-                cut.append(completion.finish_reason == "length")
-            results.append(Generation(texts, lengths, cut))
-        return results
-
-
-def _load_model(source: models.ModelSource, dtype: Any, device: str) -> Any:
-    """``models.load_model`` with a clear error when a hub-like id is neither a folder nor available."""
-    try:
-        return models.load_model(source, dtype=dtype, device=device)
-    except OSError as exc:
-        raise FileNotFoundError(
-            f"could not load model {source.path!r}: it is not an existing folder and not an available hub "
-            f"model ({type(exc).__name__}: {exc})"
-        ) from exc
-
-
-def make_backend(
-    backend: str, model: str | Path, *, batch_size: int = 32, seed: int = 0, device: str | None = None
-) -> Backend:
-    """The generation backend ``backend`` for model specification ``model``."""
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; allowed: {', '.join(BACKENDS)}")
-    source = models.resolve(model)
-    if backend == "vllm":
-        return VLLMBackend(source, seed=seed)
-    return HFBackend(source, batch_size=batch_size, device=device)
 
 
 # ---------------------------------------------------------------- benchmark names
@@ -421,54 +118,6 @@ def parse_benchmarks(text: str) -> list[str]:
     if not names:
         raise ValueError(f"no benchmark given in {text!r}; known benchmarks: {', '.join(data.BENCHMARKS)}")
     return list(dict.fromkeys(names))
-
-
-# ---------------------------------------------------------------- record files
-
-
-def read_records(path: Path) -> list[dict]:
-    """The complete records of a ``.jsonl`` file. A last line without its newline is a write cut short
-    and is ignored (it is truncated away before the next append); a bad complete line is an error."""
-    if not path.is_file():
-        return []
-    raw = path.read_bytes()
-    complete = raw[: raw.rfind(b"\n") + 1]
-    records = []
-    for number, line in enumerate(complete.decode("utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            records.append(json.loads(line))
-        except json.JSONDecodeError as exc:
-            raise ValueError(
-                f"{path}: line {number} is not valid JSON ({exc.msg}); fix or delete the file"
-            ) from exc
-    return records
-
-
-def _drop_partial_line(path: Path) -> None:
-    """Cut a trailing partial line so the next append starts on a fresh line."""
-    if not path.is_file():
-        return
-    raw = path.read_bytes()
-    keep = raw.rfind(b"\n") + 1
-    if keep < len(raw):
-        with path.open("r+b") as handle:
-            handle.truncate(keep)
-
-
-def append_records(path: Path, records: Iterable[dict]) -> None:
-    """Append whole lines and fsync, so a crash loses at most the batch being written."""
-    text = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records)
-    with path.open("a", encoding="utf-8") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-
-
-def write_json_atomic(path: Path, obj: Any) -> None:
-    """Readers see the old summary or the whole new one (temporary file + ``os.replace``)."""
-    rundir.atomic_write_text(path, json.dumps(obj, indent=2, ensure_ascii=False) + "\n")
 
 
 # ---------------------------------------------------------------- grading and summaries
@@ -591,6 +240,7 @@ def evaluate(
     seed: int = 0,
     progress: bool = True,
     overwrite: bool = False,
+    system_prompt: str | None = None,
 ) -> dict:
     """Evaluate ``model`` on ``benchmarks`` and write records and summary under ``<out_dir>/eval/``.
 
@@ -599,7 +249,10 @@ def evaluate(
     :func:`parse_benchmarks`. ``limit``: the first N problems of each benchmark. ``max_new_tokens``:
     one budget for all benchmarks, else :data:`DEFAULT_MAX_NEW_TOKENS`. ``batch_size``: sequences per
     forward pass (hf backend). Records already present with the same settings are kept (resume); other
-    settings raise a ValueError unless ``overwrite`` deletes the old records. Returns the summary.
+    settings raise a ValueError unless ``overwrite`` deletes the old records. ``system_prompt``: the
+    system message's style (:mod:`pspo_repro.prompts`); default: the run's own when ``model`` is a run
+    directory, so a model is evaluated with the prompt it was trained with, else ``default``.
+    Returns the summary.
     """
     names = (
         parse_benchmarks(benchmarks)
@@ -607,6 +260,8 @@ def evaluate(
         else parse_benchmarks(",".join(benchmarks))
     )
     _check_settings(backend, limit, temperature, n_samples, top_p, max_new_tokens, batch_size)
+    system_prompt = system_prompt if system_prompt is not None else run_system_prompt(model)
+    prompts.check_system_prompt(system_prompt)
     if data_dir is not None and not Path(data_dir).expanduser().is_dir():
         raise FileNotFoundError(
             f"benchmark data folder {str(data_dir)!r} does not exist; point data_dir / --data-dir at the folder "
@@ -615,7 +270,7 @@ def evaluate(
     # Everything cheap is checked before the (slow) model load: data, then the model specification.
     problems = {name: data.load(name, "test", data_dir=data_dir, limit=limit) for name in names}
     if backend == "vllm":
-        _require_vllm()
+        require_vllm()
     models.resolve(model)  # a missing model path fails here, before any file is written
 
     eval_dir = Path(out_dir) / "eval"
@@ -628,6 +283,7 @@ def evaluate(
         "top_p": top_p,
         "n_samples": n_samples,
         "seed": seed,
+        "system_prompt": system_prompt,
     }
 
     engine: Backend | None = None
@@ -657,10 +313,18 @@ def evaluate(
             "generation_seconds": elapsed,
             "generated_problems": len(todo),
         }
-        write_json_atomic(
+        rundir.atomic_write_json(
             summary_path, _merged_summary(summary_path, settings, max_new_tokens, limit, entries)
         )
     return _merged_summary(summary_path, settings, max_new_tokens, limit, entries)
+
+
+def run_system_prompt(model: str | Path) -> str:
+    """The system prompt a run directory was trained with (its ``config.json``), else ``default``."""
+    config = Path(model) / "config.json"
+    if (Path(model) / "checkpoint").is_dir() and config.is_file():
+        return rundir.read_json(config).get("system_prompt", prompts.DEFAULT)
+    return prompts.DEFAULT
 
 
 def _check_settings(
@@ -690,34 +354,29 @@ def _check_settings(
         raise ValueError(f"batch_size must be >= 1, got {batch_size!r}")
 
 
-def _require_vllm() -> None:
-    import importlib.util
-
-    if importlib.util.find_spec("vllm") is None:
-        raise ImportError(
-            "backend 'vllm' needs vLLM, which needs a CUDA GPU: pip install 'pspo-repro[vllm]' (or use --backend hf)"
-        )
-
-
 def _existing_records(path: Path, settings: dict, overwrite: bool) -> dict[str, dict]:
     """Records already in ``path`` by id; an error when they were made with other settings."""
     if overwrite and path.exists():
         path.unlink()
-    _drop_partial_line(path)
     done: dict[str, dict] = {}
-    for record in read_records(path):
-        if record.get("settings") != settings:
-            diff = {
-                k: (record.get("settings", {}).get(k), v)
-                for k, v in settings.items()
-                if record.get("settings", {}).get(k) != v
-            }
+    for record in rundir.read_jsonl(path):
+        # records from before the system prompt was a setting were made with the default one
+        made_with = {"system_prompt": prompts.DEFAULT, **record.get("settings", {})}
+        if made_with != settings:
+            diff = {k: (made_with.get(k), v) for k, v in settings.items() if made_with.get(k) != v}
             raise ValueError(
                 f"{path} holds records made with other settings ({', '.join(f'{k}: {a!r} there, {b!r} now' for k, (a, b) in diff.items())}); "
                 "use another output folder, or overwrite=True (--overwrite) to discard them"
             )
-        done.setdefault(record["id"], record)
+        done.setdefault(record["id"], _current_grades(record))
     return done
+
+
+def _current_grades(record: dict) -> dict:
+    """The record, graded again from its completions when it predates one of the metrics."""
+    if all(m in g for g in record["grades"] for m in METRICS):
+        return record
+    return {**record, "grades": grade_record(record)}
 
 
 def _run_benchmark(
@@ -733,8 +392,10 @@ def _run_benchmark(
     batch, and an out-of-memory error shows at once)."""
     from tqdm.auto import tqdm
 
-    prompts = [render_prompt(engine.tokenizer, p.question, p.kind) for p in todo]
-    lengths = [len(ids) for ids in engine.tokenizer(prompts, add_special_tokens=False)["input_ids"]]
+    texts = [
+        prompts.render_prompt(engine.tokenizer, p.question, p.kind, settings["system_prompt"]) for p in todo
+    ]
+    lengths = [len(ids) for ids in engine.tokenizer(texts, add_special_tokens=False)["input_ids"]]
     order = sorted(range(len(todo)), key=lambda i: -lengths[i])
     written: list[dict] = []
     total = total or len(todo)
@@ -747,7 +408,7 @@ def _run_benchmark(
             # A seed per chunk, derived from its first problem, so samples differ across chunks.
             chunk_seed = zlib.crc32(f"{settings['seed']}:{todo[chunk[0]].id}".encode())
             generations = engine.generate(
-                [prompts[i] for i in chunk],
+                [texts[i] for i in chunk],
                 n=settings["n_samples"],
                 temperature=settings["temperature"],
                 top_p=settings["top_p"],
@@ -755,9 +416,10 @@ def _run_benchmark(
                 seed=chunk_seed,
             )
             records = [
-                _record(todo[i], prompts[i], g, settings) for i, g in zip(chunk, generations, strict=True)
+                _record(todo[i], texts[i], g, settings) for i, g in zip(chunk, generations, strict=True)
             ]
-            append_records(path, records)
+            for record in records:
+                rundir.append_jsonl(path, record)
             written += records
             bar.update(len(chunk))
     finally:
@@ -789,7 +451,7 @@ def _merged_summary(
     previous: dict[str, dict] = {}
     if path.is_file():
         try:
-            previous = json.loads(path.read_text(encoding="utf-8")).get("benchmarks", {})
+            previous = rundir.read_json(path).get("benchmarks", {})
         except (json.JSONDecodeError, AttributeError):
             previous = {}
     return {

@@ -1,6 +1,6 @@
-"""Answer extraction and correctness: strict, flexible and permissive grading of a completion.
+"""Answer extraction and correctness: strict, flexible, permissive and the paper's own grading of a completion.
 
-Three metrics, reported side by side because the paper's "answer anywhere" accuracy can overstate
+Four metrics, reported side by side because the paper's "answer anywhere" accuracy can overstate
 performance (names follow lm-evaluation-harness where it has them):
 
 numeric answers (GSM8K, SVAMP, ASDiv; the prompt asks for a final ``#### N`` line)
@@ -18,6 +18,19 @@ latex answers (MATH, MATH-500; the prompt asks for ``\\boxed{}``)
                 all are tried by the fast path, the ``_MAX_MV_CANDIDATES`` most final ones of at most
                 ``_MAX_MV_PERMISSIVE`` characters by math-verify.
 
+every benchmark
+    paper       the authors' grading (``_extract_final_answer`` in their ``maths_rewards.py``), applied as
+                they applied it, to every benchmark and to the gold answer too: the whole rest of the line
+                after the first ``####`` (found by ``####\\s*([^\\n]+)``, so ``\\s*`` may cross a newline)
+                read as one number (commas removed; ``3/4``; a trailing ``%`` divides by 100; anything
+                Python's ``float`` reads), else the LAST number-like token anywhere in the text; correct when
+                both values exist and are equal (relative and absolute tolerance 1e-6), which is exactly
+                when their reward exceeds 0.5. Their code then tried the line as a sympy expression, but
+                through ``sympify(..., transformations=...)``, an argument sympy's ``sympify`` does not take
+                (in their pinned sympy 1.13.1 as in later ones): the TypeError was caught, so that branch never
+                ran and ``#### 5 + 3`` falls back to the last number, 3. It is reproduced as it ran.
+                Note that on MATH answers this reads ``\\frac{14}{3}`` as 3.
+
 Numbers are compared numerically (relative and absolute tolerance 1e-6) after removing thousands
 separators, ``$``, ``%`` and trailing units; ``3/4`` and ``\\frac{3}{4}`` are fractions. A number is a
 whole token: gold 18 matches "18.0" or "$18" but not "180" or "1.8". LaTeX answers are compared by a
@@ -29,54 +42,47 @@ permissive a whole-word occurrence anywhere.
 
 Grading never raises on any completion and bounds its work: texts are cut to ``_MAX_TEXT`` characters
 (head and tail kept), regexes have bounded repetition, brace matching is iterative, number tokens of
-more than ``_MAX_DIGITS`` digits are not numbers, and only short candidates reach math-verify.
-math-verify parses LaTeX without evaluating it (except ``\\binom``), but its comparison can run for
-ever on inputs like ``2^{2^{2^{100}}}``. Three guards:
-
-1. cost screens: candidates whose expressions would be astronomically costly (huge powers, factorials,
-   binomials; sums, integrals, limits) never reach sympy (``_costly_text``, ``_costly_expr``);
-2. on the main thread, math-verify's own timeouts (``parsing_timeout``, ``timeout_seconds``), which
-   use ``signal.alarm`` and raise in any other thread, are set to ``_MV_TIMEOUT_S``;
-3. on other threads they are switched off and ``_deadline`` stops math-verify after ``_MV_TIMEOUT_S``
-   with a per-thread trace function instead, so grading from worker threads is bounded too.
+more than ``_MAX_DIGITS`` digits are not numbers, and only short candidates reach math-verify, through
+the cost screens and deadlines of :mod:`pspo_repro.verify_guard`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import functools
 import logging
 import math
 import re
-import sys
-import threading
-import time
-from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Any
+from fractions import Fraction
+
+from pspo_repro import verify_guard
 
 KINDS = ("numeric", "latex")
-METRICS = ("strict", "flexible", "permissive")
+METRICS = ("strict", "flexible", "permissive", "paper")
 
 # Work bounds (see the module docstring).
 _MAX_TEXT = 100_000  # characters of a completion that are graded (head and tail halves)
 _MAX_DIGITS = 300  # a token with more digits is not a number (floats overflow near 309 digits anyway)
 _MAX_NUMBER_TEXT = 300  # parse_number gives up on longer strings
 _MAX_BOXED_TRIES = 50  # unclosed \boxed{ occurrences skipped before giving up
-_MAX_CANDIDATE = 300  # longest candidate (characters) handed to math-verify
+_MAX_CANDIDATE = verify_guard.MAX_EXPRESSION  # longest candidate (characters) handed to math-verify
 _MAX_CANDIDATES = 64  # permissive latex: candidates compared by the fast path
 _MAX_MV_CANDIDATES = 4  # permissive latex: candidates compared by math-verify
 _MAX_MV_PERMISSIVE = 100  # permissive latex: longest candidate for math-verify (derivations are longer)
 _MAX_LATEX_SCAN = 20_000  # permissive/flexible latex: characters (the tail) searched for math segments
-_MV_TIMEOUT_S = 2  # seconds per math-verify parse and per verify (signal.alarm needs whole seconds)
 
 logger = logging.getLogger(__name__)
+
+# The guard's parse cache and deadline, reachable from here as before for the bounded-work checks.
+_mv_parse = verify_guard.mv_parse
+_deadline = verify_guard.deadline
+_DeadlineExceeded = verify_guard.DeadlineExceeded
 
 
 @dataclass(frozen=True)
 class Grade:
-    """The three verdicts for one completion, and what each one extracted."""
+    """The four verdicts for one completion, and what each one extracted."""
 
     strict: bool
     flexible: bool
@@ -84,9 +90,11 @@ class Grade:
     strict_answer: str | None  # what strict judged (None if the format was not there)
     flexible_answer: str | None
     permissive_answer: str | None  # the matching span found, or None
+    paper: bool = False
+    paper_answer: str | None = None  # the value the authors' extraction read, as text
 
     def as_dict(self) -> dict:
-        """A plain dict of the six fields."""
+        """A plain dict of the eight fields."""
         return dataclasses.asdict(self)
 
 
@@ -289,7 +297,7 @@ def _math_segments(text: str) -> list[str]:
 
 def gold_from_solution(solution: str, kind: str) -> str:
     """The gold answer inside a reference solution: after ``####`` (numeric), the last box (latex)."""
-    _check_kind(kind)
+    check_kind(kind)
     if kind == "numeric":
         answer = extract_hash_answer(solution)
         if not answer:
@@ -301,7 +309,8 @@ def gold_from_solution(solution: str, kind: str) -> str:
     return answer
 
 
-def _check_kind(kind: str) -> None:
+def check_kind(kind: str) -> None:
+    """Raise a ValueError naming ``kind`` and the allowed kinds unless it is one of ``KINDS``."""
     if kind not in KINDS:
         raise ValueError(f"unknown answer kind {kind!r}; allowed kinds: {', '.join(KINDS)}")
 
@@ -382,142 +391,6 @@ def _norm_latex(text: str) -> str:
     return _LATEX_DROP_RE.sub("", text).rstrip(".")
 
 
-_COSTLY_CMD_RE = re.compile(r"\\(?:binom|dbinom|tbinom|choose|Gamma|gamma|operatorname|zeros|ones|eye)|!")
-_BIG_INT_RE = re.compile(r"\d{5,}")  # binomial(99999, 50000) alone takes about a second
-_LONG_INT_RE = re.compile(r"\d{16,}")
-
-
-def _costly_text(text: str) -> bool:
-    """Screen before parsing: too long, too deep, very long integers, or factorial-like of big numbers."""
-    if len(text) > _MAX_CANDIDATE or _LONG_INT_RE.search(text):
-        return True
-    depth = 0
-    for ch in text:
-        depth += ch == "{"
-        depth -= ch == "}"
-        if depth > 12:
-            return True
-    return bool(_COSTLY_CMD_RE.search(text) and _BIG_INT_RE.search(text))
-
-
-def _costly_expr(expr: Any) -> bool:
-    """Screen after parsing: would evaluating or simplifying this expression blow up?
-
-    Sums, products, integrals, limits and derivatives are never final answers, and sympy may try to
-    evaluate them term by term, so they are screened out too.
-    """
-    import sympy
-
-    calculus = (sympy.Sum, sympy.Product, sympy.Integral, sympy.Limit, sympy.Derivative)
-
-    try:
-        nodes = 0
-        for node in sympy.preorder_traversal(expr):
-            nodes += 1
-            if nodes > 2_000:
-                return True
-            if isinstance(node, sympy.Pow):
-                base, exp = node.args
-                size = _magnitude(exp)
-                if size is None:
-                    return True
-                if base.free_symbols:
-                    if size > 200:
-                        return True
-                    continue
-                base_size = _magnitude(base)
-                if base_size is None or size * math.log10(max(2.0, base_size)) > 20_000:
-                    return True
-            elif isinstance(node, calculus):
-                return True
-            elif isinstance(node, (sympy.factorial, sympy.factorial2, sympy.gamma, sympy.binomial)):
-                for arg in node.args:
-                    size = _magnitude(arg)
-                    if size is None or size > 5_000:
-                        return True
-    except Exception:  # anything unexpected while inspecting: do not risk it
-        return True
-    return False
-
-
-def _magnitude(expr: Any) -> float | None:
-    """abs(numeric value) of a symbol-free expression (cheaply, via mpmath), 0 when it has symbols."""
-    if getattr(expr, "free_symbols", None):
-        return 0.0
-    try:
-        value = complex(expr.evalf(15))
-    except (TypeError, ValueError, OverflowError, AttributeError):
-        return None
-    size = abs(value)
-    return size if math.isfinite(size) else None
-
-
-@functools.lru_cache(maxsize=1)
-def _math_verify() -> Any:
-    """math-verify is imported on first use: sympy makes it slow to import and numeric grading needs none of it."""
-    import math_verify
-
-    return math_verify
-
-
-def _on_main_thread() -> bool:
-    return threading.current_thread() is threading.main_thread()
-
-
-class _DeadlineExceeded(BaseException):
-    """Raised inside math-verify by the worker-thread deadline.
-
-    A BaseException, so that math-verify's own ``except Exception`` cannot swallow it and carry on
-    (Python switches a trace function off once it raises, so a swallowed one would leave the rest untimed).
-    """
-
-
-@contextlib.contextmanager
-def _deadline(seconds: float) -> Iterator[None]:
-    """Off the main thread, stop the enclosed Python code after ``seconds`` (``_DeadlineExceeded``).
-
-    ``signal.alarm`` is unavailable there, so a per-thread trace function checks the clock at every
-    Python function call (long single C calls, e.g. one huge integer product, are not interrupted;
-    the cost screens keep those out). Nothing is installed on the main thread, where math-verify's
-    signal timeouts apply, nor when a tracer (debugger, coverage) is already active.
-    """
-    if _on_main_thread() or sys.gettrace() is not None:
-        yield
-        return
-    end = time.monotonic() + seconds
-
-    def tracer(frame: Any, event: str, arg: Any) -> None:
-        if time.monotonic() > end:
-            raise _DeadlineExceeded
-        return None  # no line-level tracing: call events are enough and much cheaper
-
-    sys.settrace(tracer)
-    try:
-        yield
-    finally:
-        sys.settrace(None)
-
-
-def _mv_timeout() -> int | None:
-    """math-verify's own (signal-based) timeout: only usable on the main thread."""
-    return _MV_TIMEOUT_S if _on_main_thread() else None
-
-
-@functools.lru_cache(maxsize=8192)
-def _mv_parse(latex: str) -> tuple:
-    """math-verify's parse of one answer, boxed so that only the whole expression is read."""
-    mv = _math_verify()
-    config = [mv.LatexExtractionConfig(boxed_match_priority=0), mv.ExprExtractionConfig()]
-    try:
-        with _deadline(_MV_TIMEOUT_S):
-            parsed = mv.parse(f"\\boxed{{{latex}}}", extraction_config=config, parsing_timeout=_mv_timeout())
-            if any(not isinstance(p, str) and _costly_expr(p) for p in parsed):
-                return tuple(p for p in parsed if isinstance(p, str))
-            return tuple(parsed)
-    except (Exception, _DeadlineExceeded):  # math-verify returns [] on its own errors; this guards the rest
-        return ()
-
-
 @functools.lru_cache(maxsize=16384)
 def _latex_equal(pred: str, gold: str) -> bool:
     """Whether a candidate answer is equivalent to the gold: fast paths first, then math-verify."""
@@ -530,53 +403,7 @@ def _latex_equal(pred: str, gold: str) -> bool:
     gold_value, pred_value = parse_number(gold), parse_number(pred)
     if gold_value is not None and pred_value is not None:
         return _close(pred_value, gold_value)
-    return _mv_equal(pred, gold)
-
-
-def _mv_equal(pred: str, gold: str) -> bool:
-    """math-verify's equivalence of two short LaTeX answers, after the cost screens (never raises)."""
-    if _costly_text(pred) or _costly_text(gold):
-        return False
-    gold_parsed, pred_parsed = _mv_parse(gold), _mv_parse(pred)
-    if not gold_parsed or not pred_parsed:
-        return False
-    try:
-        with _deadline(_MV_TIMEOUT_S):
-            if "%" not in pred + gold and _clearly_different(gold_parsed, pred_parsed):
-                return False
-            return bool(
-                _math_verify().verify(list(gold_parsed), list(pred_parsed), timeout_seconds=_mv_timeout())
-            )
-    except (Exception, _DeadlineExceeded):
-        return False
-
-
-def _numeric_values(parsed: tuple) -> list[complex] | None:
-    """Values of the parsed expressions when every one is a plain number (sets, tuples, equations, symbols:
-    None)."""
-    import sympy
-
-    exprs = [p for p in parsed if not isinstance(p, str)]
-    if not exprs or not all(isinstance(e, sympy.Expr) and e.is_number for e in exprs):
-        return None
-    try:
-        values = [complex(e.evalf(20)) for e in exprs]
-    except (TypeError, ValueError, OverflowError, ArithmeticError):  # oo, zoo, nan, ...
-        return None
-    return values if all(math.isfinite(abs(v)) for v in values) else None
-
-
-def _clearly_different(gold_parsed: tuple, pred_parsed: tuple) -> bool:
-    """Both sides are plain numbers whose values differ by far more than math-verify's 6-decimal rounding.
-
-    Proving two expressions different is what makes math-verify slow on wrong answers (sympy tries to
-    simplify their difference); evaluating both numerically decides those cases in about a millisecond.
-    Percentages are left to math-verify, which may read 50 as 50% = 0.5.
-    """
-    gold_values, pred_values = _numeric_values(gold_parsed), _numeric_values(pred_parsed)
-    if gold_values is None or pred_values is None:
-        return False
-    return not any(abs(g - p) <= 1e-4 * max(1.0, abs(g)) for g in gold_values for p in pred_values)
+    return verify_guard.equivalent(pred, gold)
 
 
 def _latex_candidates(text: str, hash_answer: str | None) -> list[str]:
@@ -669,65 +496,104 @@ def _score_latex(text: str, gold: str) -> Grade:
 
 
 def score(completion: str, gold: str, kind: str = "numeric") -> Grade:
-    """Grade one completion against the gold answer under all three metrics (never raises on text)."""
-    _check_kind(kind)
+    """Grade one completion against the gold answer under all four metrics (never raises on text)."""
+    check_kind(kind)
     text = _bounded(completion) if isinstance(completion, str) else ""
     gold = gold if isinstance(gold, str) else str(gold)
     try:
-        return _score_latex(text, gold) if kind == "latex" else _score_numeric(text, gold)
+        grade = _score_latex(text, gold) if kind == "latex" else _score_numeric(text, gold)
+        answer = paper_value(text)
+        return dataclasses.replace(
+            grade, paper=paper_equal(answer, paper_value(gold)), paper_answer=_value_text(answer)
+        )
     except Exception:  # a grader bug must not stop an evaluation: log it, grade incorrect
         logger.warning("grading failed for a completion of %d characters; graded incorrect", len(text))
         return Grade(False, False, False, None, None, None)
 
 
-def paper_answer(completion: str, kind: str = "numeric") -> str | None:
-    """The authors' extraction: the first number after the first ``####``, else the last number.
+# ---------------------------------------------------------------- the paper's grading
 
-    For latex answers: the ``####`` answer, else the flexible answer (last boxed, math segment, number).
-    """
-    _check_kind(kind)
-    text = _bounded(completion) if isinstance(completion, str) else ""
-    start = text.find("####")
-    if kind == "latex":
-        hash_answer = extract_hash_answer(text)
-        boxed = _boxed_spans(text)
-        return hash_answer or _latex_flexible_answer(text, boxed[0] if boxed else None, None)
-    if start >= 0:
-        match = _NUMBER_RE.search(text, start + 4)
-        if match:
-            return match.group(0)
-    return last_number(text)
+# The authors' patterns (maths_rewards.py), unchanged: the #### line, a number-like token, the format bonus.
+_PAPER_HASH_RE = re.compile(r"####\s*([^\n]+)")
+_PAPER_NUMBER_RE = re.compile(r"[-+]?(?:\d{1,3}(?:,\d{3})+|\d+)(?:\.\d+)?(?:/\d+)?%?")
+_PAPER_BONUS_RE = re.compile(r"####\s*\d+[^\n]+")
+_LETTER_RE = re.compile(r"[a-zA-Z]")
 
 
-def paper_reward(completion: str, gold: str, kind: str = "numeric") -> float:
-    """The training reward of the authors' script, clipped to [0, 1].
-
-    1 if ``paper_answer`` equals the gold (numerically; equivalent LaTeX for latex answers), +0.05 if
-    the completion contains ``####``, -0.2 if it holds no number at all (latex answers: no answer could
-    be extracted). After clipping the only values are 1.0, 0.05 and 0.0: the -0.2 can only apply when
-    nothing was earned. A non-numeric gold (ASDiv's "3:4", "Yes") is correct when the flexible metric
-    says so, and carries no "no number" penalty.
-    """
-    _check_kind(kind)
-    text = _bounded(completion) if isinstance(completion, str) else ""
-    gold = gold if isinstance(gold, str) else str(gold)
-    correct, has_answer = False, False
+def _paper_number(token: str) -> float | None:
+    """The authors' ``_to_number``: ``1,234``, ``12.5``, ``3/4``, ``12.5%`` (a hundredth), or None."""
+    s = token.strip()
+    percent = s.endswith("%")
+    if percent:
+        s = s[:-1]
+    if "/" in s and not _LETTER_RE.search(s):
+        try:
+            value = float(Fraction(s.replace(",", "")))
+            return value / 100.0 if percent else value
+        except (ValueError, ZeroDivisionError, OverflowError):
+            pass
     try:
-        if kind == "latex":
-            answer = paper_answer(text, kind)
-            has_answer = answer is not None
-            correct = has_answer and _latex_equal(answer or "", gold)
-        elif (gold_value := parse_number(gold)) is None:
-            has_answer = True
-            correct = _score_text_gold(text, gold, extract_hash_answer(text)).flexible
-        else:
-            answer = paper_answer(text, kind)
-            has_answer = last_number(text) is not None
-            correct = answer is not None and _close(_token_value(answer), gold_value)
-    except Exception:  # as in score(): never raise on a completion
-        logger.warning("reward failed for a completion of %d characters; counted incorrect", len(text))
-    reward = float(correct) + (0.05 if "####" in text else 0.0) - (0.0 if has_answer else 0.2)
-    return min(1.0, max(0.0, reward))
+        value = float(s.replace(",", ""))
+    except (ValueError, OverflowError):
+        return None
+    return value / 100.0 if percent else value
+
+
+def paper_value(text: str) -> float | None:
+    """The authors' extraction (``_extract_final_answer``): the rest of the first ``####`` line as a number,
+    else the last number-like token anywhere; None when there is none (see the module docstring)."""
+    if not isinstance(text, str):
+        return None
+    text = _bounded(text)
+    match = _PAPER_HASH_RE.search(text)
+    if match:
+        value = _paper_number(match.group(1))
+        if value is not None:
+            return value
+    last = None
+    for last in _PAPER_NUMBER_RE.finditer(text):  # noqa: B007 - only the last match is wanted
+        pass
+    return _paper_number(last.group(0)) if last is not None else None
+
+
+def paper_equal(answer: float | None, gold: float | None, tol: float = 1e-6) -> bool:
+    """The authors' ``numeric_equal`` (exact, or relative and absolute tolerance ``tol``); False for None."""
+    if answer is None or gold is None:
+        return False
+    return answer == gold or math.isclose(answer, gold, rel_tol=tol, abs_tol=tol)
+
+
+def paper_format_bonus(text: str) -> bool:
+    """Whether the authors' +0.05 applies: ``####``, optional whitespace, a digit, then at least one more
+    character on that line (so ``#### 5`` at the end, ``#### -5`` and ``#### $5`` get none)."""
+    return isinstance(text, str) and _PAPER_BONUS_RE.search(_bounded(text)) is not None
+
+
+def _value_text(value: float | None) -> str | None:
+    """A number as record text: integers without ``.0``, other values as Python writes them."""
+    if value is None:
+        return None
+    if math.isfinite(value) and value.is_integer() and abs(value) < 1e15:
+        return str(int(value))
+    return repr(value)
+
+
+def paper_answer(completion: str) -> str | None:
+    """The value of :func:`paper_value` as text (``"42"``, ``"0.75"``), or None."""
+    return _value_text(paper_value(completion))
+
+
+def latex_answer(completion: str) -> str | None:
+    """A LaTeX answer read leniently: the ``####`` answer, else the last boxed content, math segment or
+    prose number (the shaped reward's reading of MATH-style completions)."""
+    text = _bounded(completion) if isinstance(completion, str) else ""
+    boxed = _boxed_spans(text)
+    return extract_hash_answer(text) or _latex_flexible_answer(text, boxed[0] if boxed else None, None)
+
+
+def latex_equal(answer: str, gold: str) -> bool:
+    """Whether a LaTeX answer is equivalent to the gold (fast paths, then bounded math-verify)."""
+    return _latex_equal(answer, gold)
 
 
 def binary_reward(completion: str, gold: str, kind: str = "numeric", metric: str = "strict") -> float:

@@ -56,30 +56,64 @@ def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
 
 
 def append_jsonl(path: str | os.PathLike, record: dict) -> None:
-    """Append one whole line; a crash can leave at most a torn last line, which readers ignore."""
+    """Append one whole line and fsync it. A crash can leave at most a torn last line: readers ignore it,
+    and the next append cuts it first, so it never runs into the new line."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a") as f:
+    _cut_torn_line(path)
+    with open(path, "a", encoding="utf-8") as f:
         f.write(json.dumps(record, default=str) + "\n")
         f.flush()
         os.fsync(f.fileno())
 
 
+def _cut_torn_line(path: Path, block: int = 1 << 16) -> None:
+    """Truncate a last line that has no newline (a write cut short), reading only the file's tail."""
+    try:
+        f = open(path, "r+b")  # noqa: SIM115 - closed below
+    except FileNotFoundError:
+        return
+    with f:
+        end = f.seek(0, os.SEEK_END)
+        if end == 0:
+            return
+        f.seek(end - 1)
+        if f.read(1) == b"\n":
+            return
+        pos = end
+        while pos > 0:
+            start = max(0, pos - block)
+            f.seek(start)
+            newline = f.read(pos - start).rfind(b"\n")
+            if newline >= 0:
+                f.truncate(start + newline + 1)
+                return
+            pos = start
+        f.truncate(0)
+
+
 def read_json(path: str | os.PathLike) -> Any:
-    with open(path) as f:
+    with open(path, encoding="utf-8") as f:
         return json.load(f)
 
 
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    """The complete lines of a JSON-lines file (a torn last line from a crash is skipped)."""
+    """The complete lines of a JSON-lines file. A last line without its newline is a write cut short and
+    is skipped; a complete line that is not JSON is an error naming the file and the line."""
     path = Path(path)
     if not path.exists():
         return []
     out = []
-    with open(path) as f:
-        for line in f:
-            if line.endswith("\n") and line.strip():
+    with open(path, encoding="utf-8") as f:
+        for number, line in enumerate(f, start=1):
+            if not line.endswith("\n") or not line.strip():
+                continue
+            try:
                 out.append(json.loads(line))
+            except json.JSONDecodeError as exc:
+                raise ValueError(
+                    f"{path}: line {number} is not valid JSON ({exc.msg}); fix or delete the file"
+                ) from exc
     return out
 
 

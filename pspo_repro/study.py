@@ -182,7 +182,9 @@ def tasks(
 
     def start(model: str) -> launch.Task:
         folder = study_dir / model_folder(model) / BASE
-        return launch.Task(f"{model}/{BASE}", "base", folder, model, bench, eval_options, None, data_dir)
+        # the starting model is evaluated with the system prompt its runs train with
+        options = {"system_prompt": by_model[model][0].settings.system_prompt, **eval_options}
+        return launch.Task(f"{model}/{BASE}", "base", folder, model, bench, options, None, data_dir)
 
     def trained(run: Run) -> launch.Task:
         settings = run.settings.to_dict()

@@ -3,7 +3,7 @@
 Written to ``results/<profile>/`` (CSV for every row, Markdown for reading), with the profile beside them:
 
 - ``accuracy``: test and out-of-distribution accuracy of each run's selected checkpoint (strict, flexible,
-  permissive), mean ± sd over seeds, with each starting model's accuracy in its own row (``start``);
+  permissive, paper), mean ± sd over seeds, with each starting model's accuracy in its own row (``start``);
 - ``training``: validation strict accuracy at step 0, at the best step after 0 (the selected checkpoint)
   and at the end, speed, and the gradient probes averaged over steps;
 - ``control``: each arm's test gain over its starting model against the shuffled-advantage control's
@@ -24,9 +24,9 @@ from typing import Any
 
 import yaml
 
-from pspo_repro import rundir
+from pspo_repro import grading, rundir
 
-METRICS = ("strict", "flexible", "permissive")
+METRICS = grading.METRICS
 CONTROL_SUFFIX = "-shuffled"
 START = "start"
 
@@ -58,6 +58,8 @@ def collect(study_dir: Path) -> list[dict[str, Any]]:
             model, label, seed = config["model"], _label(folder, config), config["seed"]
         for bench, entry in summary["benchmarks"].items():
             for metric in METRICS:
+                if metric not in entry["metrics"]:  # a summary written before the metric existed
+                    continue
                 m = entry["metrics"][metric]
                 rows.append(
                     {

@@ -367,7 +367,7 @@ def greedy_accuracy(
 ) -> float:
     """Fraction of problems whose greedy completion is strictly correct (``#### N``, graded as everywhere)."""
     from pspo_repro import grading, prompts
-    from pspo_repro.train import greedy_completions
+    from pspo_repro.backends import greedy_completions
 
     if not problems:
         return float("nan")

@@ -20,6 +20,7 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback
 
 from pspo_repro import data, distributed, models, objectives, prompts, rewards, rollouts, rundir
+from pspo_repro.backends import greedy_completions
 
 DATASETS = ("gsm8k", "synthetic")
 VALIDATIONS = ("greedy", "sampled")
@@ -51,6 +52,9 @@ class TrainSettings:
     dataset: str = field(default="gsm8k", metadata={"help": "training data: gsm8k or synthetic"})
     data_dir: str | None = field(default=None, metadata={"help": "local benchmark folder (else the hub)"})
     reward: str = field(default="paper", metadata={"help": "paper (authors' shaped reward) or strict"})
+    system_prompt: str = field(
+        default="default", metadata={"help": "default (ours) or authors (their exact wording); see prompts"}
+    )
     seed: int = 0
     learning_rate: float = 5e-7
     optimizer: str = field(default="adamw", metadata={"help": "adamw or sgd (the scale-sensitive control)"})
@@ -138,6 +142,7 @@ class TrainSettings:
             raise ValueError(f"optimizer must be 'adamw' or 'sgd', got {self.optimizer!r}")
         if self.reward not in rewards.REWARDS:
             raise ValueError(f"reward must be one of {', '.join(rewards.REWARDS)}, got {self.reward!r}")
+        prompts.check_system_prompt(self.system_prompt)
         if self.eval_every <= 0:
             raise ValueError(f"eval_every must be > 0, got {self.eval_every}")
         if self.learning_rate <= 0:
@@ -292,51 +297,22 @@ def load_problems(settings: TrainSettings) -> tuple[list[data.Problem], list[dat
     return train, validation
 
 
-def to_dataset(problems: list[data.Problem]) -> Any:
+def to_dataset(problems: list[data.Problem], system_prompt: str = prompts.DEFAULT) -> Any:
     from datasets import Dataset
 
     return Dataset.from_list(
         [
-            {"prompt": prompts.chat_messages(p.question, p.kind), "answer": p.answer, "kind": p.kind}
+            {
+                "prompt": prompts.chat_messages(p.question, p.kind, system_prompt),
+                "answer": p.answer,
+                "kind": p.kind,
+            }
             for p in problems
         ]
     )
 
 
 # --- validation and the best checkpoint ---------------------------------------------------------
-
-
-@torch.inference_mode()
-def greedy_completions(
-    model: Any, tokenizer: Any, texts: list[str], max_new_tokens: int, batch_size: int
-) -> list[str]:
-    """Greedy completions of rendered prompts, batched by length with left padding."""
-    order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
-    out: list[str] = [""] * len(texts)
-    was_training = model.training
-    model.eval()
-    side, tokenizer.padding_side = tokenizer.padding_side, "left"
-    try:
-        for start in range(0, len(order), batch_size):
-            idx = order[start : start + batch_size]
-            enc = tokenizer(
-                [texts[i] for i in idx], return_tensors="pt", padding=True, add_special_tokens=False
-            )
-            enc = enc.to(model.device)
-            gen = model.generate(
-                **enc,
-                max_new_tokens=max_new_tokens,
-                do_sample=False,
-                pad_token_id=tokenizer.pad_token_id,
-                eos_token_id=tokenizer.eos_token_id,
-            )
-            texts_out = tokenizer.batch_decode(gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True)
-            for i, text in zip(idx, texts_out, strict=True):
-                out[i] = text
-    finally:
-        tokenizer.padding_side = side
-        model.train(was_training)
-    return out
 
 
 @torch.inference_mode()
@@ -402,7 +378,9 @@ class Validation(TrainerCallback):
         history: list[dict[str, Any]] | None = None,
     ):
         self.run_dir, self.settings, self.problems, self.tokenizer = run_dir, settings, problems, tokenizer
-        self.texts = [prompts.render_prompt(tokenizer, p.question, p.kind) for p in problems]
+        self.texts = [
+            prompts.render_prompt(tokenizer, p.question, p.kind, settings.system_prompt) for p in problems
+        ]
         self.initial = initial
         # a resumed run continues from the validation records kept up to its trainer checkpoint
         history = history or []
@@ -636,6 +614,8 @@ def _initial_validation_path(source: models.ModelSource, settings: TrainSettings
         "validation_limit": settings.validation_limit,
         "max_completion_length": settings.max_completion_length,
         "reward": settings.reward,
+        # only when not the default, so that the step-0 records cached before this setting stay valid
+        **({"system_prompt": settings.system_prompt} if settings.system_prompt != prompts.DEFAULT else {}),
     }
     sampled = settings.sampled_validation()
     if sampled is not None:  # sampled validation depends on the seed too (greedy keys stay as they were)
@@ -776,7 +756,7 @@ def train(
         model=model,
         reward_funcs=[rewards.get(settings.reward)],
         args=grpo_config(settings, run_dir),
-        train_dataset=to_dataset(train_problems),
+        train_dataset=to_dataset(train_problems, settings.system_prompt),
         processing_class=tokenizer,
         callbacks=[validation, RunLog(run_dir, validation, progress, elapsed), *(callbacks or [])],
     )

@@ -1,4 +1,5 @@
-"""The evaluator: statistics, records and summary, resume after interruption, and clear errors."""
+"""The evaluator: statistics (pspo_repro.stats), records and summary, resume after interruption, the
+backends' stop tokens (pspo_repro.backends), and clear errors."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pspo_repro import data, grading, tiny
+from pspo_repro import backends, data, grading, models, prompts, rundir, stats, tiny
 from pspo_repro import evaluate as ev
 
 # --------------------------------------------------------------------------- statistics (no model)
@@ -26,45 +27,45 @@ def brute_force_pass_at_k(n: int, c: int, k: int) -> float:
 def test_pass_at_k_equals_brute_force(n):
     for c in range(n + 1):
         for k in range(1, n + 1):
-            assert ev.pass_at_k(n, c, k) == pytest.approx(brute_force_pass_at_k(n, c, k), abs=1e-12)
+            assert stats.pass_at_k(n, c, k) == pytest.approx(brute_force_pass_at_k(n, c, k), abs=1e-12)
 
 
 def test_pass_at_k_closed_forms_and_bad_input():
-    assert ev.pass_at_k(16, 4, 1) == pytest.approx(4 / 16)  # pass@1 is the sample accuracy
-    assert ev.pass_at_k(16, 4, 16) == 1.0
-    assert ev.pass_at_k(16, 0, 8) == 0.0
-    assert ev.pass_at_k(16, 1, 8) == pytest.approx(0.5)  # the one correct sample is in half the subsets
+    assert stats.pass_at_k(16, 4, 1) == pytest.approx(4 / 16)  # pass@1 is the sample accuracy
+    assert stats.pass_at_k(16, 4, 16) == 1.0
+    assert stats.pass_at_k(16, 0, 8) == 0.0
+    assert stats.pass_at_k(16, 1, 8) == pytest.approx(0.5)  # the one correct sample is in half the subsets
     with pytest.raises(ValueError, match="k=5"):
-        ev.pass_at_k(4, 1, 5)
+        stats.pass_at_k(4, 1, 5)
     with pytest.raises(ValueError, match="c=5"):
-        ev.pass_at_k(4, 5, 1)
+        stats.pass_at_k(4, 5, 1)
 
 
 def test_wilson_interval_known_values():
     # Reference values: statsmodels proportion_confint(method="wilson") / Wilson (1927).
-    assert ev.wilson_interval(5, 10) == pytest.approx((0.236593, 0.763407), abs=1e-6)
-    assert ev.wilson_interval(0, 10) == pytest.approx((0.0, 0.277533), abs=1e-6)
-    assert ev.wilson_interval(0, 10)[0] == 0.0 and ev.wilson_interval(10, 10)[1] == 1.0
-    assert ev.wilson_interval(10, 10) == pytest.approx((0.722467, 1.0), abs=1e-6)
+    assert stats.wilson_interval(5, 10) == pytest.approx((0.236593, 0.763407), abs=1e-6)
+    assert stats.wilson_interval(0, 10) == pytest.approx((0.0, 0.277533), abs=1e-6)
+    assert stats.wilson_interval(0, 10)[0] == 0.0 and stats.wilson_interval(10, 10)[1] == 1.0
+    assert stats.wilson_interval(10, 10) == pytest.approx((0.722467, 1.0), abs=1e-6)
     # Defining property: the bounds are the p at which the score statistic |p_hat - p| / se(p) equals z.
     successes, n = 81, 263
     p_hat = successes / n
-    lo, hi = ev.wilson_interval(successes, n)
+    lo, hi = stats.wilson_interval(successes, n)
     for bound in (lo, hi):
         assert abs(p_hat - bound) / math.sqrt(bound * (1 - bound) / n) == pytest.approx(1.959964, abs=1e-6)
     assert lo < p_hat < hi
-    assert ev.wilson_interval(0, 0) == (0.0, 1.0)
+    assert stats.wilson_interval(0, 0) == (0.0, 1.0)
     with pytest.raises(ValueError, match="successes=3, n=2"):
-        ev.wilson_interval(3, 2)
+        stats.wilson_interval(3, 2)
 
 
 def test_majority_vote_groups_equivalent_answers_and_breaks_ties_by_order():
     same = lambda a, b: ev.answers_equivalent(a, b, "numeric")  # noqa: E731
-    assert ev.majority_vote(["7", "12", "12.0", "$12", None, None, None], same) == 1
-    assert ev.majority_vote(["7", "12", "7", "12"], same) == 0  # tie: the group seen first wins
-    assert ev.majority_vote([None, None], same) is None
+    assert stats.majority_vote(["7", "12", "12.0", "$12", None, None, None], same) == 1
+    assert stats.majority_vote(["7", "12", "7", "12"], same) == 0  # tie: the group seen first wins
+    assert stats.majority_vote([None, None], same) is None
     latex = lambda a, b: ev.answers_equivalent(a, b, "latex")  # noqa: E731
-    assert ev.majority_vote(["3", "\\frac{1}{2}", "0.5", "\\dfrac12"], latex) == 1
+    assert stats.majority_vote(["3", "\\frac{1}{2}", "0.5", "\\dfrac12"], latex) == 1
 
 
 def test_parse_benchmarks():
@@ -100,6 +101,39 @@ def _record(completions: list[str], gold: str, kind: str = "numeric", benchmark:
     return record
 
 
+def test_paper_metric_differs_from_strict_and_flexible_in_a_summary():
+    # "#### 42 apples and 2 pears": strict reads 42; flexible and the paper's grading read the last number, 2
+    # "####\n42\nin 3 steps": strict finds nothing on the #### line; the paper reads 42 across the newline
+    records = [_record(["#### 42 apples and 2 pears"], "42"), _record(["####\n42\nin 3 steps"], "42")]
+    metrics = ev.summarize_benchmark(records)["metrics"]
+    assert {m: metrics[m]["correct"] for m in ev.METRICS} == {
+        "strict": 1,
+        "flexible": 0,
+        "permissive": 2,
+        "paper": 1,
+    }
+    assert records[0]["grades"][0]["paper_answer"] == "2" and records[1]["grades"][0]["paper_answer"] == "42"
+
+
+def test_records_from_before_the_paper_metric_are_graded_again_on_resume(tmp_path):
+    """Records written before the paper metric and the system prompt setting existed are kept: they were
+    made with the default system prompt, and their completions are graded again."""
+    record = _record(["####\n42\nin 3 steps"], "42")
+    settings = {"seed": 0, "system_prompt": "default"}
+    old = {
+        **record,
+        "settings": {"seed": 0},
+        "grades": [{k: v for k, v in g.items() if not k.startswith("paper")} for g in record["grades"]],
+    }
+    path = tmp_path / "gsm8k.jsonl"
+    path.write_text(json.dumps(old) + "\n")
+    done = ev._existing_records(path, settings, overwrite=False)
+    assert done["x"]["grades"][0]["paper"] is True
+    assert ev.summarize_benchmark(list(done.values()))["metrics"]["paper"]["correct"] == 1
+    with pytest.raises(ValueError, match="system_prompt: 'default' there, 'authors' now"):
+        ev._existing_records(path, {**settings, "system_prompt": "authors"}, overwrite=False)
+
+
 def test_summary_of_sampled_records():
     records = [
         # strict: 2 of 4 right ("12", "12.0"; the last has no ####); majority "12" beats "7": right
@@ -113,7 +147,7 @@ def test_summary_of_sampled_records():
     assert summary["n_problems"] == 3 and summary["n_samples"] == 4
     strict = summary["metrics"]["strict"]
     assert strict["accuracy"] == pytest.approx(1 / 3) and strict["correct"] == 1  # first samples
-    assert strict["ci95"] == pytest.approx(list(ev.wilson_interval(1, 3)))
+    assert strict["ci95"] == pytest.approx(list(stats.wilson_interval(1, 3)))
     counts = [2, 1, 0]
     for k in (1, 2, 4):
         expected = sum(brute_force_pass_at_k(4, c, k) for c in counts) / 3
@@ -125,8 +159,13 @@ def test_summary_of_sampled_records():
     assert flexible["pass_at_k"]["1"] == pytest.approx((3 / 4 + 1 / 4 + 0) / 3)
     assert flexible["majority_vote"] == pytest.approx(1 / 3)
     assert "majority_vote" not in summary["metrics"]["permissive"]  # nothing to vote over
+    paper = summary["metrics"]["paper"]  # the paper's grading reads "The answer is 12" and "I think 7" too
+    assert paper["pass_at_k"]["1"] == pytest.approx((3 / 4 + 1 / 4 + 0) / 3)
+    assert paper["accuracy"] == pytest.approx(1 / 3) and paper["majority_vote"] == pytest.approx(1 / 3)
     table = ev.summary_table({"benchmarks": {"gsm8k": {**summary, "max_new_tokens": 128}}})
     assert "gsm8k" in table and " 33.3% [" in table and "majority vote 33.3%" in table
+    assert table.splitlines()[0].split("|")[1:5] == [f" {m:>19} " for m in ev.METRICS]
+    assert ev.METRICS == ("strict", "flexible", "permissive", "paper")
     assert f"pass@2 {100 * strict['pass_at_k']['2']:.1f}%" in table
     assert summary["mean_completion_tokens"] == pytest.approx(
         sum(len(c) for r in records for c in r["completions"]) / 12
@@ -212,7 +251,7 @@ def test_records_are_well_formed_on_every_benchmark(model, data_dir, tmp_path):
                 getattr(grading.score(r["completions"][0], r["gold"], r["kind"]), metric) for r in records
             )
             assert entry["metrics"][metric]["correct"] == correct
-            assert entry["metrics"][metric]["ci95"] == pytest.approx(list(ev.wilson_interval(correct, 2)))
+            assert entry["metrics"][metric]["ci95"] == pytest.approx(list(stats.wilson_interval(correct, 2)))
         assert entry["truncated_fraction"] == sum(r["truncated"][0] for r in records) / 2
     on_disk = json.loads((tmp_path / "eval" / "summary.json").read_text())
     assert on_disk == json.loads(json.dumps(summary))
@@ -243,7 +282,7 @@ def test_sampling_gives_pass_at_k_and_is_reproducible(model, tmp_path):
     strict = summary["benchmarks"]["synthetic"]["metrics"]["strict"]
     counts = [sum(g["strict"] for g in r["grades"]) for r in records]
     for k in (1, 2, 4):
-        assert strict["pass_at_k"][str(k)] == pytest.approx(sum(ev.pass_at_k(4, c, k) for c in counts) / 3)
+        assert strict["pass_at_k"][str(k)] == pytest.approx(sum(stats.pass_at_k(4, c, k) for c in counts) / 3)
     assert "majority_vote" in strict
     assert summary["settings"]["n_samples"] == 4 and summary["settings"]["temperature"] == 1.0
 
@@ -287,9 +326,23 @@ def test_a_corrupt_complete_line_is_an_error(tmp_path):
     path = tmp_path / "x.jsonl"
     path.write_text('{"id": "a"}\nnot json\n{"id": "b"}\n')
     with pytest.raises(ValueError, match="line 2 is not valid JSON"):
-        ev.read_records(path)
+        rundir.read_jsonl(path)
     path.write_text('{"id": "a"}\n{"id": "b", "compl')  # a cut-short last line is ignored
-    assert ev.read_records(path) == [{"id": "a"}]
+    assert rundir.read_jsonl(path) == [{"id": "a"}]
+
+
+def test_an_append_after_a_crash_cuts_the_torn_line_first(tmp_path):
+    path = tmp_path / "x.jsonl"
+    path.write_text('{"id": "a"}\n{"id": "b", "completions": ["a long cut-short wri')
+    rundir.append_jsonl(path, {"id": "c"})
+    assert path.read_text() == '{"id": "a"}\n{"id": "c"}\n'
+    # the torn line longer than the block read from the end; a file that is one torn line
+    path.write_text('{"id": "a"}\n' + "x" * 50)
+    rundir._cut_torn_line(path, block=8)
+    assert path.read_text() == '{"id": "a"}\n'
+    path.write_text("x" * 50)
+    rundir.append_jsonl(path, {"id": "d"})
+    assert rundir.read_jsonl(path) == [{"id": "d"}]
 
 
 # --------------------------------------------------------------------------- clear errors
@@ -327,7 +380,7 @@ def test_vllm_missing_says_how_to_install(tmp_path):
     with pytest.raises(ImportError, match=r"pip install 'pspo-repro\[vllm\]'"):
         ev.evaluate("tiny-test", ["synthetic"], tmp_path, backend="vllm", limit=1, progress=False)
     with pytest.raises(ImportError, match=r"pip install 'pspo-repro\[vllm\]'"):
-        ev.VLLMBackend(ev.models.ModelSource(str(tmp_path)))
+        backends.VLLMBackend(models.ModelSource(str(tmp_path)))
 
 
 @pytest.mark.slow
@@ -339,3 +392,56 @@ def test_a_tiny_model_by_name(tmp_path, monkeypatch):
     assert len(records) == 4 and {r["settings"]["model"] for r in records} == {"tiny-test"}
     assert records[0]["prompt"].startswith("<|user|>")  # the tiny chat template, no system message
     assert summary["benchmarks"]["synthetic"]["n_problems"] == 4
+
+
+def test_evaluation_stops_where_trl_training_rollouts_stop(tiny_model, tmp_path):
+    """The stop tokens are TRL GRPOTrainer's own (the tokenizer's eos and the generation config's eos ids),
+    read from a real trainer; a ChatML end of turn that neither names does not stop a completion."""
+    from datasets import Dataset
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import GRPOConfig, GRPOTrainer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model)
+    tokenizer.add_special_tokens({"additional_special_tokens": ["<|im_end|>"]})
+    model = AutoModelForCausalLM.from_pretrained(tiny_model)
+    declared = tokenizer.convert_tokens_to_ids("#")  # an eos the model declares besides the tokenizer's
+    model.generation_config.eos_token_id = [declared]
+
+    def zero(completions: list, **_) -> list[float]:
+        return [0.0] * len(completions)
+
+    config = GRPOConfig(
+        output_dir=str(tmp_path),
+        per_device_train_batch_size=2,
+        num_generations=2,
+        max_steps=1,
+        use_cpu=True,
+        report_to="none",
+    )
+    trainer = GRPOTrainer(
+        model=model,
+        reward_funcs=zero,
+        args=config,
+        train_dataset=Dataset.from_list([{"prompt": "a"}, {"prompt": "b"}]),
+        processing_class=tokenizer,
+    )
+    stops = backends.stop_token_ids(tokenizer, model.generation_config)
+    assert stops == sorted(trainer.eos_token_ids) == sorted({tokenizer.eos_token_id, declared})
+    assert tokenizer.convert_tokens_to_ids("<|im_end|>") not in stops
+
+
+def test_validation_evaluation_and_the_build_check_share_one_greedy_generation(model):
+    """Validation and the tiny models' build check (greedy_completions) produce exactly the completions the
+    hf evaluation backend produces, whatever the batching, and leave the model's mode as it was."""
+    from transformers import AutoModelForCausalLM
+
+    problems = data.load("synthetic", "validation", limit=6)
+    hf = backends.HFBackend(models.resolve(model), batch_size=4, device="cpu")
+    texts = [prompts.render_prompt(hf.tokenizer, p.question, p.kind) for p in problems]
+    evaluated = [g.texts[0] for g in hf.generate(texts, 1, 0.0, 1.0, 24, 0)]
+    trainee = AutoModelForCausalLM.from_pretrained(model).train()
+    validated = backends.greedy_completions(trainee, hf.tokenizer, texts, 24, batch_size=5)
+    assert validated == evaluated and trainee.training
+    assert len({len(t) for t in evaluated}) > 1  # the completions differ, so the comparison means something
+    correct = sum(grading.score(c, p.answer, p.kind).strict for c, p in zip(validated, problems, strict=True))
+    assert tiny.greedy_accuracy(trainee, hf.tokenizer, problems, 24, batch_size=2) == correct / len(problems)

@@ -1,4 +1,5 @@
-"""Tests of answer extraction and the strict / flexible / permissive metrics (pspo_repro.grading)."""
+"""Tests of answer extraction and the strict / flexible / permissive / paper metrics (pspo_repro.grading), and of
+the paper's shaped reward (pspo_repro.rewards)."""
 
 from __future__ import annotations
 
@@ -11,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pspo_repro import grading
+from pspo_repro import grading, verify_guard
 from pspo_repro.grading import (
     KINDS,
     Grade,
@@ -22,10 +23,12 @@ from pspo_repro.grading import (
     last_number,
     numbers_equal,
     paper_answer,
-    paper_reward,
+    paper_format_bonus,
+    paper_value,
     parse_number,
     score,
 )
+from pspo_repro.rewards import paper_reward_value as paper_reward
 
 # ---------------------------------------------------------------- extractors
 
@@ -164,6 +167,8 @@ def test_grade_records_what_each_metric_extracted():
         "strict_answer": "1,000",
         "flexible_answer": "12",
         "permissive_answer": "$1,000",
+        "paper": False,  # the #### line is not one number, so the authors read the last number, 12
+        "paper_answer": "12",
     }
     assert score("no marker here", "5").strict_answer is None
 
@@ -224,11 +229,13 @@ def test_unknown_kind_and_metric_are_rejected():
     [
         ("9 * 2 = 18\n#### 18", 1.0),  # 1 + 0.05 clipped to 1
         ("She makes 18 dollars.", 1.0),  # no ####: the last number
-        ("The answer is 18 #### 17", 0.05),  # after ####, the first number counts: wrong, +0.05
-        ("#### 17\nActually it is 18.", 0.05),
+        ("The answer is 18 #### 17", 0.05),  # the #### line is one number: wrong, +0.05
+        ("#### 17\nActually it is 18.", 0.05),  # the #### line wins over the last number
+        ("#### 18 dollars", 1.0),  # not one number: the last number, 18
+        ("#### 17 dollars, no, 18", 1.0),
         ("It is 17.", 0.0),
         ("I do not know.", 0.0),  # -0.2 for no number, clipped to 0
-        ("####", 0.0),  # 0.05 - 0.2 clipped to 0
+        ("####", 0.0),  # no digit after ####: no bonus, and no number: 0
         ("#### eighteen", 0.0),
     ],
 )
@@ -236,17 +243,85 @@ def test_paper_reward_values(completion, expected):
     assert paper_reward(completion, "18") == expected
 
 
-def test_paper_answer_rule():
+@pytest.mark.parametrize(
+    ("completion", "bonus"),
+    [
+        ("#### 42", True),  # a digit after ####, and one more character on the line
+        ("####42", True),
+        ("#### 42 apples", True),
+        ("#### 5 apples", True),
+        ("#### 5.", True),
+        ("#### 5\n", False),  # a lone single digit: nothing follows it on its line
+        ("#### 5", False),
+        ("#### -5", False),  # a sign is not a digit
+        ("#### -42", False),
+        ("#### $5", False),
+        ("#### $42", False),
+        ("####\n42", True),  # whitespace, newlines included, may separate #### from the digit
+        ("#### approximately 42", False),
+        ("no marker 42", False),
+    ],
+)
+def test_paper_format_bonus_condition(completion, bonus):
+    assert paper_format_bonus(completion) is bonus
+    # the bonus is the only difference between a wrong answer's reward and 0
+    assert paper_reward(completion, "1000") == (0.05 if bonus else 0.0)
+
+
+def test_paper_answer_is_the_authors_extraction():
     assert paper_answer("The answer is 18 #### 17") == "17"
-    assert paper_answer("#### approximately 17 or 18") == "17"
+    assert paper_answer("#### 42 apples") == "42"  # not one number: the LAST number anywhere
+    assert paper_answer("#### 42 apples\nThat used 3 bags.") == "3"
+    assert paper_answer("#### approximately 17 or 18") == "18"
+    assert paper_answer("#### 5 + 3") == "3"  # the authors' sympy branch never ran (see the docstring)
+    assert paper_answer("####\n42") == "42"  # \s* crosses the newline
+    assert paper_answer("#### 1,234.5") == "1234.5"
+    assert paper_answer("#### 50%") == "0.5"
+    assert paper_answer("#### 3/4") == "0.75"
+    assert paper_answer("costs $18.") == "18"
+    assert paper_answer("from 5 down to -3") == "-3"
     assert paper_answer("18 then 19") == "19"
     assert paper_answer("none") is None
-    assert paper_answer(r"\boxed{\frac{1}{2}}", "latex") == r"\frac{1}{2}"
+    assert paper_value(r"\boxed{\frac{14}{3}}") == 3.0  # why MATH needs the strict and flexible metrics
+
+
+def test_the_authors_sympy_branch_cannot_run():
+    """Their code called sympify(text, transformations=...): sympify takes no such argument, so the
+    TypeError was caught and the expression branch never ran. This reproduction relies on that."""
+    from sympy import sympify
+
+    with pytest.raises(TypeError, match="transformations"):
+        sympify("5 + 3", transformations=())
+
+
+@pytest.mark.parametrize(
+    ("completion", "strict", "flexible", "paper"),
+    [
+        ("#### 42 apples", True, True, True),
+        ("#### 42 apples and 2 pears", True, False, False),  # paper: the last number, 2
+        ("#### 42\nCheck: 40 + 2 = 42 took 2 steps.", True, False, True),  # paper: the whole line, 42
+        ("####\n42\nThat took 3 steps.", False, False, True),  # strict: nothing on the #### line
+        ("#### 7\nSo 42.", False, True, False),
+        ("The total is 42.\n#### 42.0", True, True, True),
+        ("#### 4.2e1", False, False, True),  # float() reads it; strict's number is 4.2
+    ],
+)
+def test_paper_metric_against_strict_and_flexible(completion, strict, flexible, paper):
+    grade = score(completion, "42")
+    assert (grade.strict, grade.flexible, grade.paper) == (strict, flexible, paper)
+    assert (paper_reward(completion, "42") > 0.5) is paper  # correct means reward > 0.5
+
+
+def test_paper_metric_reads_the_gold_as_the_authors_did():
+    assert score("#### 3", r"\frac{14}{3}", "latex").paper  # the gold is read as its last number, 3
+    grade = score(r"\boxed{\frac{28}{6}}", r"\frac{14}{3}", "latex")
+    assert grade.strict and not grade.paper  # equivalent, but read as 6 against 3
+    assert not score("#### Yes", "Yes").paper  # a gold with no number is never matched
 
 
 def test_paper_reward_for_non_numeric_gold_has_no_number_penalty():
-    assert paper_reward("#### Yes", "Yes") == 1.0  # 1 + 0.05, no -0.2 although no number appears
-    assert paper_reward("#### No", "Yes") == 0.05
+    assert paper_reward("#### Yes", "Yes") == 1.0  # no -0.2 although no number appears
+    assert paper_reward("#### No", "Yes") == 0.0  # and no bonus: no digit after ####
 
 
 def test_paper_reward_for_latex_answers():
@@ -436,7 +511,7 @@ def test_gsm8k_reference_solutions_grade_correct(data_dir):
     assert len(problems) == 1319
     failed = _failures(((p.id, p.solution, p.answer) for p in problems), "numeric")
     _report("gsm8k test", len(problems), failed)
-    assert failed == {"strict": [], "flexible": [], "permissive": []}
+    assert failed == {"strict": [], "flexible": [], "permissive": [], "paper": []}
     assert all(gold_from_solution(p.solution, "numeric") == p.answer for p in problems)
     assert all(paper_reward(p.solution, p.answer) == 1.0 for p in problems)
 
@@ -446,7 +521,10 @@ def test_math500_solutions_grade_correct(data_dir):
     assert len(problems) == 500
     failed = _failures(((p.id, p.solution, p.answer) for p in problems), "latex")
     _report("math500", len(problems), failed)
+    paper_failed = failed.pop("paper")
     assert failed == {"strict": [], "flexible": [], "permissive": []}
+    # the authors' number extraction misreads 71 of the 500 reference solutions (fractions, roots, intervals...)
+    assert len(paper_failed) == 71
 
 
 def test_math500_answers_pass_math_verify_itself(data_dir):
@@ -454,14 +532,14 @@ def test_math500_answers_pass_math_verify_itself(data_dir):
     gold against its solution's box too, and does not call different golds equal."""
     problems = _load("math500", "test", data_dir)
     start = time.perf_counter()
-    rejected = [p.id for p in problems if not grading._mv_equal(extract_boxed(p.solution), p.answer)]
+    rejected = [p.id for p in problems if not verify_guard.equivalent(extract_boxed(p.solution), p.answer)]
     assert rejected == []
     neighbours = zip(problems, problems[1:], strict=False)
     equal_pairs = [
         (a.answer, b.answer)
         for a, b in neighbours
         if grading._norm_latex(a.answer) != grading._norm_latex(b.answer)
-        and grading._mv_equal(b.answer, a.answer)
+        and verify_guard.equivalent(b.answer, a.answer)
     ]
     # math-verify reads an assignment "x=5" as its value 5: the only distinct neighbouring golds it equates
     assert equal_pairs == [("5", "x=5")]
@@ -474,7 +552,9 @@ def test_svamp_and_asdiv_answers_grade_correct_in_the_required_format(data_dir):
         pairs = [(p.id, f"Working it out step by step.\n#### {p.answer}", p.answer) for p in problems]
         failed = _failures(pairs, "numeric")
         _report(benchmark, len(problems), failed)
-        assert failed == {"strict": [], "flexible": [], "permissive": []}
+        # the paper's grading needs a number in the gold: ASDiv's "Yes", "Purple", "Mrs. Hilt" never match
+        no_number = [p.id for p in problems if not any(ch.isdigit() for ch in p.answer)]
+        assert failed == {"strict": [], "flexible": [], "permissive": [], "paper": no_number}
     assert len(_load("svamp", "test", data_dir)) == 1000
 
 

@@ -83,3 +83,37 @@ def test_written_files_are_readable_by_everyone(tmp_path):
 
     rundir.atomic_write_text(tmp_path / "t.md", "x")
     assert (tmp_path / "t.md").stat().st_mode & 0o777 == 0o644
+
+
+def _summary(accuracies: dict[str, float]) -> dict:
+    metrics = {m: {"accuracy": a, "ci95": [a - 0.1, a + 0.1]} for m, a in accuracies.items()}
+    return {"settings": {"model": "m"}, "benchmarks": {"synthetic": {"n_problems": 10, "metrics": metrics}}}
+
+
+def test_accuracy_table_has_a_paper_column(tmp_path):
+    """Every metric of the graders is a column, the paper's included; a summary written before the paper
+    metric existed gives its other columns and an empty paper cell."""
+    from pspo_repro import grading, rundir
+
+    rundir.atomic_write_json(
+        tmp_path / "m/start/eval/summary.json",
+        _summary({"strict": 0.5, "flexible": 0.6, "permissive": 0.7, "paper": 0.55}),
+    )
+    for seed, paper in ((0, 0.8), (1, None)):
+        run = tmp_path / f"m/clip/seed{seed}"
+        rundir.atomic_write_json(run / "config.json", {"model": "m", "seed": seed, "label": "clip"})
+        rundir.mark_done(run)
+        accuracies = {"strict": 0.7, "flexible": 0.75, "permissive": 0.9}
+        rundir.atomic_write_json(
+            run / "eval/summary.json", _summary({**accuracies, **({"paper": paper} if paper else {})})
+        )
+    rows = tables.collect(tmp_path)
+    assert tables.METRICS == grading.METRICS
+    assert sorted(r["accuracy"] for r in rows if r["metric"] == "paper") == [0.55, 0.8]
+    table = tables.accuracy_table(rows).splitlines()
+    assert table[0] == (
+        "| model | objective | seeds | synthetic strict | synthetic flexible | synthetic permissive "
+        "| synthetic paper |"
+    )
+    assert table[2] == "| m | start | - | 50.0 | 60.0 | 70.0 | 55.0 |"
+    assert table[3] == "| m | clip | 2 | 70.0 ± 0.0 | 75.0 ± 0.0 | 90.0 ± 0.0 | 80.0 |"
