@@ -50,8 +50,11 @@ from typing import Any
 
 import torch
 
+from pspo_repro import rundir
+
 # Bump when the build procedure changes in a way the recipe fields do not capture.
 RECIPE_VERSION = 2
+RECIPE_FILE = "recipe.json"  # written last into a built model's folder: the build record
 
 PAD, EOS, UNK = "<|pad|>", "<|endoftext|>", "<|unk|>"
 USER, ASSISTANT, END = "<|user|>", "<|assistant|>", "<|end|>"
@@ -265,17 +268,17 @@ def _lock(path: Path) -> Iterator[None]:
 
 def is_built(name: str) -> bool:
     """Whether the model's current recipe is already built in the cache."""
-    return (folder(name) / "recipe.json").is_file()
+    return (folder(name) / RECIPE_FILE).is_file()
 
 
 def ensure(name: str, progress: bool = True) -> Path:
     """The model's cached folder (config, weights, tokenizer, recipe.json); builds it when missing."""
     final = folder(name)
-    if (final / "recipe.json").is_file():
+    if (final / RECIPE_FILE).is_file():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
     with _lock(final.parent / f".{final.name}.lock"):
-        if (final / "recipe.json").is_file():  # another process built it while we waited
+        if (final / RECIPE_FILE).is_file():  # another process built it while we waited
             return final
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
         try:
@@ -476,5 +479,5 @@ def build(name: str, out_dir: Path, progress: bool = True) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
     tok.save_pretrained(out_dir)
-    (out_dir / "recipe.json").write_text(json.dumps(record, indent=2) + "\n")
+    rundir.atomic_write_json(out_dir / RECIPE_FILE, record, sort_keys=False)
     return record

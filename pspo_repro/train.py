@@ -263,18 +263,18 @@ class Validation(TrainerCallback):
         if record["best"]:
             self.best = record["reward"]
             self._save_checkpoint(model, step)
-        rundir.append_jsonl(self.run_dir / "validation.jsonl", record)
+        rundir.append_jsonl(self.run_dir / rundir.VALIDATION, record)
         self.last = record
         return record
 
     def _save_checkpoint(self, model: Any, step: int) -> None:
-        tmp = self.run_dir / "checkpoint.tmp"
+        tmp = self.run_dir / f"{rundir.CHECKPOINT}.tmp"
         if tmp.exists():
             shutil.rmtree(tmp)
         model.save_pretrained(tmp)
         self.tokenizer.save_pretrained(tmp)
-        rundir.atomic_write_json(tmp / "checkpoint_step.json", {"step": step})
-        rundir.replace_dir(tmp, self.run_dir / "checkpoint")
+        rundir.atomic_write_json(tmp / rundir.CHECKPOINT_STEP, {"step": step})
+        rundir.replace_dir(tmp, self.run_dir / rundir.CHECKPOINT)
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         if state.global_step == 0:
@@ -290,7 +290,7 @@ class RunLog(TrainerCallback):
     """TRL's logged metrics to train_log.jsonl, and a progress bar with reward and time left."""
 
     def __init__(self, run_dir: Path, validation: Validation, progress: bool = True):
-        self.path = run_dir / "train_log.jsonl"
+        self.path = run_dir / rundir.TRAIN_LOG
         self.validation = validation
         self.progress = progress
         self.bar: tqdm | None = None
@@ -336,7 +336,7 @@ def grpo_config(settings: TrainSettings, run_dir: Path) -> Any:
     s = settings
     gpu = torch.cuda.is_available()
     return PSPOGRPOConfig(
-        output_dir=str(run_dir / "trainer"),
+        output_dir=str(run_dir / rundir.TRAINER_OUTPUT),
         objective=s.objective,
         alpha=s.alpha,
         epsilon=s.eps,
@@ -347,7 +347,7 @@ def grpo_config(settings: TrainSettings, run_dir: Path) -> Any:
         shuffle_advantages=s.shuffle_advantages,
         probes=s.probes,
         probe_every=s.probe_every,
-        probes_file=str(run_dir / "probes.jsonl"),
+        probes_file=str(run_dir / rundir.PROBES),
         seed=s.seed,
         data_seed=s.seed,
         learning_rate=s.learning_rate,
@@ -422,16 +422,16 @@ def train(
     tokenizer = models.load_tokenizer(source)
 
     # A run that died part-way restarts from scratch: its logs would mix two histories.
-    for name in ("train_log.jsonl", "probes.jsonl", "validation.jsonl", "checkpoint", "trainer"):
+    for name in rundir.TRAINING_OUTPUTS:
         path = run_dir / name
         if path.is_dir():
             shutil.rmtree(path)
         else:
             path.unlink(missing_ok=True)
     run_dir.mkdir(parents=True, exist_ok=True)
-    rundir.atomic_write_json(run_dir / "config.json", settings.to_dict())
+    rundir.atomic_write_json(run_dir / rundir.CONFIG, settings.to_dict())
     prov = rundir.provenance(settings.seed)
-    rundir.atomic_write_json(run_dir / "provenance.json", prov)
+    rundir.atomic_write_json(run_dir / rundir.PROVENANCE, prov)
 
     model = models.load_model(source, dtype=MASTER_WEIGHTS_DTYPE)
     model.train()
@@ -451,11 +451,11 @@ def train(
     started = time.time()
     trainer.train()
     seconds = time.time() - started
-    shutil.rmtree(run_dir / "trainer", ignore_errors=True)
+    shutil.rmtree(run_dir / rundir.TRAINER_OUTPUT, ignore_errors=True)
 
     prov.update(finished=rundir.now(), train_seconds=seconds, steps=trainer.state.global_step)
-    rundir.atomic_write_json(run_dir / "provenance.json", prov)
-    history = rundir.read_jsonl(run_dir / "validation.jsonl")
+    rundir.atomic_write_json(run_dir / rundir.PROVENANCE, prov)
+    history = rundir.read_jsonl(run_dir / rundir.VALIDATION)
     if cache is not None and initial is None:
         rundir.atomic_write_json(cache, {k: v for k, v in history[0].items() if k != "best"})
     # The best checkpoint is chosen among the steps after 0 (see Validation).

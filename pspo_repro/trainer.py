@@ -8,6 +8,7 @@ dr_grpo, dapo); the per-token loss comes from :mod:`pspo_repro.objectives`.
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -15,7 +16,7 @@ import torch
 from transformers import TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
 
-from pspo_repro import objectives
+from pspo_repro import objectives, rundir
 from pspo_repro.probes import ProbeLog, StepProbe, gradient_cosine, group_grad_norms
 
 AGGREGATIONS = ("grpo", "bnpo", "dr_grpo", "dapo")
@@ -125,7 +126,7 @@ class PSPOGRPOTrainer(GRPOTrainer):
             raise ValueError(f"PSPOGRPOTrainer does not support these GRPOConfig options: {', '.join(bad)}")
         self.objective = self.args.build_objective()
         self._noclip = objectives.get("noclip", level=self.args.importance_sampling_level)
-        path = self.args.probes_file or f"{self.args.output_dir}/probes.jsonl"
+        path = self.args.probes_file or os.path.join(self.args.output_dir, rundir.PROBES)
         self.probe_log = ProbeLog(path if self.args.probes else None, seed=self.args.seed)
         if self.args.probes:
             self.add_callback(_ProbeFlush(self))
