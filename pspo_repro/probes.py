@@ -29,7 +29,6 @@ import torch
 from pspo_repro import rundir
 
 QUANTILES = (0.01, 0.05, 0.5, 0.95, 0.99)
-GROUPS = ("embeddings", "attention", "mlp", "norms", "head")
 
 
 def param_group(name: str) -> str:

@@ -80,7 +80,8 @@ CHAT_TEMPLATE = (
 # its teacher faithfully picks, greedily, the teacher's usual operation: wrong on every template where the
 # teacher errs more often than not. The general teacher errs on both transfer directions ("F gives her b
 # more", "she gives b to F"); the small model's, on a third template too; the math model's, a better one,
-# only on the second. Greedy accuracy of a faithful imitator: about 37%, 56% and 76%.
+# only on the second. A faithful imitator scores what the test problems free of its teacher's wrong
+# templates are worth (37%, 56% and 77%); the warm-started models start above that (see the README).
 GENERAL_TEACHER = {"p.gets": 0.65, "p.gives": 0.65}
 SMALL_TEACHER = {"p.gets": 0.65, "p.gives": 0.65, "p.eats": 0.65}
 MATH_TEACHER = {"p.gives": 0.65}
@@ -421,7 +422,7 @@ def build(name: str, out_dir: Path, progress: bool = True) -> dict:
     tok = build_tokenizer()
     warmstart = _warmstart_examples(recipe.data_seed, recipe.train_size, recipe.teacher_errors)
     examples = _encode_sft(tok, warmstart)
-    # How often the teacher's final answer is right: the ceiling of faithful imitation.
+    # How often the teacher's final answer is right (what a model sampling as its teacher does would score).
     teacher_accuracy = sum(sol.endswith(f"#### {ans}") for _, sol, ans in warmstart) / len(warmstart)
     if not examples:
         raise ValueError(f"tiny model {name!r}: the synthetic train split is empty")
