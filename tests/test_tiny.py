@@ -94,6 +94,7 @@ def test_assistant_turn_ends_with_eos(tok):
         tok.apply_chat_template([{"role": "tool", "content": "x"}], tokenize=False)
 
 
+@pytest.mark.slow
 def test_ensure_builds_a_complete_folder(built):
     for file in [
         "config.json",
@@ -123,6 +124,7 @@ def test_ensure_builds_a_complete_folder(built):
     assert [p.name for p in built.parent.iterdir() if ".tmp-" in p.name] == []
 
 
+@pytest.mark.slow
 def test_ensure_does_not_rebuild(built, monkeypatch):
     mtime = (built / "model.safetensors").stat().st_mtime_ns
 
@@ -134,6 +136,7 @@ def test_ensure_does_not_rebuild(built, monkeypatch):
     assert (built / "model.safetensors").stat().st_mtime_ns == mtime
 
 
+@pytest.mark.slow
 def test_fingerprint_follows_the_recipe(monkeypatch):
     original = tiny.fingerprint("tiny-test")
     assert len(original) == 64
@@ -150,6 +153,7 @@ def test_fingerprint_follows_the_recipe(monkeypatch):
     assert tiny.fingerprint("tiny-general-s") != original
 
 
+@pytest.mark.slow
 def test_same_recipe_gives_identical_weights(monkeypatch, tmp_path):
     cheap = replace(tiny.RECIPES["tiny-test"], sft_steps=8, train_size=200, eval_n=2, eval_max_new_tokens=4)
     monkeypatch.setitem(tiny.RECIPES, "tiny-test", cheap)
@@ -164,6 +168,7 @@ def test_same_recipe_gives_identical_weights(monkeypatch, tmp_path):
     assert not all(torch.equal(a[k], c[k]) for k in a)  # another seed: other weights
 
 
+@pytest.mark.slow
 def test_interrupted_build_leaves_no_final_folder(monkeypatch, tmp_path):
     monkeypatch.setenv("PSPO_CACHE_DIR", str(tmp_path))
     monkeypatch.setitem(
@@ -181,6 +186,7 @@ def test_interrupted_build_leaves_no_final_folder(monkeypatch, tmp_path):
     assert [p.name for p in (tmp_path / "tiny").iterdir() if not p.name.endswith(".lock")] == []
 
 
+@pytest.mark.slow
 def test_saved_tokenizer_loads_as_built(tok, built, data_dir):
     """AutoTokenizer rebuilds any qwen2 folder's tokenizer as a Qwen2Tokenizer: it must encode the same."""
     loaded = AutoTokenizer.from_pretrained(built)
@@ -194,6 +200,7 @@ def test_saved_tokenizer_loads_as_built(tok, built, data_dir):
         assert loaded.decode(loaded(text)["input_ids"]) == text
 
 
+@pytest.mark.slow
 def test_built_model_generates_left_padded_batches(built):
     source = models.resolve("tiny-test")
     assert Path(source.path) == built
@@ -228,6 +235,7 @@ def test_built_model_generates_left_padded_batches(built):
             assert set(row[row.index(tok.eos_token_id) + 1 :]) <= {tok.pad_token_id}
 
 
+@pytest.mark.slow
 def test_warm_start_teaches_the_answer_format(built):
     """Even the micro model writes ``#### N`` lines after its few warm-start steps."""
     from pspo_repro import synthetic
@@ -242,6 +250,7 @@ def test_warm_start_teaches_the_answer_format(built):
     assert sum("####" in t for t in texts) >= 4
 
 
+@pytest.mark.slow
 def test_init_from_continues_the_parent(monkeypatch, built, tmp_path):
     """A model with ``init_from`` starts from the parent's warm-started weights, and its fingerprint
     follows the parent's recipe."""
