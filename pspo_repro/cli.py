@@ -9,6 +9,8 @@ from typing import Annotated, Any
 import typer
 import yaml
 
+from pspo_repro import rundir
+
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="Reproduce and audit PSPO and its baselines."
 )
@@ -77,7 +79,7 @@ def train(
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None
     if distributed.is_main_process():  # under accelerate launch, one process reports
-        typer.echo(json.dumps(json.loads((run_dir / "DONE").read_text()), indent=2))
+        typer.echo(json.dumps(rundir.read_json(run_dir / rundir.DONE), indent=2))
 
 
 @app.command("eval")
@@ -113,7 +115,7 @@ def evaluate_command(
     from pspo_repro import evaluate
 
     target = out if out is not None else Path(model)
-    if out is None and not (target / "config.json").is_file():
+    if out is None and not (target / rundir.CONFIG).is_file():
         raise typer.BadParameter("--out is required unless --model is a run directory")
     try:
         names = evaluate.parse_benchmarks(benchmarks)

@@ -365,54 +365,70 @@ _LOCAL_LOADERS: dict[str, Callable[[Path, str], tuple[Problem, ...]]] = {
 # ---------------------------------------------------------------- hub fallback
 
 
+def _hub_rows(name: str, *args: Any, **kwargs: Any) -> Any:
+    from datasets import load_dataset
+
+    return load_dataset(HUB_IDS[name], *args, **kwargs)
+
+
+def _hub_gsm8k(split: str) -> tuple[Problem, ...]:
+    rows = _hub_rows("gsm8k", "main", split=split)
+    return tuple(_gsm8k_problem(split, i, row) for i, row in enumerate(rows))
+
+
+def _hub_math(split: str) -> tuple[Problem, ...]:
+    problems = []
+    for subject in MATH_SUBJECTS:
+        rows = _hub_rows("math", subject, split=split)
+        problems += [_math_problem(f"{split}/{subject}/hub-{i:04d}", row) for i, row in enumerate(rows)]
+    return tuple(problems)
+
+
+def _hub_math500(split: str) -> tuple[Problem, ...]:
+    return tuple(_math500_problem(row) for row in _hub_rows("math500", split="test"))
+
+
+def _hub_svamp(split: str) -> tuple[Problem, ...]:
+    # The hub splits the 1,000 problems 700/300; the benchmark here is all of them, in ID order.
+    both = _hub_rows("svamp")
+    rows = sorted((row for part in both.values() for row in part), key=lambda r: int(r["ID"].split("-")[1]))
+    return tuple(_svamp_problem(row) for row in rows)
+
+
+def _hub_asdiv(split: str) -> tuple[Problem, ...]:
+    rows = _hub_rows("asdiv", "asdiv", split="validation")
+    return tuple(
+        _asdiv_problem(
+            f"nluds-{i + 1:04d}",
+            row["body"],
+            row["question"],
+            row["answer"],
+            {"solution_type": row.get("solution_type", ""), "grade": None, "formula": row.get("formula", "")},
+        )
+        for i, row in enumerate(rows)
+    )
+
+
+_HUB_LOADERS: dict[str, Callable[[str], tuple[Problem, ...]]] = {
+    "gsm8k": _hub_gsm8k,
+    "math": _hub_math,
+    "math500": _hub_math500,
+    "svamp": _hub_svamp,
+    "asdiv": _hub_asdiv,
+}
+
+
 @functools.lru_cache(maxsize=16)
 def _load_hub(name: str, split: str) -> tuple[Problem, ...]:
     """The same records from the hub copies. Ids follow the local ones where the hub rows allow it:
     the hub MATH mirror has no file names, so its ids are ``{split}/{subject}/hub-{row}``; ASDiv ids
     assume the hub keeps the XML order (nluds-0001 first), as the local file does."""
+    loader = _HUB_LOADERS[name]  # names are checked in load()
     try:
-        from datasets import load_dataset
-
-        if name == "gsm8k":
-            rows = load_dataset(HUB_IDS[name], "main", split=split)
-            return tuple(_gsm8k_problem(split, i, row) for i, row in enumerate(rows))
-        if name == "math":
-            problems = []
-            for subject in MATH_SUBJECTS:
-                rows = load_dataset(HUB_IDS[name], subject, split=split)
-                problems += [
-                    _math_problem(f"{split}/{subject}/hub-{i:04d}", row) for i, row in enumerate(rows)
-                ]
-            return tuple(problems)
-        if name == "math500":
-            return tuple(_math500_problem(row) for row in load_dataset(HUB_IDS[name], split="test"))
-        if name == "svamp":
-            # The hub splits the 1,000 problems 700/300; the benchmark here is all of them, in ID order.
-            both = load_dataset(HUB_IDS[name])
-            rows = sorted(
-                (row for part in both.values() for row in part), key=lambda r: int(r["ID"].split("-")[1])
-            )
-            return tuple(_svamp_problem(row) for row in rows)
-        if name == "asdiv":
-            rows = load_dataset(HUB_IDS[name], "asdiv", split="validation")
-            return tuple(
-                _asdiv_problem(
-                    f"nluds-{i + 1:04d}",
-                    row["body"],
-                    row["question"],
-                    row["answer"],
-                    {
-                        "solution_type": row.get("solution_type", ""),
-                        "grade": None,
-                        "formula": row.get("formula", ""),
-                    },
-                )
-                for i, row in enumerate(rows)
-            )
+        return loader(split)
     except Exception as exc:
         raise FileNotFoundError(
             f"could not load benchmark {name!r} from the Hugging Face hub ({HUB_IDS[name]}): "
             f"{type(exc).__name__}: {exc}. Without hub access, pass a local data folder with "
             f"--data-dir / data_dir= or set {DATA_DIR_ENV}."
         ) from exc
-    raise ValueError(f"no hub source for benchmark {name!r}")  # unreachable: names are checked in load()

@@ -313,8 +313,10 @@ def evaluate(
             "generation_seconds": elapsed,
             "generated_problems": len(todo),
         }
-        rundir.atomic_write_json(
-            summary_path, _merged_summary(summary_path, settings, max_new_tokens, limit, entries)
+        rundir.atomic_write_json(  # benchmarks keep their order: it is the tables' row order
+            summary_path,
+            _merged_summary(summary_path, settings, max_new_tokens, limit, entries),
+            sort_keys=False,
         )
     return _merged_summary(summary_path, settings, max_new_tokens, limit, entries)
 

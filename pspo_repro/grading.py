@@ -74,11 +74,6 @@ _MAX_LATEX_SCAN = 20_000  # permissive/flexible latex: characters (the tail) sea
 
 logger = logging.getLogger(__name__)
 
-# The guard's parse cache and deadline, reachable from here as before for the bounded-work checks.
-_mv_parse = verify_guard.mv_parse
-_deadline = verify_guard.deadline
-_DeadlineExceeded = verify_guard.DeadlineExceeded
-
 
 @dataclass(frozen=True)
 class Grade:

@@ -30,9 +30,8 @@ from typing import Any
 
 from pspo_repro import rundir
 
-LOCK = ".lock"
-FAILED = "FAILED"
-BUILT_FROM = "model_build.json"  # which build of a tiny model the folder's results come from
+# The folder's files this module handles (names kept in pspo_repro.rundir)
+LOCK, FAILED, BUILT_FROM = rundir.LOCK, rundir.FAILED, rundir.MODEL_BUILD
 
 Report = Callable[[dict[str, Any]], None]
 
@@ -117,7 +116,7 @@ def is_finished(task: Task) -> bool:
         return False
     if task.kind == "train" and not rundir.is_done(task.folder):
         return False
-    summary = task.folder / "eval" / "summary.json"
+    summary = task.folder / rundir.EVAL / rundir.SUMMARY
     if not summary.is_file():
         return False
     return set(task.benchmarks) <= set(rundir.read_json(summary).get("benchmarks", {}))
@@ -140,7 +139,7 @@ def execute(task: Task, report: Report | None = None, progress: bool = False) ->
         # results of another build of the model, or of unknown origin: start afresh
         if not _from_current_build(task, build):
             (task.folder / rundir.DONE).unlink(missing_ok=True)  # so training starts from scratch
-            shutil.rmtree(task.folder / "eval", ignore_errors=True)
+            shutil.rmtree(task.folder / rundir.EVAL, ignore_errors=True)
             if build is not None:  # recorded first, so that a task cut short resumes rather than restarts
                 rundir.atomic_write_json(task.folder / BUILT_FROM, {"build": build})
         try:

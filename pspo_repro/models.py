@@ -16,6 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pspo_repro import rundir
+
 SMOLLM2_NAME = "smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -60,8 +62,8 @@ def resolve(spec: str | Path) -> ModelSource:
         return ModelSource(str(smollm2_folder()), SMOLLM2_GGUF)
     path = Path(spec).expanduser()
     if path.is_dir():
-        if (path / "checkpoint" / "config.json").is_file():  # a run directory
-            return ModelSource(str(path / "checkpoint"))
+        if (path / rundir.CHECKPOINT / "config.json").is_file():  # a run directory (its model's config)
+            return ModelSource(str(path / rundir.CHECKPOINT))
         if (path / "config.json").is_file():
             return ModelSource(str(path))
         raise FileNotFoundError(f"model folder {path} has no config.json (nor checkpoint/config.json)")

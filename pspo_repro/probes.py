@@ -21,7 +21,6 @@ One JSON line per optimizer step in ``probes.jsonl``:
 
 from __future__ import annotations
 
-import json
 import math
 import os
 from collections.abc import Iterable
@@ -30,8 +29,9 @@ from typing import Any
 
 import torch
 
+from pspo_repro import rundir
+
 QUANTILES = (0.01, 0.05, 0.5, 0.95, 0.99)
-GROUPS = ("embeddings", "attention", "mlp", "norms", "head")
 
 
 def param_group(name: str) -> str:
@@ -179,7 +179,7 @@ class StepProbe:
 
 
 class ProbeLog:
-    """Appends one probe record per optimizer step to a JSON-lines file (whole lines, flushed)."""
+    """Appends one probe record per optimizer step to a JSON-lines file (:func:`rundir.append_jsonl`)."""
 
     def __init__(self, path: str | os.PathLike | None, seed: int = 0) -> None:
         self.path = Path(path) if path else None
@@ -189,7 +189,4 @@ class ProbeLog:
     def write(self, step: int, record: dict) -> None:
         if self.path is None:
             return
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a") as f:
-            f.write(json.dumps({"step": step, **record}) + "\n")
-            f.flush()
+        rundir.append_jsonl(self.path, {"step": step, **record})

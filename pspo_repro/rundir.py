@@ -1,15 +1,22 @@
-"""The run directory: atomic writes, JSON-lines logs that survive a crash, provenance, the DONE marker.
+"""The run directory: its layout, atomic writes, JSON-lines logs that survive a crash, provenance, DONE.
 
-Layout of one run (later tools read exactly these names)::
+Layout of one run (later tools read exactly these names, which are the constants below)::
 
-    <run>/config.json        fully resolved settings
-    <run>/provenance.json    git commit and dirty flag, package versions, device, seed, start/end times
-    <run>/train_log.jsonl    one line per logging step (TRL's metrics: reward, loss, grad_norm, ...)
-    <run>/probes.jsonl       one line per optimizer step (see pspo_repro.probes)
-    <run>/validation.jsonl   one line per validation pass (step, mean reward, accuracy)
-    <run>/checkpoint/        the best checkpoint by validation reward (Hugging Face format)
-    <run>/eval/              per-benchmark evaluation records and summary.json
-    <run>/DONE               written last, atomically: the run is complete
+    <run>/config.json        CONFIG: fully resolved settings
+    <run>/provenance.json    PROVENANCE: git commit and dirty flag, package versions, device, seed, times
+    <run>/train_log.jsonl    TRAIN_LOG: one line per logging step (TRL's metrics: reward, loss, ...)
+    <run>/probes.jsonl       PROBES: one line per optimizer step (see pspo_repro.probes)
+    <run>/validation.jsonl   VALIDATION: one line per validation pass (step, mean reward, accuracy)
+    <run>/checkpoint/        CHECKPOINT: the best checkpoint by validation reward (Hugging Face format),
+                             with CHECKPOINT_STEP naming its step
+    <run>/eval/              EVAL: per-benchmark records (<benchmark>.jsonl) and SUMMARY
+    <run>/DONE               DONE: written last, atomically: the run is complete
+    <run>/.lock              LOCK: held by the process working in the folder (pspo_repro.launch)
+    <run>/FAILED             FAILED: the traceback of a task that raised
+    <run>/model_build.json   MODEL_BUILD: the build of the tiny model the results come from
+
+One rule for every file written here: JSON documents are replaced atomically (:func:`atomic_write_json`),
+and JSON-lines logs grow by whole lines (:func:`append_jsonl`), read back by :func:`read_jsonl`.
 """
 
 from __future__ import annotations
@@ -26,7 +33,22 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+CONFIG = "config.json"
+PROVENANCE = "provenance.json"
+TRAIN_LOG = "train_log.jsonl"
+PROBES = "probes.jsonl"
+VALIDATION = "validation.jsonl"
+CHECKPOINT = "checkpoint"
+CHECKPOINT_STEP = "checkpoint_step.json"
+TRAINER_OUTPUT = "trainer"  # TRL's output folder while the run trains; removed when it ends
+EVAL = "eval"
+SUMMARY = "summary.json"  # inside EVAL
 DONE = "DONE"
+LOCK = ".lock"
+FAILED = "FAILED"
+MODEL_BUILD = "model_build.json"
+# What a training attempt writes; an attempt that did not finish is removed before the next one.
+TRAINING_OUTPUTS = (TRAIN_LOG, PROBES, VALIDATION, CHECKPOINT, TRAINER_OUTPUT)
 PACKAGES = ("torch", "transformers", "trl", "accelerate", "datasets", "math-verify", "vllm", "pspo-repro")
 
 
@@ -41,7 +63,7 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
         os.fchmod(fd, 0o644)  # mkstemp makes owner-only files; results are for everyone to read
-        with os.fdopen(fd, "w") as f:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
@@ -51,18 +73,27 @@ def atomic_write_text(path: str | os.PathLike, text: str) -> None:
         raise
 
 
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
-    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=str) + "\n")
+def atomic_write_json(path: str | os.PathLike, obj: Any, sort_keys: bool = True) -> None:
+    """``obj`` as indented UTF-8 JSON, written atomically (:func:`atomic_write_text`). Keys are sorted
+    unless ``sort_keys`` is False (where their order carries meaning, such as benchmarks in a summary)."""
+    text = json.dumps(obj, indent=2, sort_keys=sort_keys, ensure_ascii=False, default=str)
+    atomic_write_text(path, text + "\n")
 
 
-def append_jsonl(path: str | os.PathLike, record: dict) -> None:
-    """Append one whole line and fsync it. A crash can leave at most a torn last line: readers ignore it,
-    and the next append cuts it first, so it never runs into the new line."""
+def read_json(path: str | os.PathLike) -> Any:
+    with open(path, encoding="utf-8") as f:
+        return json.load(f)
+
+
+def append_jsonl(path: str | os.PathLike, *records: dict) -> None:
+    """Append ``records`` as whole lines in one write, flushed and fsynced: a crash loses at most these
+    lines and leaves at most a torn last line, which :func:`read_jsonl` ignores and the next append cuts."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     _cut_torn_line(path)
+    text = "".join(json.dumps(r, ensure_ascii=False, default=str) + "\n" for r in records)
     with open(path, "a", encoding="utf-8") as f:
-        f.write(json.dumps(record, default=str) + "\n")
+        f.write(text)
         f.flush()
         os.fsync(f.fileno())
 
@@ -92,29 +123,28 @@ def _cut_torn_line(path: Path, block: int = 1 << 16) -> None:
         f.truncate(0)
 
 
-def read_json(path: str | os.PathLike) -> Any:
-    with open(path, encoding="utf-8") as f:
-        return json.load(f)
-
-
 def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    """The complete lines of a JSON-lines file. A last line without its newline is a write cut short and
-    is skipped; a complete line that is not JSON is an error naming the file and the line."""
+    """The records of a JSON-lines file; [] when it does not exist.
+
+    The rule for damage: a last line without its newline is a write cut short by a crash and is ignored
+    (:func:`append_jsonl` cuts it before writing); a complete line that is not valid JSON is not a crash's
+    doing, and raises a ``ValueError`` naming the file and the line. Blank lines are skipped."""
     path = Path(path)
-    if not path.exists():
+    if not path.is_file():
         return []
-    out = []
-    with open(path, encoding="utf-8") as f:
-        for number, line in enumerate(f, start=1):
-            if not line.endswith("\n") or not line.strip():
-                continue
-            try:
-                out.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise ValueError(
-                    f"{path}: line {number} is not valid JSON ({exc.msg}); fix or delete the file"
-                ) from exc
-    return out
+    raw = path.read_bytes()
+    complete = raw[: raw.rfind(b"\n") + 1]
+    records = []
+    for number, line in enumerate(complete.decode("utf-8").split("\n"), start=1):
+        if not line.strip():
+            continue
+        try:
+            records.append(json.loads(line))
+        except json.JSONDecodeError as exc:
+            raise ValueError(
+                f"{path}: line {number} is not valid JSON ({exc.msg}); fix or delete the file"
+            ) from exc
+    return records
 
 
 def replace_dir(src: Path, dst: Path) -> None:

@@ -43,7 +43,7 @@ import yaml
 from pspo_repro import launch, tables
 from pspo_repro.train import TrainSettings
 
-BASE = "start"  # the folder, beside a model's runs, that holds its starting model's evaluation
+BASE = tables.START  # the folder, beside a model's runs, that holds its starting model's evaluation
 
 PROFILE_KEYS = {"name", "description", "extends", "models", "seeds", "train", "objectives", "cells", "eval"}
 

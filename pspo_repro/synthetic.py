@@ -64,7 +64,6 @@ MAX_SOLUTION_CHARS = 40
 START_VALUES = range(20, 41)
 OPERANDS = range(1, 10)
 MAX_OPS = 2
-OPS = ("+", "-")
 
 # Percentages of the question-hash space held by each in-family split.
 _HASH_BUCKETS = {

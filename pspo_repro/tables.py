@@ -37,18 +37,20 @@ def _label(run_dir: Path, config: dict[str, Any]) -> str:
 
 def _runs(study_dir: Path) -> list[tuple[Path, dict[str, Any]]]:
     return [
-        (d.parent, rundir.read_json(d.parent / "config.json"))
-        for d in sorted(study_dir.glob("*/*/seed*/DONE"))
+        (d.parent, rundir.read_json(d.parent / rundir.CONFIG))
+        for d in sorted(study_dir.glob(f"*/*/seed*/{rundir.DONE}"))
     ]
 
 
 def collect(study_dir: Path) -> list[dict[str, Any]]:
     """One row per (run or starting model, benchmark, metric) with an evaluation summary."""
     rows = []
-    sources = [(p.parent.parent, None) for p in sorted(study_dir.glob(f"*/{START}/eval/summary.json"))]
+    sources = [
+        (p.parent.parent, None) for p in sorted(study_dir.glob(f"*/{START}/{rundir.EVAL}/{rundir.SUMMARY}"))
+    ]
     sources += _runs(study_dir)
     for folder, config in sources:
-        summary_path = folder / "eval" / "summary.json"
+        summary_path = folder / rundir.EVAL / rundir.SUMMARY
         if not summary_path.is_file():
             continue
         summary = rundir.read_json(summary_path)
@@ -87,7 +89,7 @@ def collect_training(study_dir: Path) -> list[dict[str, Any]]:
     rows = []
     for run_dir, config in _runs(study_dir):
         finished = rundir.read_json(run_dir / rundir.DONE)
-        probes = rundir.read_jsonl(run_dir / "probes.jsonl")
+        probes = rundir.read_jsonl(run_dir / rundir.PROBES)
         row = {
             "model": config["model"],
             "objective": _label(run_dir, config),
@@ -114,7 +116,7 @@ def collect_staleness(study_dir: Path) -> list[dict[str, Any]]:
     rows = []
     for run_dir, config in _runs(study_dir):
         by_staleness: dict[int, list[dict]] = {}
-        for p in rundir.read_jsonl(run_dir / "probes.jsonl"):
+        for p in rundir.read_jsonl(run_dir / rundir.PROBES):
             if "staleness" in p and p.get("zero_weight_frac") is not None:
                 by_staleness.setdefault(p["staleness"], []).append(p)
         for staleness, probes in sorted(by_staleness.items()):
@@ -294,12 +296,12 @@ def collect_timing(study_dir: Path) -> list[dict[str, Any]]:
     models = {config["model"] for _, config in runs}
     warm = 0.0
     for model in sorted(models & set(tiny.names())):
-        recipe = tiny.folder(model) / "recipe.json"
+        recipe = tiny.folder(model) / tiny.RECIPE_FILE
         if recipe.is_file():
             warm += rundir.read_json(recipe)["build_seconds"]
     training = sum(rundir.read_json(d / rundir.DONE)["seconds"] for d, _ in runs)
     evaluation = 0.0
-    for summary in study_dir.glob("*/**/eval/summary.json"):
+    for summary in study_dir.glob(f"*/**/{rundir.EVAL}/{rundir.SUMMARY}"):
         evaluation += sum(
             b.get("generation_seconds") or 0.0 for b in rundir.read_json(summary)["benchmarks"].values()
         )

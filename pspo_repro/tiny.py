@@ -50,8 +50,11 @@ from typing import Any
 
 import torch
 
+from pspo_repro import rundir
+
 # Bump when the build procedure changes in a way the recipe fields do not capture.
 RECIPE_VERSION = 2
+RECIPE_FILE = "recipe.json"  # written last into a built model's folder: the build record
 
 PAD, EOS, UNK = "<|pad|>", "<|endoftext|>", "<|unk|>"
 USER, ASSISTANT, END = "<|user|>", "<|assistant|>", "<|end|>"
@@ -77,7 +80,8 @@ CHAT_TEMPLATE = (
 # its teacher faithfully picks, greedily, the teacher's usual operation: wrong on every template where the
 # teacher errs more often than not. The general teacher errs on both transfer directions ("F gives her b
 # more", "she gives b to F"); the small model's, on a third template too; the math model's, a better one,
-# only on the second. Greedy accuracy of a faithful imitator: about 37%, 56% and 76%.
+# only on the second. A faithful imitator scores what the test problems free of its teacher's wrong
+# templates are worth (37%, 56% and 77%); the warm-started models start above that (see the README).
 GENERAL_TEACHER = {"p.gets": 0.65, "p.gives": 0.65}
 SMALL_TEACHER = {"p.gets": 0.65, "p.gives": 0.65, "p.eats": 0.65}
 MATH_TEACHER = {"p.gives": 0.65}
@@ -265,17 +269,17 @@ def _lock(path: Path) -> Iterator[None]:
 
 def is_built(name: str) -> bool:
     """Whether the model's current recipe is already built in the cache."""
-    return (folder(name) / "recipe.json").is_file()
+    return (folder(name) / RECIPE_FILE).is_file()
 
 
 def ensure(name: str, progress: bool = True) -> Path:
     """The model's cached folder (config, weights, tokenizer, recipe.json); builds it when missing."""
     final = folder(name)
-    if (final / "recipe.json").is_file():
+    if (final / RECIPE_FILE).is_file():
         return final
     final.parent.mkdir(parents=True, exist_ok=True)
     with _lock(final.parent / f".{final.name}.lock"):
-        if (final / "recipe.json").is_file():  # another process built it while we waited
+        if (final / RECIPE_FILE).is_file():  # another process built it while we waited
             return final
         tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
         try:
@@ -418,7 +422,7 @@ def build(name: str, out_dir: Path, progress: bool = True) -> dict:
     tok = build_tokenizer()
     warmstart = _warmstart_examples(recipe.data_seed, recipe.train_size, recipe.teacher_errors)
     examples = _encode_sft(tok, warmstart)
-    # How often the teacher's final answer is right: the ceiling of faithful imitation.
+    # How often the teacher's final answer is right (what a model sampling as its teacher does would score).
     teacher_accuracy = sum(sol.endswith(f"#### {ans}") for _, sol, ans in warmstart) / len(warmstart)
     if not examples:
         raise ValueError(f"tiny model {name!r}: the synthetic train split is empty")
@@ -476,5 +480,5 @@ def build(name: str, out_dir: Path, progress: bool = True) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     model.save_pretrained(out_dir)
     tok.save_pretrained(out_dir)
-    (out_dir / "recipe.json").write_text(json.dumps(record, indent=2) + "\n")
+    rundir.atomic_write_json(out_dir / RECIPE_FILE, record, sort_keys=False)
     return record

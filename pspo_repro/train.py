@@ -30,7 +30,7 @@ RETIRED = {
     "had an effect; remove it",
 }
 STAGED_BEST = "checkpoint.next"  # a new best checkpoint awaiting its trainer checkpoint (see Validation)
-LOGS = ("train_log.jsonl", "probes.jsonl", "validation.jsonl")  # one record per step (or logging step)
+LOGS = (rundir.TRAIN_LOG, rundir.PROBES, rundir.VALIDATION)  # one record per step (or logging step)
 
 
 @dataclass
@@ -244,7 +244,7 @@ class TrainSettings:
 def read_run_settings(run_dir: str | os.PathLike) -> TrainSettings:
     """The settings of a run folder (its config.json), including runs written by earlier versions: retired
     settings, which had no effect, are dropped, and earlier parameter names are read (see from_dict)."""
-    values = rundir.read_json(Path(run_dir) / "config.json")
+    values = rundir.read_json(Path(run_dir) / rundir.CONFIG)
     return TrainSettings.from_dict({k: v for k, v in values.items() if k not in RETIRED})
 
 
@@ -455,30 +455,30 @@ class Validation(TrainerCallback):
         if record["best"]:
             self.best = record["reward"]
             self._save_checkpoint(model, step)
-        rundir.append_jsonl(self.run_dir / "validation.jsonl", record)
+        rundir.append_jsonl(self.run_dir / rundir.VALIDATION, record)
         self.last = record
         distributed.wait_for_everyone()
         return record
 
     def _save_checkpoint(self, model: Any, step: int) -> None:
-        tmp = self.run_dir / "checkpoint.tmp"
+        tmp = self.run_dir / f"{rundir.CHECKPOINT}.tmp"
         if tmp.exists():
             shutil.rmtree(tmp)
         model.save_pretrained(tmp)
         self.tokenizer.save_pretrained(tmp)
-        rundir.atomic_write_json(tmp / "checkpoint_step.json", {"step": step})
+        rundir.atomic_write_json(tmp / rundir.CHECKPOINT_STEP, {"step": step})
         if self.settings.save_steps:
             # With trainer checkpoints, a new best waits in checkpoint.next until the trainer checkpoint of its
             # step (or a later one) is complete: a run resumed from an earlier one never finds a best model
             # from the steps it is about to redo.
             rundir.replace_dir(tmp, self.run_dir / STAGED_BEST)
         else:
-            rundir.replace_dir(tmp, self.run_dir / "checkpoint")
+            rundir.replace_dir(tmp, self.run_dir / rundir.CHECKPOINT)
 
     def promote(self) -> None:
         """Make a staged best checkpoint the run's best (see :meth:`_save_checkpoint`)."""
         if (self.run_dir / STAGED_BEST).is_dir():
-            rundir.replace_dir(self.run_dir / STAGED_BEST, self.run_dir / "checkpoint")
+            rundir.replace_dir(self.run_dir / STAGED_BEST, self.run_dir / rundir.CHECKPOINT)
 
     def on_save(self, args, state, control, **kwargs):
         self.promote()
@@ -500,7 +500,7 @@ class RunLog(TrainerCallback):
     """TRL's logged metrics to train_log.jsonl, and a progress bar with reward and time left."""
 
     def __init__(self, run_dir: Path, validation: Validation, progress: bool = True, elapsed: float = 0.0):
-        self.path = run_dir / "train_log.jsonl"
+        self.path = run_dir / rundir.TRAIN_LOG
         self.validation = validation
         self.progress = progress
         self.main = distributed.is_main_process()  # GPU options: one process logs
@@ -555,14 +555,14 @@ def grpo_config(settings: TrainSettings, run_dir: Path) -> Any:
     # GPU options: the profile's per-step batch kept whatever the number of processes (pspo_repro.distributed)
     layout = distributed.settings_layout(s)
     return PSPOGRPOConfig(
-        output_dir=str(run_dir / "trainer"),
+        output_dir=str(run_dir / rundir.TRAINER_OUTPUT),
         objective=s.objective,
         **{name: getattr(s, name) for name in objectives.parameter_names()},
         importance_sampling_level=s.ratio_level,
         shuffle_advantages=s.shuffle_advantages,
         probes=s.probes,
         probe_every=s.probe_every,
-        probes_file=str(run_dir / "probes.jsonl"),
+        probes_file=str(run_dir / rundir.PROBES),
         seed=s.seed,
         data_seed=s.seed,
         learning_rate=s.learning_rate,
@@ -629,7 +629,7 @@ def last_checkpoint(run_dir: Path) -> tuple[int, Path] | None:
 
     transformers writes trainer_state.json last, so a checkpoint cut short by a crash has none, or a torn one."""
     found = []
-    for folder in (run_dir / "trainer").glob("checkpoint-*"):
+    for folder in (run_dir / rundir.TRAINER_OUTPUT).glob("checkpoint-*"):
         try:
             state = rundir.read_json(folder / "trainer_state.json")
             step = int(folder.name.removeprefix("checkpoint-"))
@@ -643,9 +643,9 @@ def last_checkpoint(run_dir: Path) -> tuple[int, Path] | None:
 def _resume_point(run_dir: Path, settings: TrainSettings) -> tuple[int, Path] | None:
     """The checkpoint to resume from: the newest complete one, when the run was started with these very
     settings (anything else is another run and starts afresh)."""
-    if not settings.save_steps or not (run_dir / "config.json").is_file():
+    if not settings.save_steps or not (run_dir / rundir.CONFIG).is_file():
         return None
-    same = rundir.read_json(run_dir / "config.json") == json.loads(json.dumps(settings.to_dict()))
+    same = rundir.read_json(run_dir / rundir.CONFIG) == json.loads(json.dumps(settings.to_dict()))
     return last_checkpoint(run_dir) if same else None
 
 
@@ -655,17 +655,17 @@ def _rewind(run_dir: Path, step: int) -> float:
     for name in LOGS:
         kept = [r for r in rundir.read_jsonl(run_dir / name) if r["step"] <= step]
         rundir.atomic_write_text(run_dir / name, "".join(json.dumps(r, default=str) + "\n" for r in kept))
-    best, staged, old = run_dir / "checkpoint", run_dir / STAGED_BEST, run_dir / "checkpoint.old"
+    best, staged, old = run_dir / rundir.CHECKPOINT, run_dir / STAGED_BEST, run_dir / "checkpoint.old"
     if not best.exists() and old.is_dir():  # a crash inside replace_dir, between its two renames
         os.replace(old, best)
     shutil.rmtree(old, ignore_errors=True)
     if staged.is_dir():
-        staged_step = rundir.read_json(staged / "checkpoint_step.json")["step"]
+        staged_step = rundir.read_json(staged / rundir.CHECKPOINT_STEP)["step"]
         if staged_step <= step:  # confirmed by the checkpoint; the crash came before it was promoted
             rundir.replace_dir(staged, best)
         else:
             shutil.rmtree(staged)
-    times = [r["time"] for r in rundir.read_jsonl(run_dir / "train_log.jsonl") if "time" in r]
+    times = [r["time"] for r in rundir.read_jsonl(run_dir / rundir.TRAIN_LOG) if "time" in r]
     return max(times, default=0.0)
 
 
@@ -685,19 +685,19 @@ def _prepare_run_dir(run_dir: Path, settings: TrainSettings, resume: tuple[int, 
     """Make the run folder ready to train into; returns the training seconds already spent (a resumed run)."""
     if resume is None:
         # A run that died part-way without a usable checkpoint restarts: its logs would mix two histories.
-        for name in (*LOGS, "checkpoint", STAGED_BEST, "trainer"):
+        for name in (*rundir.TRAINING_OUTPUTS, STAGED_BEST):
             path = run_dir / name
             if path.is_dir():
                 shutil.rmtree(path)
             else:
                 path.unlink(missing_ok=True)
         run_dir.mkdir(parents=True, exist_ok=True)
-        rundir.atomic_write_json(run_dir / "config.json", settings.to_dict())
+        rundir.atomic_write_json(run_dir / rundir.CONFIG, settings.to_dict())
         prov = rundir.provenance(settings.seed)
         elapsed = 0.0
     else:
         elapsed = _rewind(run_dir, resume[0])
-        started_as = run_dir / "provenance.json"
+        started_as = run_dir / rundir.PROVENANCE
         prov = rundir.read_json(started_as) if started_as.is_file() else rundir.provenance(settings.seed)
         now = rundir.provenance(settings.seed)
         prov.setdefault("resumed", []).append(
@@ -709,7 +709,7 @@ def _prepare_run_dir(run_dir: Path, settings: TrainSettings, resume: tuple[int, 
             }
         )
     prov["processes"] = distributed.world_size()
-    rundir.atomic_write_json(run_dir / "provenance.json", prov)
+    rundir.atomic_write_json(run_dir / rundir.PROVENANCE, prov)
     return elapsed
 
 
@@ -748,7 +748,7 @@ def train(
 
     cache = _initial_validation_path(source, settings)
     initial = rundir.read_json(cache) if cache is not None and cache.is_file() else None
-    history = rundir.read_jsonl(run_dir / "validation.jsonl")
+    history = rundir.read_jsonl(run_dir / rundir.VALIDATION)
     validation = Validation(
         run_dir, settings, validation_problems, tokenizer, initial=initial, history=history
     )
@@ -783,12 +783,12 @@ def train(
     if not distributed.is_main_process():  # GPU options: the main process finishes the run
         distributed.wait_for_everyone()
         return run_dir
-    shutil.rmtree(run_dir / "trainer", ignore_errors=True)
+    shutil.rmtree(run_dir / rundir.TRAINER_OUTPUT, ignore_errors=True)
 
-    prov = rundir.read_json(run_dir / "provenance.json")
+    prov = rundir.read_json(run_dir / rundir.PROVENANCE)
     prov.update(finished=rundir.now(), train_seconds=seconds, steps=steps)
-    rundir.atomic_write_json(run_dir / "provenance.json", prov)
-    history = rundir.read_jsonl(run_dir / "validation.jsonl")
+    rundir.atomic_write_json(run_dir / rundir.PROVENANCE, prov)
+    history = rundir.read_jsonl(run_dir / rundir.VALIDATION)
     if cache is not None and initial is None:
         rundir.atomic_write_json(cache, {k: v for k, v in history[0].items() if k != "best"})
     # The best checkpoint is chosen among the steps after 0 (see Validation).

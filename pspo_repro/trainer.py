@@ -18,7 +18,7 @@ from transformers import TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
 from trl.trainer.utils import RepeatSampler
 
-from pspo_repro import objectives
+from pspo_repro import objectives, rundir
 from pspo_repro.probes import ProbeLog, StepProbe, gradient_cosine, group_grad_norms
 
 AGGREGATIONS = ("grpo", "bnpo", "dr_grpo", "dapo")
@@ -151,7 +151,7 @@ class PSPOGRPOTrainer(GRPOTrainer):
             raise ValueError(f"PSPOGRPOTrainer does not support these GRPOConfig options: {', '.join(bad)}")
         self.objective = self.args.build_objective()
         self._noclip = objectives.get("noclip", level=self.args.importance_sampling_level)
-        path = self.args.probes_file or f"{self.args.output_dir}/probes.jsonl"
+        path = self.args.probes_file or os.path.join(self.args.output_dir, rundir.PROBES)
         # the main process writes the probes of the whole step (see _flush_probes)
         main = self.accelerator.is_main_process
         self.probe_log = ProbeLog(path if self.args.probes and main else None, seed=self.args.seed)

@@ -231,3 +231,7 @@ def test_hub_fallback_offline_says_to_pass_a_data_dir(monkeypatch: pytest.Monkey
     with pytest.raises(FileNotFoundError, match="--data-dir") as info:
         data.load("svamp")
     assert "ChilleD/SVAMP" in str(info.value) and data.DATA_DIR_ENV in str(info.value)
+
+
+def test_every_benchmark_file_has_a_hub_source() -> None:
+    assert set(data._HUB_LOADERS) == set(data._LOCAL_LOADERS) == set(data.HUB_IDS)

@@ -211,6 +211,7 @@ def _lines(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_records_are_well_formed_on_every_benchmark(model, data_dir, tmp_path):
     budget = 24  # small, so MATH stays fast; truncation is then common and must be flagged
     summary = ev.evaluate(
@@ -259,6 +260,7 @@ def test_records_are_well_formed_on_every_benchmark(model, data_dir, tmp_path):
     assert set(on_disk["benchmarks"]["math500"]["categories"]) == {"subject", "level"}
 
 
+@pytest.mark.slow
 def test_default_budget_and_batching_do_not_change_greedy_completions(model, data_dir, tmp_path):
     one = ev.evaluate(model, ["synthetic"], tmp_path / "a", limit=6, batch_size=1, progress=False)
     six = ev.evaluate(model, ["synthetic"], tmp_path / "b", limit=6, batch_size=6, progress=False)
@@ -287,6 +289,7 @@ def test_sampling_gives_pass_at_k_and_is_reproducible(model, tmp_path):
     assert summary["settings"]["n_samples"] == 4 and summary["settings"]["temperature"] == 1.0
 
 
+@pytest.mark.slow
 def test_resume_after_interruption_neither_duplicates_nor_drops(model, tmp_path):
     first = ev.evaluate(model, ["synthetic"], tmp_path, limit=4, max_new_tokens=32, progress=False)
     path = tmp_path / "eval" / "synthetic.jsonl"

@@ -10,6 +10,8 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
+
 from pspo_repro import launch
 
 HOLD_LOCK = """
@@ -80,6 +82,7 @@ def test_the_lock_of_a_dead_worker_is_free_again(tmp_path):
         assert (folder / launch.LOCK).read_text().strip() == str(__import__("os").getpid())
 
 
+@pytest.mark.slow
 def test_tasks_run_and_a_failing_one_fails_alone(tiny_model, tmp_path):
     good = _task(tmp_path / "good")
     bad = _task(tmp_path / "bad", name="tiny-test/bad/seed0", settings={**good.settings, "objective": "cilp"})
@@ -96,6 +99,7 @@ def test_tasks_run_and_a_failing_one_fails_alone(tiny_model, tmp_path):
     assert steps == [0, 1] and {m["max_steps"] for m in messages if m.get("max_steps")} == {1}
 
 
+@pytest.mark.slow
 def test_worker_processes_run_every_task_once(tiny_model, tmp_path):
     """Two spawned single-threaded workers: every task done once, progress messages reach this process."""
     tasks = [_task(tmp_path / f"run{i}", name=f"tiny-test/clip/seed{i}") for i in range(3)]
@@ -113,6 +117,7 @@ def test_worker_processes_run_every_task_once(tiny_model, tmp_path):
     assert all((t.folder / "DONE").stat().st_mtime > started for t in tasks)
 
 
+@pytest.mark.slow
 def test_a_changed_tiny_recipe_makes_finished_tasks_stale(tiny_model, tmp_path, monkeypatch):
     """Results record the build of the tiny model they start from; after a recipe change the task is
     unfinished again and is redone from scratch, so a resumed study never mixes two builds."""

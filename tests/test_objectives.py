@@ -117,16 +117,23 @@ def test_pspo_alpha_zero_equals_noclip_loss():
 
 
 def test_tv_of_smoothed_policy_shrinks_by_one_minus_alpha():
+    """The policy PSPO optimises, pi~ = pi_old * smoothed_ratio(pi_theta / pi_old), is a distribution
+    whose total-variation distance to pi_old is (1 - alpha) times pi_theta's, and whose KL is no larger."""
     alpha = 0.25
+    obj = objectives.get("pspo", alpha=alpha)
     g = torch.Generator().manual_seed(8)
     p_theta = torch.softmax(torch.randn(50, generator=g, dtype=torch.float64), 0)
     p_old = torch.softmax(torch.randn(50, generator=g, dtype=torch.float64), 0)
-    p_smooth = (1 - alpha) * p_theta + alpha * p_old
+    p_smooth = p_old * obj.smoothed_ratio(p_theta / p_old)
+    torch.testing.assert_close(p_smooth.sum(), torch.tensor(1.0, dtype=torch.float64))
     tv = 0.5 * (p_theta - p_old).abs().sum()
     tv_smooth = 0.5 * (p_smooth - p_old).abs().sum()
+    assert float(tv) > 0.1  # far enough apart for the factor to show
     torch.testing.assert_close(tv_smooth, (1 - alpha) * tv)
     kl = (p_smooth * (p_smooth / p_old).log()).sum()
     assert kl <= (1 - alpha) * (p_theta * (p_theta / p_old).log()).sum()
+    # the objectives without smoothing leave the policy as it is
+    torch.testing.assert_close(objectives.get("clip").smoothed_ratio(p_theta / p_old), p_theta / p_old)
 
 
 def test_all_objectives_agree_on_policy():

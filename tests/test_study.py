@@ -81,6 +81,7 @@ def test_bad_profiles_are_clear_errors(tmp_path):
         study.expand(cell)
 
 
+@pytest.mark.slow
 def test_small_study_end_to_end(tiny_model, tmp_path):
     profile = yaml.safe_load((study.resources.files("pspo_repro") / "profiles" / "smoke.yaml").read_text())
     profile["objectives"] = {"clip": {"eps": 0.2}, "pspo": {"alpha": 0.1}}
@@ -144,6 +145,7 @@ def test_a_profile_extends_another(tmp_path):
     assert full["seeds"] == [0, 1, 2, 3, 4] and "extends" not in full
 
 
+@pytest.mark.slow
 def test_a_failing_run_fails_alone_and_the_study_exits_non_zero(tiny_model, tmp_path):
     """A model that cannot be loaded (a hub id, offline) fails its runs; the tiny model's run finishes and is
     tabulated; the command lists the failure and exits with status 1."""

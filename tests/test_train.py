@@ -1,5 +1,5 @@
-"""Real training runs on the micro model: every objective learns something, probes see the clip, runs are
-reproducible, and a killed run leaves nothing a reader would take as complete."""
+"""Real training runs on the micro model (marked slow): every objective learns something, probes see the
+clip, runs are reproducible, and a killed run leaves nothing a reader would take as complete."""
 
 from __future__ import annotations
 
@@ -46,6 +46,18 @@ def weights(path):
     return models.load_model(models.ModelSource(str(path))).state_dict()
 
 
+def rms_change(trained, start) -> float:
+    """Root mean square, over every weight, of the change from ``start`` to ``trained`` (state dicts)."""
+    squares = sum(float((trained[k].double() - start[k].double()).pow(2).sum()) for k in start)
+    return (squares / sum(v.numel() for v in start.values())) ** 0.5
+
+
+# Adam's first step moves every weight whose gradient is not zero by the learning rate (1e-3 in these runs):
+# a checkpoint one step or more from its start has an RMS change near 1e-3; a copy of the start has 0.
+MOVED = 1e-4
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("objective", ["clip", "pspo", "sigmoid", "topr", "noclip"])
 def test_every_objective_trains_and_changes_parameters(objective, tiny_model, tmp_path):
     run = train(
@@ -61,11 +73,12 @@ def test_every_objective_trains_and_changes_parameters(objective, tiny_model, tm
     # the checkpoint is the best validation step; a step-3 model differs from the start
     from transformers import AutoModelForCausalLM
 
-    trained = AutoModelForCausalLM.from_pretrained(run / "checkpoint").state_dict()
+    trained = AutoModelForCausalLM.from_pretrained(run / rundir.CHECKPOINT).state_dict()
     start = weights(tiny_model)
-    step = json.loads((run / "checkpoint" / "checkpoint_step.json").read_text())["step"]
-    changed = any(not torch.equal(trained[k], start[k]) for k in start)
-    assert step > 0 and changed  # the starting model is never the selected checkpoint
+    step = rundir.read_json(run / rundir.CHECKPOINT / rundir.CHECKPOINT_STEP)["step"]
+    assert step > 0  # the starting model is never the selected checkpoint
+    assert trained.keys() == start.keys()
+    assert rms_change(trained, start) > MOVED, objective
     # optimizer updates since generation: 4 steps per generation (2 micro-batches, each used twice)
     assert [p["staleness"] for p in probes] == [0, 1, 2]
     config = json.loads((run / "config.json").read_text())
@@ -74,6 +87,7 @@ def test_every_objective_trains_and_changes_parameters(objective, tiny_model, tm
     assert prov["packages"]["trl"].startswith("1.") and prov["finished"] >= prov["started"]
 
 
+@pytest.mark.slow
 def test_best_checkpoint_is_chosen_after_step_0(tiny_model, tmp_path):
     """Step 0 is validated and logged but never selected, as with load_best_model_at_end; the DONE record
     names the best later step and the checkpoint is that step's."""
@@ -89,6 +103,7 @@ def test_best_checkpoint_is_chosen_after_step_0(tiny_model, tmp_path):
     assert json.loads((run / "checkpoint" / "checkpoint_step.json").read_text())["step"] == best["step"]
 
 
+@pytest.mark.slow
 def test_step_0_validation_of_a_tiny_model_is_computed_once(tiny_model, tmp_path):
     """Every run from the same cached tiny model shares one step-0 validation (greedy is deterministic)."""
     from pspo_repro import train as train_module
@@ -117,9 +132,14 @@ def test_a_bad_model_name_leaves_no_run_folder(tmp_path):
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_training_moves_the_weights(tiny_model, tmp_path):
-    """Probe steps sample (ratio, advantage, weight) triples and the cosine to the unclipped gradient."""
+    """Three steps move the weights; probe steps sample (ratio, advantage, weight) triples and the cosine
+    to the unclipped gradient."""
     run = train(tiny_settings(tiny_model, objective="clip", epsilon=0.2), tmp_path / "run", progress=False)
+    assert rundir.read_json(run / rundir.CHECKPOINT / rundir.CHECKPOINT_STEP)["step"] == 3
+    trained = models.load_model(models.ModelSource(str(run / rundir.CHECKPOINT))).state_dict()
+    assert rms_change(trained, weights(tiny_model)) > MOVED
     probes = rundir.read_jsonl(run / "probes.jsonl")
     sampled = [p for p in probes if "samples" in p]
     assert [p["step"] for p in sampled] == [1, 3]  # probe_every = 2
@@ -131,6 +151,7 @@ def test_training_moves_the_weights(tiny_model, tmp_path):
     assert set(probes[0]["grad_norm_groups"]) >= {"embeddings", "attention", "mlp", "norms"}
 
 
+@pytest.mark.slow
 def test_clip_zeroes_gradients_where_pspo_does_not(tiny_model, tmp_path):
     frac = {}
     for objective in ("clip", "pspo"):
@@ -153,6 +174,7 @@ def test_clip_zeroes_gradients_where_pspo_does_not(tiny_model, tmp_path):
     assert frac["pspo"] and all(f == 0.0 for f in frac["pspo"])
 
 
+@pytest.mark.slow
 def test_same_seed_same_loss_curve(tiny_model, tmp_path):
     logs = []
     for name in ("a", "b"):
@@ -172,6 +194,7 @@ def test_same_seed_same_loss_curve(tiny_model, tmp_path):
     ]
 
 
+@pytest.mark.slow
 def test_finished_run_is_not_redone(tiny_model, tmp_path):
     run = train(tiny_settings(tiny_model, objective="noclip", max_steps=1), tmp_path / "run", progress=False)
     stamp = (run / "DONE").stat().st_mtime_ns
@@ -179,6 +202,7 @@ def test_finished_run_is_not_redone(tiny_model, tmp_path):
     assert (run / "DONE").stat().st_mtime_ns == stamp
 
 
+@pytest.mark.slow
 def test_killed_run_leaves_no_done_and_no_torn_files(tiny_model, tmp_path):
     run = tmp_path / "run"
     cmd = [
@@ -256,6 +280,7 @@ def test_settings_from_text_are_typed_or_refused():
             TrainSettings.from_dict(bad)
 
 
+@pytest.mark.slow
 def test_an_adam_step_at_the_papers_learning_rate_moves_the_master_weights(tiny_model):
     """On GPUs the paper profile trains with bf16; the weights the optimizer updates must stay float32. One
     AdamW step at lr 5e-7 moves nearly every float32 weight, while the same step on bf16 weights (the old

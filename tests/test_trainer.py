@@ -85,6 +85,7 @@ def loss_and_grads(trainer, model, inputs):
     return loss.detach(), grads
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("loss_type", AGGREGATIONS)
 def test_clip_equals_stock_grpo_trainer(loss_type, model_and_tokenizer, train_dataset, tmp_path):
     model, tok = model_and_tokenizer
@@ -102,6 +103,7 @@ def test_clip_equals_stock_grpo_trainer(loss_type, model_and_tokenizer, train_da
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.slow
 def test_sigmoid_equals_stock_sapo(model_and_tokenizer, train_dataset, tmp_path):
     model, tok = model_and_tokenizer
     temps = dict(sapo_temperature_pos=1.0, sapo_temperature_neg=1.05, num_iterations=2)
@@ -128,6 +130,7 @@ def test_sigmoid_equals_stock_sapo(model_and_tokenizer, train_dataset, tmp_path)
         torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-7)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(("alpha", "tolerance"), [(0.0, 0.0), (0.4, 1e-7)])
 def test_pspo_gradient_is_one_minus_alpha_times_noclip(
     alpha, tolerance, model_and_tokenizer, train_dataset, tmp_path
