@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from pspo_repro import identities, rundir, tables
+from pspo_repro.train import read_run_settings
 
 SUPPORTED = "supported"
 NOT_SUPPORTED = "not supported"
@@ -99,7 +100,7 @@ def load_runs(study_dir: Path) -> list[Run]:
         runs.append(
             Run(
                 name=str(folder.relative_to(study_dir)),
-                config=rundir.read_json(folder / "config.json"),
+                config=read_run_settings(folder).to_dict(),  # earlier parameter names read too
                 done=rundir.read_json(done),
                 probes=rundir.read_jsonl(folder / "probes.jsonl"),
                 train_log=rundir.read_jsonl(folder / "train_log.jsonl"),
@@ -623,14 +624,14 @@ def clip_baseline(ctx: Context) -> Section:
     usable = {
         k: g
         for k, g in groups.items()
-        if any(r.config["eps"] == 0 for r in g) and any(r.config["eps"] > 0 for r in g)
+        if any(r.config["epsilon"] == 0 for r in g) and any(r.config["epsilon"] > 0 for r in g)
     }
     if not usable:
         s.missing = "needs clip runs at eps 0 and at eps > 0 on the same model and arm (the audit profile's clip-eps0 beside clip)"
         return s
     rows, verdicts = [], []
     for (model, arm), g in sorted(usable.items(), key=lambda kv: (kv[0][0], str(kv[0][1]))):
-        zero = _accs([r for r in g if r.config["eps"] == 0], ctx.benchmark)
+        zero = _accs([r for r in g if r.config["epsilon"] == 0], ctx.benchmark)
         pspo_runs = [
             r
             for r in ctx.runs
@@ -642,8 +643,8 @@ def clip_baseline(ctx: Context) -> Section:
         ]
         pspo = _accs(pspo_runs, ctx.benchmark)
         s.labels += [r.label for r in pspo_runs]
-        for eps in sorted({r.config["eps"] for r in g if r.config["eps"] > 0}):
-            accs = _accs([r for r in g if r.config["eps"] == eps], ctx.benchmark)
+        for eps in sorted({r.config["epsilon"] for r in g if r.config["epsilon"] > 0}):
+            accs = _accs([r for r in g if r.config["epsilon"] == eps], ctx.benchmark)
             if not accs or not zero:
                 continue
             diff, se = mean(accs) - mean(zero), se_diff(accs, zero)
@@ -766,7 +767,7 @@ def trust_region_acts(ctx: Context) -> Section:
     if not clips:
         s.missing = "needs finished clip runs with probes"
         return s
-    groups = by(clips, lambda r: (r.model, r.arm, r.config["eps"]))
+    groups = by(clips, lambda r: (r.model, r.arm, r.config["epsilon"]))
     rows, binds = [], []
     for (model, arm, eps), rs in sorted(groups.items(), key=lambda kv: (kv[0][0], str(kv[0][1]), kv[0][2])):
         per = staleness_means(rs, "zero_weight_frac")

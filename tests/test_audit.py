@@ -165,7 +165,12 @@ def test_audit_profile_reuses_the_cpu_runs_and_adds_the_arms():
     assert (s.objective, s.alpha, s.optimizer, s.learning_rate) == ("pspo", 0.9, "sgd", 0.2)
     assert (s.steps_per_generation, s.num_iterations, s.max_steps) == (2, 2, 20)
     stress = audit_runs[("tiny-general-l", "clip-stress-eps0", 0)]
-    assert (stress.eps, stress.learning_rate, stress.num_iterations, stress.max_steps) == (0.0, 6e-4, 4, 32)
+    assert (stress.epsilon, stress.learning_rate, stress.num_iterations, stress.max_steps) == (
+        0.0,
+        6e-4,
+        4,
+        32,
+    )
 
 
 def test_audit_command_on_a_folder_without_runs_is_a_clear_error(tmp_path):
