@@ -14,8 +14,13 @@ from pspo_repro import study
 def test_shipped_profiles_expand():
     assert {"paper", "smoke", "cpu"} <= set(study.profile_names())
     paper = study.expand(study.load_profile("paper"))
-    assert len(paper) == 3 * 5 * 5
+    assert len(paper) == 3 * 5 * 5 + 2 * 5  # clip-eps0 at the two Qwen2.5 sizes
     by_key = {(r.model, r.label, r.seed): r.settings for r in paper}
+    # the released script's clip: eps 0 and lr 5e-7 at both sizes, beside the intended eps
+    for model in ("Qwen/Qwen2.5-0.5B", "Qwen/Qwen2.5-1.5B"):
+        eps0 = by_key[(model, "clip-eps0", 2)]
+        assert (eps0.objective, eps0.eps, eps0.learning_rate, eps0.num_iterations) == ("clip", 0.0, 5e-7, 2)
+    assert ("Qwen/Qwen2-Math-1.5B", "clip-eps0", 0) not in by_key
     # layering: train < models < objectives < cells
     assert by_key[("Qwen/Qwen2.5-0.5B", "clip", 0)].eps == 0.1
     assert by_key[("Qwen/Qwen2.5-1.5B", "clip", 0)].eps == 0.2
