@@ -161,9 +161,32 @@ def study(
         int | None,
         typer.Option(help="Runs at once (default: one single-threaded worker per CPU core, or one per GPU)."),
     ] = None,
+    launcher: Annotated[
+        str, typer.Option(help="local (--workers processes here) or slurm (one job per run, submitit).")
+    ] = "local",
+    isolate: Annotated[
+        bool | None,
+        typer.Option(
+            "--isolate/--no-isolate",
+            help="Training and evaluation each in a fresh process (default: whenever CUDA is available).",
+        ),
+    ] = None,
+    slurm_set: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--slurm",
+            help="A slurm launcher setting as key=value (partition, time_min, gpus_per_node, cpus_per_task, "
+            "mem_gb, account, qos, constraint, cluster, poll_s); repeatable; overrides the profile's.",
+        ),
+    ] = None,
+    dry_run: Annotated[
+        bool,
+        typer.Option(help="Print the runs, their optimizer steps, completions and GPU-hours; run nothing."),
+    ] = False,
     quiet: Annotated[bool, typer.Option(help="No progress display.")] = False,
 ) -> None:
-    """Train and evaluate every run of a profile (resumable, in parallel workers), then write its tables.
+    """Train and evaluate every run of a profile (resumable, in parallel workers or Slurm jobs), then write
+    its tables.
 
     Exits with status 1 when any run failed (the others still finish and are tabulated)."""
     from pspo_repro.console import quiet_libraries
@@ -183,6 +206,15 @@ def study(
     if workers is not None and workers < 1:
         typer.echo(f"error: --workers must be >= 1, got {workers}", err=True)
         raise typer.Exit(2)
+    if dry_run:
+        from pspo_repro import plan
+
+        try:
+            typer.echo(plan.describe(profile, split(models), split(objectives), seed_list))
+        except (ValueError, FileNotFoundError) as err:
+            typer.echo(f"error: {err}", err=True)
+            raise typer.Exit(2) from None
+        return
     try:
         result = run_study(
             profile,
@@ -192,8 +224,11 @@ def study(
             models=split(models),
             objectives=split(objectives),
             seeds=seed_list,
-            workers=workers or default_workers(),
+            workers=workers or (default_workers() if launcher == "local" else 1),
             progress=not quiet,
+            isolate=isolate,
+            launcher=launcher,
+            slurm_settings=parse_overrides(slurm_set or []),
         )
     except (ValueError, FileNotFoundError) as err:
         typer.echo(f"error: {err}", err=True)

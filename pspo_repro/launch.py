@@ -1,37 +1,57 @@
-"""Where a study's tasks execute: in this process, or in local worker processes, each task under a lock.
+"""Where a study's tasks execute, each task under a lock, each failure alone.
 
 A task is one training run followed by its evaluation, or the evaluation of a starting model. Every task
 holds an exclusive lock on its folder (``<folder>/.lock``, ``fcntl.flock``) while it works, so two workers,
 or two studies sharing a runs folder, never train the same run: a task whose lock is held elsewhere is
-reported as busy and left alone. The kernel releases a lock when its holder dies, so the folder of a worker
-that died is free again, has no ``DONE``, and is trained again from scratch by the next study.
+reported as busy and left alone. The kernel releases a lock when its last holder dies, so the folder of a
+worker that died is free again, has no ``DONE``, and is trained again from scratch by the next study.
+
+Isolation. With ``isolate`` (the default whenever CUDA is available) the training of a run and its
+evaluation each run in a fresh Python process (``python -m pspo_repro.launch``), so an evaluation's engine
+(vLLM asks for most of the GPU's memory) never shares a process or GPU memory with the trainer that just
+finished, and every run starts from a clean GPU. The child inherits the folder's lock, so the lock is held
+as long as anyone works in the folder, even if the study itself is killed. Without isolation (the default
+on CPUs, where a fresh process costs seconds of imports per phase) a task runs in a worker process that is
+reused from task to task, or in this process with one worker.
+
+A task that raises fails alone: its traceback is recorded (``<folder>/FAILED``) and returned, and the study
+goes on. A process that dies hard (killed, out of memory, a segfault) costs only the task it was running:
+the task is recorded as failed and the next task gets a fresh process.
 
 Results of a tiny model are tied to its build: each task folder records the model's fingerprinted cache
 folder (``model_build.json``), and after a recipe change the task counts as unfinished and is redone from
 scratch, so a resumed study never mixes runs of two builds.
 
-A task that raises fails alone: its error is recorded (``<folder>/FAILED``) and returned, and the study goes
-on. On CPUs each worker runs single-threaded (tiny models gain nothing from more threads); on GPUs, one
-worker per device via ``CUDA_VISIBLE_DEVICES``.
+On CPUs each worker runs single-threaded (tiny models gain nothing from more threads); on GPUs, one worker
+per device via ``CUDA_VISIBLE_DEVICES``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import multiprocessing
 import os
+import pickle
+import queue
+import select
 import shutil
+import signal
+import subprocess
+import sys
+import threading
 import traceback
+from collections import deque
 from collections.abc import Callable, Iterator
-from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from pspo_repro import rundir
 
 # The folder's files this module handles (names kept in pspo_repro.rundir)
 LOCK, FAILED, BUILT_FROM = rundir.LOCK, rundir.FAILED, rundir.MODEL_BUILD
+THREADS_ENV = "PSPO_TORCH_THREADS"  # torch threads of a worker or child process
 
 Report = Callable[[dict[str, Any]], None]
 
@@ -72,9 +92,17 @@ def default_workers() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def default_isolate() -> bool:
+    """Whether training and evaluation get fresh processes by default: whenever CUDA is in use."""
+    import torch
+
+    return torch.cuda.is_available()
+
+
 @contextlib.contextmanager
-def folder_lock(folder: Path) -> Iterator[bool]:
-    """Hold ``folder``'s lock for the block; yields False (holding nothing) when another process has it."""
+def _locked(folder: Path) -> Iterator[IO[str] | None]:
+    """The open lock file of ``folder``, locked for the block; None (holding nothing) when another process
+    holds it. The lock belongs to the open file: a child that inherits it holds it too."""
     import fcntl
 
     folder.mkdir(parents=True, exist_ok=True)
@@ -82,16 +110,23 @@ def folder_lock(folder: Path) -> Iterator[bool]:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            yield False
+            yield None
             return
         try:
             handle.seek(0)
             handle.truncate()
             handle.write(f"{os.getpid()}\n")
             handle.flush()
-            yield True
+            yield handle
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+@contextlib.contextmanager
+def folder_lock(folder: Path) -> Iterator[bool]:
+    """Hold ``folder``'s lock for the block; yields False (holding nothing) when another process has it."""
+    with _locked(folder) as handle:
+        yield handle is not None
 
 
 def _build(model: str) -> str | None:
@@ -122,17 +157,24 @@ def is_finished(task: Task) -> bool:
     return set(task.benchmarks) <= set(rundir.read_json(summary).get("benchmarks", {}))
 
 
-def execute(task: Task, report: Report | None = None, progress: bool = False) -> Outcome:
-    """Run one task under its folder's lock; errors are recorded and returned, never raised."""
-    from pspo_repro import evaluate, tiny
-    from pspo_repro.train import TrainSettings, train
+def execute(
+    task: Task,
+    report: Report | None = None,
+    progress: bool = False,
+    isolate: bool = False,
+    env: dict[str, str] | None = None,
+) -> Outcome:
+    """Run one task under its folder's lock; errors are recorded and returned, never raised.
+
+    ``isolate``: training and evaluation each in a fresh process (with ``env`` added to its environment);
+    else both in this process."""
 
     def say(**message: Any) -> None:
-        if report is not None:
-            report({"task": task.name, **message})
+        if report is not None:  # ``pid``: the process doing the work (a child's messages carry its own)
+            report({"task": task.name, "pid": os.getpid(), **message})
 
-    with folder_lock(task.folder) as held:
-        if not held:
+    with _locked(task.folder) as lock:
+        if lock is None:
             return Outcome(task.name, "busy")
         (task.folder / FAILED).unlink(missing_ok=True)
         build = _build(task.model)
@@ -142,31 +184,52 @@ def execute(task: Task, report: Report | None = None, progress: bool = False) ->
             shutil.rmtree(task.folder / rundir.EVAL, ignore_errors=True)
             if build is not None:  # recorded first, so that a task cut short resumes rather than restarts
                 rundir.atomic_write_json(task.folder / BUILT_FROM, {"build": build})
-        try:
-            if task.model in tiny.names() and not tiny.is_built(task.model):
-                say(phase="warm start")
-                tiny.ensure(task.model, progress=progress)
-            if task.kind == "train":
-                assert task.settings is not None
-                settings = TrainSettings.from_dict(task.settings)
-                say(phase="train", step=0, max_steps=settings.max_steps)
-                train(settings, task.folder, progress=progress, callbacks=[_reporter(say)])
-                model = str(task.folder)
+        phases = ["train"] if task.kind == "train" and not rundir.is_done(task.folder) else []
+        for phase in [*phases, "eval"]:
+            if isolate:
+                failure = _run_child(task, phase, lock, say, progress, env or {})
             else:
-                model = task.model
-            say(phase="eval")
-            evaluate.evaluate(
-                model,
-                list(task.benchmarks),
-                task.folder,
-                data_dir=task.data_dir,
-                progress=progress,
-                **task.eval_options,
-            )
-        except Exception as err:  # noqa: BLE001 - a failing task must fail alone
-            rundir.atomic_write_text(task.folder / FAILED, traceback.format_exc())
-            return Outcome(task.name, "failed", f"{type(err).__name__}: {err}")
+                failure = _run_here(task, phase, say, progress)
+            if failure is not None:
+                error, trace = failure
+                rundir.atomic_write_text(task.folder / FAILED, trace)
+                return Outcome(task.name, "failed", error)
     return Outcome(task.name, "done")
+
+
+def _phase(task: Task, phase: str, say: Callable[..., None], progress: bool) -> None:
+    """One phase of a task: ``train`` (the run) or ``eval`` (the evaluation of the run or starting model);
+    either first builds a missing tiny model."""
+    from pspo_repro import evaluate, tiny
+
+    if task.model in tiny.names() and not tiny.is_built(task.model):
+        say(phase="warm start")
+        tiny.ensure(task.model, progress=progress)
+    if phase == "train":
+        from pspo_repro.train import TrainSettings, train
+
+        assert task.settings is not None
+        settings = TrainSettings.from_dict(task.settings)
+        say(phase="train", step=0, max_steps=settings.max_steps)
+        train(settings, task.folder, progress=progress, callbacks=[_reporter(say)])
+        return
+    say(phase="eval")
+    evaluate.evaluate(
+        str(task.folder) if task.kind == "train" else task.model,
+        list(task.benchmarks),
+        task.folder,
+        data_dir=task.data_dir,
+        progress=progress,
+        **task.eval_options,
+    )
+
+
+def _run_here(task: Task, phase: str, say: Callable[..., None], progress: bool) -> tuple[str, str] | None:
+    try:
+        _phase(task, phase, say, progress)
+    except Exception as err:  # noqa: BLE001 - a failing task must fail alone
+        return f"{type(err).__name__}: {err}", traceback.format_exc()
+    return None
 
 
 def _reporter(say: Callable[..., None]) -> Any:
@@ -187,69 +250,254 @@ def _reporter(say: Callable[..., None]) -> Any:
     return Reporter()
 
 
-# --- worker processes ---------------------------------------------------------------------------------
+def _died(what: str, pid: int, code: int) -> str:
+    """Why a process ended without a result, in words (a negative exit code is the signal that killed it)."""
+    if code < 0:
+        try:
+            name = signal.Signals(-code).name
+        except ValueError:
+            name = f"signal {-code}"
+        return f"{what} (pid {pid}) was killed by {name}"
+    return f"{what} (pid {pid}) exited with status {code} without a result"
 
-_queue: Any = None
+
+# --- isolated phases: one fresh process each ------------------------------------------------------------
 
 
-def _init_worker(queue: Any, threads: int, gpus: list[str] | None) -> None:
-    global _queue
-    _queue = queue
-    if gpus:  # one GPU per worker, by the order workers start in
-        identity = multiprocessing.current_process()._identity
-        index = (identity[0] - 1) if identity else 0
-        os.environ["CUDA_VISIBLE_DEVICES"] = gpus[index % len(gpus)]
-    os.environ["TQDM_DISABLE"] = "1"  # library bars would garble the study's display
+def _run_child(
+    task: Task, phase: str, lock: IO[str], say: Callable[..., None], progress: bool, env: dict[str, str]
+) -> tuple[str, str] | None:
+    """Run one phase of ``task`` in a fresh process that inherits the folder's lock; relays its progress
+    messages to ``say``; returns (error, traceback) when it raised or died."""
+    package_root = str(Path(__file__).resolve().parent.parent)
+    child_env = {**os.environ, **env}
+    if not progress:
+        child_env["TQDM_DISABLE"] = "1"  # library bars would garble the study's display
+    child_env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, child_env.get("PYTHONPATH")) if p)
+    read_end, write_end = os.pipe()
+    payload = pickle.dumps({"task": task, "phase": phase, "messages": write_end, "progress": progress})
+    try:
+        child = subprocess.Popen(
+            [sys.executable, "-m", "pspo_repro.launch"],
+            stdin=subprocess.PIPE,
+            env=child_env,
+            pass_fds=(lock.fileno(), write_end),
+        )
+    finally:
+        os.close(write_end)  # the child's copy is the only one left: EOF when it exits
+    assert child.stdin is not None
+    with contextlib.suppress(BrokenPipeError):  # a child that died at once: its exit status says why
+        child.stdin.write(payload)
+        child.stdin.close()
+    failure: tuple[str, str] | None = None
+    for message in _messages(read_end, child):
+        if "error" in message:
+            failure = (message["error"], message["traceback"])
+        else:
+            say(**{k: v for k, v in message.items() if k != "task"})
+    code = child.wait()
+    if failure is None and code != 0:
+        reason = _died(f"the {phase} process of {task.name}", child.pid, code)
+        failure = (reason, reason + "\n")
+    return failure
+
+
+def _messages(fd: int, child: subprocess.Popen) -> Iterator[dict[str, Any]]:
+    """JSON lines from ``fd`` until the pipe closes, or the child has exited (a grandchild that inherited
+    the pipe and lingers does not keep this waiting)."""
+    buffer = b""
+    try:
+        while True:
+            ready, _, _ = select.select([fd], [], [], 0.5)
+            if ready:
+                chunk = os.read(fd, 65536)
+                if not chunk:
+                    break
+                buffer += chunk
+                *lines, buffer = buffer.split(b"\n")
+                yield from (json.loads(line) for line in lines if line.strip())
+            elif child.poll() is not None:
+                os.set_blocking(fd, False)  # take what it wrote just before it exited
+                with contextlib.suppress(BlockingIOError):
+                    while chunk := os.read(fd, 65536):
+                        buffer += chunk
+                break
+        yield from (json.loads(line) for line in buffer.split(b"\n") if line.strip())
+    finally:
+        os.close(fd)
+
+
+def _child_main() -> None:
+    """Entry point of an isolated phase: the task comes pickled on stdin; progress messages, and the error
+    if it raises, go as JSON lines to the inherited pipe."""
+    payload = pickle.load(sys.stdin.buffer)
+    task: Task = payload["task"]
+    out = os.fdopen(payload["messages"], "w", buffering=1)
+    # who works in the folder now (the lock itself is inherited from the parent)
+    with contextlib.suppress(OSError):
+        (task.folder / LOCK).write_text(f"{os.getpid()}\n")
+
+    def send(message: dict[str, Any]) -> None:
+        with contextlib.suppress(OSError, ValueError):  # the study went away: finish the work regardless
+            out.write(json.dumps(message) + "\n")
+
+    _configure_process()
+    try:
+        say = lambda **m: send({"task": task.name, "pid": os.getpid(), **m})  # noqa: E731
+        _phase(task, payload["phase"], say, payload["progress"])
+    except BaseException as err:  # noqa: BLE001 - reported to the parent, which records it
+        send({"error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc()})
+        out.close()
+        sys.exit(1)
+    out.close()
+
+
+def _configure_process() -> None:
+    """Threads, and no library noise, in a worker or child process."""
     import torch
 
-    torch.set_num_threads(threads)
+    threads = os.environ.get(THREADS_ENV)
+    if threads:
+        torch.set_num_threads(int(threads))
     from pspo_repro.console import quiet_libraries
 
     quiet_libraries()
 
 
-def _execute_in_worker(task: Task) -> Outcome:
-    return execute(task, report=_queue.put)
+# --- reused worker processes (no isolation) ---------------------------------------------------------------
 
 
-def run_tasks(tasks: list[Task], workers: int, report: Report, on_outcome: Callable[[Outcome], None]) -> None:
-    """Execute ``tasks`` in order with ``workers`` processes (1: in this process), reporting progress
-    messages to ``report`` and each outcome to ``on_outcome`` as it arrives."""
+class _Worker:
+    """A spawned process that executes tasks one after another; when it dies, only the task it was running
+    fails, and the next task starts a fresh process."""
+
+    def __init__(self, env: dict[str, str]):
+        self.env = env
+        self.process: Any = None
+        self.conn: Any = None
+
+    def _start(self) -> None:
+        context = multiprocessing.get_context("spawn")  # no fork of a process that holds torch's threads
+        self.conn, child_end = context.Pipe()
+        self.process = context.Process(target=_worker_main, args=(child_end, self.env), daemon=True)
+        self.process.start()
+        child_end.close()  # so that the worker's death reads as EOF here
+
+    def run(self, task: Task, report: Report) -> Outcome:
+        if self.process is None or not self.process.is_alive():
+            self._start()
+        try:
+            self.conn.send(task)
+            while True:
+                kind, value = self.conn.recv()
+                if kind == "outcome":
+                    return value
+                report(value)
+        except (EOFError, OSError):
+            self.process.join()
+            reason = _died(f"the worker running {task.name}", self.process.pid, self.process.exitcode)
+            self.process = None
+            with _locked(task.folder) as lock:  # the dead worker's lock is free; someone else may own it now
+                if lock is not None:
+                    rundir.atomic_write_text(task.folder / FAILED, reason + "\n")
+            return Outcome(task.name, "failed", reason)
+
+    def close(self) -> None:
+        if self.process is not None and self.process.is_alive():
+            with contextlib.suppress(OSError):
+                self.conn.send(None)
+            self.process.join(timeout=10)
+            if self.process.is_alive():
+                self.process.kill()
+
+
+def _worker_main(conn: Any, env: dict[str, str]) -> None:
+    os.environ.update(env)
+    os.environ["TQDM_DISABLE"] = "1"  # library bars would garble the study's display
+    _configure_process()
+    try:
+        while (task := conn.recv()) is not None:
+            outcome = execute(task, report=lambda message: conn.send(("message", message)))
+            conn.send(("outcome", outcome))
+    except (EOFError, KeyboardInterrupt):  # the study went away
+        pass
+
+
+# --- scheduling ------------------------------------------------------------------------------------------
+
+
+def slot_environments(workers: int) -> list[dict[str, str]]:
+    """The environment of each worker slot: one GPU each (``CUDA_VISIBLE_DEVICES``, round robin) when CUDA
+    is available, else single-threaded torch."""
+    import torch
+
+    if torch.cuda.is_available():
+        gpus = [str(i) for i in range(torch.cuda.device_count())]
+        threads = max(1, (os.cpu_count() or 1) // workers)
+        return [
+            {"CUDA_VISIBLE_DEVICES": gpus[i % len(gpus)], THREADS_ENV: str(threads)} for i in range(workers)
+        ]
+    return [{THREADS_ENV: "1"} for _ in range(workers)]
+
+
+def run_tasks(
+    tasks: list[Task],
+    workers: int,
+    report: Report,
+    on_outcome: Callable[[Outcome], None],
+    isolate: bool | None = None,
+) -> None:
+    """Execute ``tasks`` in order, ``workers`` at a time, reporting progress messages to ``report`` and each
+    outcome to ``on_outcome`` as it arrives (both called in this thread).
+
+    ``isolate`` (None: :func:`default_isolate`): each training and each evaluation in a fresh process; else
+    reused worker processes, or this process when ``workers`` is 1."""
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
-    if workers == 1:
+    isolate = default_isolate() if isolate is None else isolate
+    if workers == 1 and not isolate:
         for task in tasks:
             on_outcome(execute(task, report=report))
         return
-    import torch
+    todo = deque(tasks)
+    taking = threading.Lock()
+    events: queue.Queue[tuple[str, Any]] = queue.Queue()
 
-    gpus = [str(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else None
-    threads = 1 if gpus is None else max(1, (os.cpu_count() or 1) // workers)
-    context = multiprocessing.get_context("spawn")  # no fork of a process that holds torch's threads
-    queue = context.Queue()
-    with ProcessPoolExecutor(
-        max_workers=workers, mp_context=context, initializer=_init_worker, initargs=(queue, threads, gpus)
-    ) as pool:
-        pending = {pool.submit(_execute_in_worker, task): task for task in tasks}
-        while pending:
-            finished, _ = wait(pending, timeout=0.5, return_when=FIRST_COMPLETED)
-            _drain(queue, report)
-            for future in finished:
-                task = pending.pop(future)
-                try:
-                    outcome = future.result()
-                except Exception as err:  # noqa: BLE001 - a worker that died takes only its task
-                    outcome = Outcome(task.name, "failed", f"worker died: {type(err).__name__}: {err}")
-                on_outcome(outcome)
-        _drain(queue, report)
-
-
-def _drain(queue: Any, report: Report) -> None:
-    import queue as queue_module
-
-    while True:
+    def slot(env: dict[str, str]) -> None:
+        worker = None if isolate else _Worker(env)
         try:
-            message = queue.get_nowait()
-        except queue_module.Empty:
-            return
-        report(message)
+            while True:
+                with taking:
+                    if not todo:
+                        return
+                    task = todo.popleft()
+                send = lambda message: events.put(("message", message))  # noqa: E731
+                try:
+                    if worker is None:
+                        outcome = execute(task, report=send, isolate=True, env=env)
+                    else:
+                        outcome = worker.run(task, send)
+                except Exception as err:  # noqa: BLE001 - e.g. no process could be started: this task fails
+                    outcome = Outcome(task.name, "failed", f"{type(err).__name__}: {err}")
+                events.put(("outcome", outcome))
+        finally:
+            if worker is not None:
+                worker.close()
+            events.put(("exit", None))
+
+    envs = slot_environments(min(workers, max(len(tasks), 1)))
+    for env in envs:
+        threading.Thread(target=slot, args=(env,), daemon=True).start()
+    running = len(envs)
+    while running:
+        kind, value = events.get()
+        if kind == "message":
+            report(value)
+        elif kind == "outcome":
+            on_outcome(value)
+        else:
+            running -= 1
+
+
+if __name__ == "__main__":
+    _child_main()

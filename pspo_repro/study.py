@@ -18,9 +18,10 @@ Profile format::
     cells:                                                      # settings for one (model, objective)
       - {model: tiny-general-s, objective: clip, set: {learning_rate: 2.0e-4}}
     eval: {benchmarks: [synthetic, synthetic-svamp], limit: null, batch_size: 64}
+    slurm: {partition: gpu, time_min: 360, gpus_per_node: 1, mem_gb: 64}   # the slurm launcher's jobs
 
-A profile may start from another (``extends: cpu``): its ``train`` and ``eval`` settings are merged key
-by key into the other's, and any other key it gives replaces the other's.
+A profile may start from another (``extends: cpu``): its ``train``, ``eval`` and ``slurm`` settings are
+merged key by key into the other's, and any other key it gives replaces the other's.
 
 Later layers win: train < models < objectives < cells. ``models`` may also be a plain list. An
 ``objectives`` key is the run's label; an entry that sets ``objective`` runs that objective under the label,
@@ -45,7 +46,19 @@ from pspo_repro.train import TrainSettings
 
 BASE = tables.START  # the folder, beside a model's runs, that holds its starting model's evaluation
 
-PROFILE_KEYS = {"name", "description", "extends", "models", "seeds", "train", "objectives", "cells", "eval"}
+PROFILE_KEYS = {
+    "name",
+    "description",
+    "extends",
+    "models",
+    "seeds",
+    "train",
+    "objectives",
+    "cells",
+    "eval",
+    "slurm",
+}
+LAUNCHERS = ("local", "slurm")
 
 
 @dataclass(frozen=True)
@@ -92,8 +105,8 @@ def load_profile(name_or_path: str) -> dict[str, Any]:
     if "extends" in profile:
         base = load_profile(profile.pop("extends"))
         base.pop("description", None)
-        # train and eval settings merge key by key; every other key (models, objectives, seeds) replaces
-        for key in ("train", "eval"):
+        # train, eval and slurm settings merge key by key; every other key (models, objectives, seeds) replaces
+        for key in ("train", "eval", "slurm"):
             if key in profile:
                 profile[key] = {**base.get(key, {}), **profile[key]}
         profile = {**base, **profile}
@@ -217,15 +230,30 @@ def run_study(
     seeds: list[int] | None = None,
     workers: int = 1,
     progress: bool = True,
+    isolate: bool | None = None,
+    launcher: str = "local",
+    slurm_settings: dict[str, Any] | None = None,
 ) -> StudyResult:
-    """Train and evaluate the runs of a profile (all, or those selected) with ``workers`` processes, then
-    write the tables from every finished run of the study. A failing run fails alone: the others go on,
-    and the result lists the failures."""
+    """Train and evaluate the runs of a profile (all, or those selected), then write the tables from every
+    finished run of the study. A failing run fails alone: the others go on, and the result lists the
+    failures.
+
+    ``launcher``: ``local`` runs ``workers`` tasks at once on this machine (``isolate``: training and
+    evaluation each in a fresh process; None: whenever CUDA is available, see :mod:`pspo_repro.launch`);
+    ``slurm`` submits one job per task (:mod:`pspo_repro.slurm`, with the profile's ``slurm`` settings
+    updated by ``slurm_settings``) and waits for them."""
     from pspo_repro import evaluate
     from pspo_repro.console import StudyProgress
 
+    if launcher not in LAUNCHERS:
+        raise ValueError(f"launcher must be one of {', '.join(LAUNCHERS)}, got {launcher!r}")
+
     profile = load_profile(profile_name)
     name = profile.get("name", Path(profile_name).stem)
+    if launcher == "slurm":
+        from pspo_repro import slurm
+
+        slurm_options = slurm.options(profile.get("slurm"), slurm_settings)  # bad settings fail before work
     eval_opts = dict(profile.get("eval", {}))
     benchmarks = evaluate.parse_benchmarks(",".join(eval_opts.pop("benchmarks", ["synthetic"])))
     runs = select(expand(profile), models, objectives, seeds)
@@ -241,7 +269,10 @@ def run_study(
             display.note(f"failed: {outcome.name}: {outcome.error}")
 
     try:
-        launch.run_tasks(todo, workers, display.update, on_outcome)
+        if launcher == "slurm":
+            slurm.run_tasks(todo, slurm_options, study_dir / "jobs", on_outcome, note=display.note)
+        else:
+            launch.run_tasks(todo, workers, display.update, on_outcome, isolate=isolate)
     finally:
         display.close()
     failed = [o for o in outcomes if o.status == "failed"]

@@ -145,3 +145,72 @@ def test_a_changed_tiny_recipe_makes_finished_tasks_stale(tiny_model, tmp_path, 
     assert json.loads((task.folder / launch.BUILT_FROM).read_text())["build"] == tiny.folder("tiny-test").name
     assert tiny.folder("tiny-test").name != built_from
     assert (task.folder / "DONE").stat().st_mtime_ns > first_done  # trained again, not kept
+
+
+def _killer(victim: str, seen: list[dict]):
+    """A progress callback that kills the process working on ``victim`` at its first message (SIGKILL: no
+    clean-up code runs), and records every message."""
+    import os
+    import signal
+
+    killed: list[int] = []
+
+    def report(message: dict) -> None:
+        seen.append(message)
+        if message["task"] == victim and not killed and message["pid"] != os.getpid():
+            killed.append(message["pid"])
+            os.kill(message["pid"], signal.SIGKILL)
+
+    return report, killed
+
+
+def test_isolated_phases_run_in_fresh_processes_and_fail_alone(tiny_model, tmp_path):
+    """Training and evaluation each in a fresh process: a raising run and a killed one fail alone, with
+    their errors recorded, and the good run is trained and evaluated in two different processes."""
+    import os
+
+    good = _task(tmp_path / "good")
+    bad = _task(tmp_path / "bad", name="tiny-test/bad/seed0", settings={**good.settings, "objective": "cilp"})
+    victim = _task(tmp_path / "victim", name="tiny-test/victim/seed0")
+    seen: list[dict] = []
+    report, killed = _killer(victim.name, seen)
+    outcomes: list[launch.Outcome] = []
+    launch.run_tasks([victim, bad, good], 1, report, outcomes.append, isolate=True)
+    by_name = {o.name: o for o in outcomes}
+    assert [o.name for o in outcomes] == [victim.name, bad.name, good.name]
+    assert by_name[good.name].status == "done" and launch.is_finished(good)
+    assert by_name[bad.name].status == "failed" and "cilp" in by_name[bad.name].error
+    assert "Traceback" in (bad.folder / launch.FAILED).read_text()
+    reason = f"the train process of {victim.name} (pid {killed[0]}) was killed by SIGKILL"
+    assert (by_name[victim.name].status, by_name[victim.name].error) == ("failed", reason)
+    assert (victim.folder / launch.FAILED).read_text().strip() == reason
+    assert not launch.is_finished(victim) and not (victim.folder / "DONE").exists()
+    pids = {m["phase"]: m["pid"] for m in seen if m["task"] == good.name}
+    assert set(pids) == {"train", "eval"}
+    assert len({pids["train"], pids["eval"], os.getpid()}) == 3
+    # the lock was held by the study while the child worked in the folder, and is free now
+    with launch.folder_lock(good.folder) as held:
+        assert held is True
+
+
+def test_a_killed_worker_costs_only_its_task(tiny_model, tmp_path):
+    """Reused worker processes (no isolation): the worker running one task is killed; that task fails, a
+    fresh worker takes the next tasks, and they finish."""
+    tasks = [_task(tmp_path / f"run{i}", name=f"tiny-test/clip/seed{i}") for i in range(3)]
+    tasks = [
+        launch.Task(**{**t.__dict__, "settings": {**t.settings, "seed": i}}) for i, t in enumerate(tasks)
+    ]
+    seen: list[dict] = []
+    report, killed = _killer(tasks[0].name, seen)
+    outcomes: list[launch.Outcome] = []
+    launch.run_tasks(tasks, 2, report, outcomes.append, isolate=False)
+    status = {o.name: (o.status, o.error) for o in outcomes}
+    reason = f"the worker running {tasks[0].name} (pid {killed[0]}) was killed by SIGKILL"
+    assert status == {
+        tasks[0].name: ("failed", reason),
+        tasks[1].name: ("done", None),
+        tasks[2].name: ("done", None),
+    }
+    assert (tasks[0].folder / launch.FAILED).read_text().strip() == reason
+    assert launch.is_finished(tasks[1]) and launch.is_finished(tasks[2])
+    assert killed[0] not in {m["pid"] for m in seen if m["task"] != tasks[0].name}

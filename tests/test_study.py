@@ -14,8 +14,13 @@ from pspo_repro import study
 def test_shipped_profiles_expand():
     assert {"paper", "smoke", "cpu"} <= set(study.profile_names())
     paper = study.expand(study.load_profile("paper"))
-    assert len(paper) == 3 * 5 * 5
+    assert len(paper) == 3 * 5 * 5 + 2 * 5  # clip-eps0 at the two Qwen2.5 sizes
     by_key = {(r.model, r.label, r.seed): r.settings for r in paper}
+    # the released script's clip: eps 0 and lr 5e-7 at both sizes, beside the intended eps
+    for model in ("Qwen/Qwen2.5-0.5B", "Qwen/Qwen2.5-1.5B"):
+        eps0 = by_key[(model, "clip-eps0", 2)]
+        assert (eps0.objective, eps0.eps, eps0.learning_rate, eps0.num_iterations) == ("clip", 0.0, 5e-7, 2)
+    assert ("Qwen/Qwen2-Math-1.5B", "clip-eps0", 0) not in by_key
     # layering: train < models < objectives < cells
     assert by_key[("Qwen/Qwen2.5-0.5B", "clip", 0)].epsilon == 0.1
     assert by_key[("Qwen/Qwen2.5-1.5B", "clip", 0)].epsilon == 0.2
@@ -196,3 +201,65 @@ def test_task_order_keeps_workers_busy_during_warm_starts(tmp_path):
     assert all(n.startswith("tiny-math-l/") for n in names[-21:]) and len(names) == len(runs) + 3
     kinds = {t.name: t.kind for t in study.tasks(runs, tmp_path, ["synthetic"], {}, None)}
     assert kinds["tiny-math-l/start"] == "base" and kinds["tiny-math-l/clip/seed0"] == "train"
+
+
+def test_slurm_launcher_submits_one_job_per_run_under_the_locks(tiny_model, tmp_path):
+    """The slurm launcher with submitit's local executor (real jobs, each its own process) on the smoke
+    profile (one objective, one step): a run whose lock is held is not submitted and is reported busy; the other job trains and
+    evaluates; re-running submits only what is left, and never trains a finished run again."""
+    import subprocess
+    import sys
+
+    from typer.testing import CliRunner
+
+    from pspo_repro.cli import app
+
+    profile = yaml.safe_load((study.resources.files("pspo_repro") / "profiles" / "smoke.yaml").read_text())
+    profile["objectives"] = {"clip": {"eps": 0.2}}
+    profile["train"].update(max_steps=1, validation_limit=4, batch_size=8)
+    profile["eval"].update(benchmarks=["synthetic"], limit=4)
+    path = tmp_path / "smoke.yaml"
+    path.write_text(yaml.safe_dump(profile))
+    runs = tmp_path / "runs"
+    start = runs / "smoke" / "tiny-test" / "start"
+    hold = "import sys, time\nfrom pathlib import Path\nfrom pspo_repro.launch import folder_lock\n"
+    hold += "with folder_lock(Path(sys.argv[1])) as held:\n    print(held, flush=True)\n    time.sleep(600)\n"
+    holder = subprocess.Popen([sys.executable, "-c", hold, str(start)], stdout=subprocess.PIPE, text=True)
+    args = ["study", "--profile", str(path), "--runs", str(runs)]
+    args += ["--results", str(tmp_path / "res"), "--launcher", "slurm", "--quiet"]
+    args += ["--slurm", "cluster=local", "--slurm", "poll_s=0.5"]
+    try:
+        assert holder.stdout.readline().strip() == "True"
+        first = CliRunner().invoke(app, args)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert first.exit_code == 0, first.output
+    assert "1 run(s) were being trained by another process: tiny-test/start" in first.output
+    clip = runs / "smoke" / "tiny-test" / "clip" / "seed0"
+    assert (clip / "DONE").is_file() and not (start / "eval").exists()
+    job = json.loads((clip / "job.json").read_text())
+    assert job["cluster"] == "local" and (runs / "smoke" / "jobs" / f"{job['job_id']}_0_log.out").is_file()
+    done = (clip / "DONE").stat().st_mtime_ns
+
+    second = CliRunner().invoke(app, args)
+    assert second.exit_code == 0, second.output
+    assert (start / "eval" / "summary.json").is_file()
+    assert (clip / "DONE").stat().st_mtime_ns == done  # finished: not submitted again
+    assert json.loads((start / "job.json").read_text())["job_id"] != job["job_id"]
+    rows = list(csv.DictReader((tmp_path / "res" / "smoke" / "accuracy.csv").read_text().splitlines()))
+    assert {r["objective"] for r in rows} == {"start", "clip"}
+
+
+def test_bad_launcher_settings_are_clear_errors(tmp_path):
+    from typer.testing import CliRunner
+
+    from pspo_repro.cli import app
+
+    base = ["study", "--profile", "smoke", "--runs", str(tmp_path), "--results", str(tmp_path)]
+    result = CliRunner().invoke(app, [*base, "--launcher", "slurm", "--slurm", "partiton=gpu"])
+    assert result.exit_code == 2
+    assert "unknown slurm setting(s) ['partiton']; allowed: partition" in result.output
+    result = CliRunner().invoke(app, [*base, "--launcher", "pbs"])
+    assert result.exit_code == 2 and "launcher must be one of local, slurm, got 'pbs'" in result.output
+    assert not (tmp_path / "smoke").exists()

@@ -1,0 +1,275 @@
+"""A study's plan before it runs (``pspo-repro study --dry-run``): every run with the settings that set it
+apart, its optimizer steps and completions counted as TRL's ``GRPOTrainer`` counts them, and an estimate of
+its GPU-hours from stated throughput assumptions.
+
+Counting (TRL 1.16, one process per run). A generation is ``batch_size x steps_per_generation`` completions
+(``steps_per_generation`` defaults to ``grad_accum``), i.e. that many divided by ``num_generations`` prompts.
+TRL's ``RepeatSampler`` drops the last incomplete group of prompts and repeats each group
+``num_iterations x steps_per_generation`` times; the dataloader serves ``batch_size x steps_per_generation``
+rows per batch, so an epoch is ``groups x num_iterations x steps_per_generation`` micro-batches, and
+transformers' ``Trainer`` makes ``ceil(micro-batches / grad_accum)`` optimizer steps of it and
+``ceil(epochs x that)`` in all (``max_steps`` > 0 overrides). TRL generates anew every
+``steps_per_generation x num_iterations`` micro-batches.
+
+The estimate is a first-principles order of magnitude, not a measurement: each assumption is printed with
+the table (see :data:`ASSUMPTIONS`).
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from pspo_repro.train import TrainSettings
+
+GSM8K_TRAIN, GSM8K_VALIDATION = 7000, 472  # the authors' split (see pspo_repro.data)
+# test set sizes of the benchmarks (the releases in the data folder); others are not estimated
+BENCHMARK_SIZES = {"gsm8k": 1319, "math": 5000, "math500": 500, "svamp": 1000, "asdiv": 2305}
+# parameters (billions) of the paper's models; other hub ids are read from their name (e.g. "-7B")
+PARAMETERS_B = {"Qwen/Qwen2.5-0.5B": 0.49, "Qwen/Qwen2.5-1.5B": 1.54, "Qwen/Qwen2-Math-1.5B": 1.54}
+
+# Throughput assumptions for one H100, stated as such (none is measured here).
+ASSUMPTIONS: dict[str, Any] = {
+    "prompt_tokens": 200,  # system prompt + a GSM8K question under a chat template
+    # HF generate is latency-bound at these batch sizes: seconds per decoding step of a whole batch
+    "hf_decode_step_s": {"<= 1B": 0.025, "> 1B": 0.030},
+    # every completion runs to max_completion_length (a batch decodes until its longest completion ends)
+    "training_tflops": 100.0,  # achieved: bf16 autocast over fp32 weights, micro-batches of 4 sequences
+    "vllm_tokens_per_s": {"<= 1B": 20000.0, "> 1B": 10000.0},  # greedy, whole benchmark in one batch
+    "vllm_startup_s": 90.0,  # engine start and CUDA graph capture, per evaluation
+}
+
+
+def parameters_b(model: str) -> float | None:
+    """A model's parameter count in billions: known for the paper's models, else read from a hub id that
+    names it (``...-7B``); None when unknown (tiny models, local folders)."""
+    if model in PARAMETERS_B:
+        return PARAMETERS_B[model]
+    found = re.search(r"[-_](\d+(?:\.\d+)?)[bB](?:$|[-_])", model)
+    return float(found.group(1)) if found else None
+
+
+@dataclass(frozen=True)
+class Schedule:
+    """How much one run computes, counted as TRL does."""
+
+    optimizer_steps: int
+    micro_batches: int
+    generations: int
+    completions: int  # generated for training
+    validations: int  # validation passes, step 0 included
+    validation_completions: int
+
+
+def schedule(settings: TrainSettings, train_prompts: int | None, validation_prompts: int) -> Schedule:
+    """The optimizer steps, generations and completions of one run on one process (see the module).
+    ``train_prompts`` None: unknown, and no epoch ends within ``max_steps`` (which must then be set)."""
+    s = settings
+    spg = s.steps_per_generation or s.grad_accum
+    generation_batch = s.batch_size * spg
+    if generation_batch % s.num_generations:
+        raise ValueError(
+            f"batch_size x steps_per_generation ({generation_batch}) must be divisible by "
+            f"num_generations ({s.num_generations})"
+        )
+    if train_prompts is None:
+        if s.max_steps <= 0:
+            raise ValueError("the number of training prompts is needed when max_steps is not set")
+        per_epoch = s.max_steps * s.grad_accum  # one epoch covers the run
+    else:
+        groups = train_prompts // (generation_batch // s.num_generations)
+        per_epoch = groups * s.num_iterations * spg  # micro-batches (dataloader batches) per epoch
+    if per_epoch == 0:
+        raise ValueError(f"{train_prompts} training prompts make no full generation of {generation_batch}")
+    steps_per_epoch = math.ceil(per_epoch / s.grad_accum)
+    steps = s.max_steps if s.max_steps > 0 else math.ceil(s.epochs * steps_per_epoch)
+    # a whole epoch is per_epoch micro-batches (its last step takes what is left); a partial one is full steps
+    full_epochs, rest = divmod(steps, steps_per_epoch)
+    micro = full_epochs * per_epoch + rest * s.grad_accum
+    generations = math.ceil(micro / (spg * s.num_iterations))
+    validations = 1 + steps // s.eval_every + (1 if steps % s.eval_every else 0)
+    per_prompt = (s.sampled_validation() or {"n": 1})["n"]  # sampled validation: n completions per prompt
+    return Schedule(
+        optimizer_steps=steps,
+        micro_batches=micro,
+        generations=generations,
+        completions=generations * generation_batch,
+        validations=validations,
+        validation_completions=validations * validation_prompts * per_prompt,
+    )
+
+
+def _tier(table: dict[str, float], params: float) -> float:
+    return table["<= 1B"] if params <= 1.0 else table["> 1B"]
+
+
+def gpu_hours(
+    settings: TrainSettings,
+    plan: Schedule,
+    validation_prompts: int,
+    benchmarks: list[str],
+    eval_options: dict[str, Any],
+) -> float | None:
+    """Estimated H100 GPU-hours of one run (training, validation, final evaluation) from
+    :data:`ASSUMPTIONS`; None when the model's size or a benchmark's size is unknown."""
+    params = parameters_b(settings.model)
+    if params is None or any(b not in BENCHMARK_SIZES for b in benchmarks):
+        return None
+    a = ASSUMPTIONS
+    decode = _tier(a["hf_decode_step_s"], params)
+    tokens = a["prompt_tokens"] + settings.max_completion_length
+    rollouts = plan.generations * settings.max_completion_length * decode
+    flops = 6 * params * 1e9 * tokens * plan.micro_batches * settings.batch_size
+    spg = settings.steps_per_generation or settings.grad_accum
+    if settings.num_iterations > 1 or spg > settings.grad_accum:  # TRL's old-policy forward pass
+        flops += 2 * params * 1e9 * tokens * plan.completions
+    updates = flops / (a["training_tflops"] * 1e12)
+    batches = math.ceil(plan.validation_completions / plan.validations / settings.eval_batch_size)
+    validation = plan.validations * batches * settings.max_completion_length * decode
+    return (rollouts + updates + validation + evaluation_seconds(params, benchmarks, eval_options)) / 3600
+
+
+def evaluation_seconds(params: float, benchmarks: list[str], eval_options: dict[str, Any]) -> float:
+    """Seconds of one final evaluation (every completion to its benchmark's token budget)."""
+    from pspo_repro.evaluate import DEFAULT_MAX_NEW_TOKENS
+
+    a = ASSUMPTIONS
+    n_samples = eval_options.get("n_samples", 1)
+    limit = eval_options.get("limit")
+    seconds = 0.0
+    for name in benchmarks:
+        n = BENCHMARK_SIZES[name] if limit is None else min(limit, BENCHMARK_SIZES[name])
+        budget = eval_options.get("max_new_tokens") or DEFAULT_MAX_NEW_TOKENS[name]
+        if eval_options.get("backend", "hf") == "vllm":
+            seconds += n * n_samples * budget / _tier(a["vllm_tokens_per_s"], params)
+        else:
+            batch = eval_options.get("batch_size", 32)
+            seconds += math.ceil(n * n_samples / batch) * budget * _tier(a["hf_decode_step_s"], params)
+    if eval_options.get("backend", "hf") == "vllm":
+        seconds += a["vllm_startup_s"]
+    return seconds
+
+
+def _prompt_counts(settings: TrainSettings) -> tuple[int | None, int]:
+    train: int | None
+    if settings.dataset == "gsm8k":
+        train, validation = GSM8K_TRAIN, GSM8K_VALIDATION
+    else:  # the synthetic domain is generated in memory: counted only when a run needs the number
+        from pspo_repro import data
+
+        # CPU runs set max_steps, far below an epoch of the synthetic domain's RL prompts
+        train = None if settings.max_steps > 0 else len(data.load("synthetic", "train"))
+        validation = settings.validation_limit or len(data.load("synthetic", "validation"))
+    if settings.validation_limit is not None:
+        validation = min(validation, settings.validation_limit)
+    return train, validation
+
+
+def _short(value: Any) -> str:
+    return f"{value:g}" if isinstance(value, float) else str(value)
+
+
+SHOWN_APART = ("model", "label", "seed", "objective")  # columns of their own
+
+
+def describe(
+    profile_name: str,
+    models: list[str] | None = None,
+    objectives: list[str] | None = None,
+    seeds: list[int] | None = None,
+) -> str:
+    """The dry-run report of a profile (or the runs selected): a table of runs and totals, and the
+    assumptions of the estimate."""
+    from pspo_repro import evaluate, study
+
+    profile = study.load_profile(profile_name)
+    runs = study.select(study.expand(profile), models, objectives, seeds)
+    eval_opts = dict(profile.get("eval", {}))
+    benchmarks = evaluate.parse_benchmarks(",".join(eval_opts.pop("benchmarks", ["synthetic"])))
+    settings = [r.settings.to_dict() for r in runs]
+    common = {
+        key: Counter(repr(s[key]) for s in settings).most_common(1)[0][0]
+        for key in settings[0]
+        if key not in SHOWN_APART
+    }
+    header = ("model", "label", "seed", "differs from common", "steps", "completions", "val. compl.", "GPU-h")
+    rows = []
+    total_hours: float | None = 0.0
+    total_steps = total_completions = 0
+    for run, values in zip(runs, settings, strict=True):
+        train_prompts, validation_prompts = _prompt_counts(run.settings)
+        plan = schedule(run.settings, train_prompts, validation_prompts)
+        hours = gpu_hours(run.settings, plan, validation_prompts, benchmarks, eval_opts)
+        differs = " ".join(
+            f"{k}={_short(v)}" for k, v in values.items() if k in common and repr(v) != common[k]
+        )
+        rows.append(
+            (
+                run.model,
+                run.label,
+                str(run.seed),
+                differs or "-",
+                f"{plan.optimizer_steps:,}",
+                f"{plan.completions:,}",
+                f"{plan.validation_completions:,}",
+                "-" if hours is None else f"{hours:.2f}",
+            )
+        )
+        total_steps += plan.optimizer_steps
+        total_completions += plan.completions
+        total_hours = None if hours is None or total_hours is None else total_hours + hours
+    starts = sorted({r.model for r in runs})
+    start_hours = [parameters_b(m) for m in starts]
+    known = all(p is not None for p in start_hours) and all(b in BENCHMARK_SIZES for b in benchmarks)
+    if total_hours is not None and known:
+        total_hours += sum(evaluation_seconds(p, benchmarks, eval_opts) for p in start_hours) / 3600
+    widths = [max(len(str(c)) for c in column) for column in zip(header, *rows, strict=True)]
+
+    def line(cells: tuple[str, ...]) -> str:
+        return "  ".join(
+            c.ljust(w) if i < 4 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))
+        ).rstrip()
+
+    shown = {k: v for k, v in common.items() if k in profile.get("train", {}) or k in _varying(settings)}
+    out = [
+        f"profile {profile.get('name', profile_name)}: {len(runs)} runs, {len(starts)} starting model "
+        f"evaluation(s); benchmarks {', '.join(benchmarks)}",
+        "common settings: " + " ".join(f"{k}={v}" for k, v in shown.items()),
+        "",
+        line(header),
+        line(tuple("-" * w for w in widths)),
+        *(line(r) for r in rows),
+        "",
+        f"total: {len(runs)} runs, {total_steps:,} optimizer steps, {total_completions:,} training completions, "
+        + (
+            "GPU-hours not estimated (a model or benchmark of unknown size)"
+            if total_hours is None
+            else f"about {total_hours:,.0f} GPU-hours (runs and starting-model evaluations)"
+        ),
+        "",
+        "counted as TRL 1.16's GRPOTrainer on one process per run: steps = ceil(epochs x ceil(micro-batches "
+        "per epoch / grad_accum)), micro-batches per epoch = full prompt groups x num_iterations x "
+        "steps_per_generation; completions = generations x batch_size x steps_per_generation; val. compl. = "
+        "validation passes (step 0 included) x validation prompts x completions per prompt (1 greedy; n sampled)",
+        "GPU-hours: an estimate for one H100, from these assumptions (not measurements):",
+        f"  - prompt tokens per completion: {ASSUMPTIONS['prompt_tokens']}; every completion runs to "
+        "max_completion_length (rollouts and validation) or the benchmark's token budget (evaluation)",
+        f"  - HF generate: {_tiers(ASSUMPTIONS['hf_decode_step_s'], 's per decoding step of a batch')}",
+        f"  - policy updates: 6 x parameters FLOPs per token (plus 2 x for the old-policy pass when rollouts "
+        f"are reused) at {ASSUMPTIONS['training_tflops']:g} TFLOP/s achieved",
+        f"  - evaluation with vLLM: {_tiers(ASSUMPTIONS['vllm_tokens_per_s'], 'tokens/s')}, "
+        f"{ASSUMPTIONS['vllm_startup_s']:g} s to start the engine; with hf: the decoding-step time above",
+        "  - parameters: " + ", ".join(f"{m} {p:g}B" for m, p in PARAMETERS_B.items()),
+    ]
+    return "\n".join(out)
+
+
+def _varying(settings: list[dict[str, Any]]) -> set[str]:
+    return {k for k in settings[0] if len({repr(s[k]) for s in settings}) > 1}
+
+
+def _tiers(table: dict[str, float], unit: str) -> str:
+    return ", ".join(f"{v:g} {unit} for models {k}" for k, v in table.items())

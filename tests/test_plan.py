@@ -1,0 +1,126 @@
+"""The dry run: optimizer steps and completions counted as TRL counts them, and the paper profile's plan."""
+
+from __future__ import annotations
+
+import pytest
+from typer.testing import CliRunner
+
+from pspo_repro import plan, study
+from pspo_repro.cli import app
+from pspo_repro.train import TrainSettings
+
+
+def _paper(model: str, label: str) -> TrainSettings:
+    runs = study.expand(study.load_profile("paper"))
+    return next(r.settings for r in runs if (r.model, r.label, r.seed) == (model, label, 0))
+
+
+def test_paper_schedule_by_hand():
+    """7,000 prompts in groups of 16 (64 completions): 437 full groups per epoch; each generation serves
+    two optimizer steps (num_iterations 2), so 874 steps per epoch and 2,622 in three epochs."""
+    clip = plan.schedule(_paper("Qwen/Qwen2.5-0.5B", "clip"), 7000, 472)
+    assert (clip.optimizer_steps, clip.micro_batches, clip.generations) == (2622, 2622 * 16, 1311)
+    assert clip.completions == 1311 * 64 == 83_904
+    # step 0, every 100, the last; 4 sampled completions per prompt (the authors' validation)
+    assert (clip.validations, clip.validation_completions) == (28, 28 * 472 * 4)
+    noclip = plan.schedule(_paper("Qwen/Qwen2.5-0.5B", "noclip"), 7000, 472)
+    assert (noclip.optimizer_steps, noclip.completions) == (
+        1311,
+        83_904,
+    )  # on-policy: one step per generation
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        dict(batch_size=4, grad_accum=16, num_iterations=2, num_generations=4, epochs=3.0, n=7000),
+        dict(batch_size=4, grad_accum=3, num_iterations=2, num_generations=4, epochs=1.5, n=37),
+        dict(batch_size=8, grad_accum=2, steps_per_generation=4, num_iterations=3, epochs=2.0, n=50),
+        dict(batch_size=4, grad_accum=2, num_iterations=1, num_generations=2, max_steps=7, n=20),
+    ],
+)
+def test_schedule_matches_trl(tiny_model, tmp_path, values):
+    """The counts agree with TRL's own dataloader and transformers' step count for the same settings."""
+    from datasets import Dataset
+
+    from pspo_repro import models, rewards
+    from pspo_repro.train import grpo_config
+    from pspo_repro.trainer import PSPOGRPOTrainer
+
+    n = values.pop("n")
+    settings = TrainSettings.from_dict({"model": "tiny-test", "dataset": "synthetic", **values})
+    source = models.resolve("tiny-test")
+    trainer = PSPOGRPOTrainer(
+        model=models.load_model(source),
+        reward_funcs=[rewards.get("paper")],
+        args=grpo_config(settings, tmp_path),
+        train_dataset=Dataset.from_list(
+            [{"prompt": f"q{i}", "answer": "1", "kind": "gsm8k"} for i in range(n)]
+        ),
+        processing_class=models.load_tokenizer(source),
+    )
+    loader = trainer.get_train_dataloader()
+    *_, steps_in_epoch, max_steps = trainer.set_initial_training_values(trainer.args, loader)
+    ours = plan.schedule(settings, n, 10)
+    assert ours.optimizer_steps == max_steps
+    spg = settings.steps_per_generation or settings.grad_accum
+    per_epoch = len(loader)  # micro-batches (dataloader batches) per epoch
+    assert steps_in_epoch == per_epoch
+    assert ours.generations == -(-ours.micro_batches // (spg * settings.num_iterations))
+    if settings.max_steps <= 0 and float(settings.epochs).is_integer():
+        assert ours.micro_batches == per_epoch * int(settings.epochs)
+
+
+def test_dry_run_of_the_paper_profile():
+    """No GPU, hub or data: the paper profile's 85 runs, with their differing settings, steps,
+    completions and the estimate's assumptions."""
+    result = CliRunner().invoke(app, ["study", "--profile", "paper", "--dry-run"])
+    assert result.exit_code == 0, result.output
+    lines = result.output.splitlines()
+    assert lines[0].startswith("profile paper: 85 runs, 3 starting model evaluation(s)")
+    rows = [line.split() for line in lines if line.startswith("Qwen/")]
+    assert len(rows) == 85
+    by_key = {(r[0], r[1], r[2]): r for r in rows}
+    clip = by_key[("Qwen/Qwen2.5-0.5B", "clip", "0")]
+    # validation: 28 passes (step 0, every 100 of 2,622 steps, the last) x 472 prompts x 4 sampled completions
+    assert clip[3:] == ["epsilon=0.1", "learning_rate=1e-06", "2,622", "83,904", "52,864", "2.55"]
+    assert by_key[("Qwen/Qwen2.5-1.5B", "clip-eps0", "4")][3:7] == ["epsilon=0", "2,622", "83,904", "52,864"]
+    noclip = by_key[("Qwen/Qwen2-Math-1.5B", "noclip", "0")]
+    assert noclip[3:9] == [
+        "alpha=0.4",
+        "learning_rate=1e-06",
+        "num_iterations=1",
+        "1,311",
+        "83,904",
+        "28,320",
+    ]  # 15 passes
+    assert by_key[("Qwen/Qwen2.5-1.5B", "pspo", "0")][3] == "-"  # the common settings exactly
+    assert "total: 85 runs, 203,205 optimizer steps, 7,131,840 training completions" in result.output
+    assert "about 288 GPU-hours" in result.output
+    assert "0.025 s per decoding step of a batch for models <= 1B" in result.output
+    assert "not measurements" in result.output
+    assert not (study.Path("runs") / "paper").exists()  # nothing ran
+
+
+def test_dry_run_of_a_slice_and_unknown_sizes():
+    result = CliRunner().invoke(
+        app, ["study", "--profile", "cpu", "--dry-run", "--models", "tiny-general-l", "--seeds", "0"]
+    )
+    assert result.exit_code == 0, result.output
+    rows = {line.split()[1]: line.split() for line in result.output.splitlines() if line.startswith("tiny-")}
+    assert set(rows) == {
+        "clip",
+        "pspo",
+        "sigmoid",
+        "topr",
+        "noclip",
+        "clip-shuffled",
+        "noclip-onpolicy",
+        "clip-stress",
+        "pspo-stress",
+        "noclip-stress",
+    }
+    # 20 steps of 64 completions; each generation of 128 serves 4 steps: 5 generations
+    assert rows["clip"][-4:] == ["20", "640", "768", "-"]
+    assert rows["noclip-onpolicy"][-4:-1] == ["20", "1,280", "768"]  # one generation of 64 per step
+    assert "GPU-hours not estimated" in result.output
