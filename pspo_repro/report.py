@@ -139,6 +139,9 @@ def run_report(
                     progress_bar=False,
                     request_save_on_cell_execute=False,
                     cwd=str(out_dir),
+                    # the kernel's own log (transport warnings, the interrupt at shutdown) is noise here;
+                    # a cell's error reaches us through papermill
+                    extra_arguments=["--IPKernelApp.log_level=CRITICAL"],
                 )
             except Exception as err:  # any failure is reported by name; the other notebooks still run
                 error = _describe(path.stem, err)
