@@ -123,7 +123,8 @@ def weight_vs_ratio(
 ) -> Any:
     """One panel per arm: each sampled token's gradient weight w (d loss / d log r = -w A) against its
     ratio r, filled for A > 0 and hollow for A < 0, over the objective's closed-form w(r) (solid for
-    A > 0, dashed for A < 0; one pair per distinct setting of its parameters)."""
+    A > 0, dashed for A < 0; one pair per distinct setting of its parameters). The x axis spans the
+    central 98% of the sampled ratios and at least [0.5, 1.5]."""
     from pspo_repro import objectives
 
     arms = [x for x in _present(labels, samples) if x != results.START]
@@ -136,14 +137,16 @@ def weight_vs_ratio(
         cols,
         figsize=(style.FIGURE_WIDTH, 2.2 * rows_n),
         squeeze=False,
-        sharey=True,
         layout="constrained",
     )
     flat = list(axes.flat)
     for ax, label in zip(flat, arms, strict=False):
         st = style.arm_style(label)
         d = samples[samples["label"] == label]
-        lo, hi = min(0.7, d["ratio"].min()), max(1.3, d["ratio"].max())
+        # the view spans the central 98% of sampled ratios (at least 0.5 to 1.5): a few stale tokens
+        # with huge ratios would otherwise flatten everything else
+        lo, hi = min(0.5, d["ratio"].quantile(0.01)), max(1.5, d["ratio"].quantile(0.99))
+        top = 0.0
         pos, neg = d[d["advantage"] > 0], d[d["advantage"] < 0]
         ax.scatter(pos["ratio"], pos["weight"], s=6, color=st["color"], alpha=0.5, label=f"{label} A>0")
         ax.scatter(
@@ -169,6 +172,7 @@ def weight_vs_ratio(
             tag = ", ".join(f"{k}={v:g}" for k, v in params.items())
             for sign, ls in ((1.0, "-"), (-1.0, "--")):
                 w = obj.grad_weight(torch.tensor(grid), torch.full((grid.size,), sign)).numpy()
+                top = max(top, float(w.max()))
                 ax.plot(
                     grid,
                     w,
@@ -178,6 +182,10 @@ def weight_vs_ratio(
                     label=f"closed form A{'>' if sign > 0 else '<'}0"
                     + (f" ({tag})" if len(settings) > 1 else ""),
                 )
+        shown = d[(d["ratio"] >= lo) & (d["ratio"] <= hi)]["weight"]
+        top = max(top, float(shown.max()) if len(shown) else 0.0, 1.0)
+        ax.set_xlim(lo, hi)
+        ax.set_ylim(-0.05 * top, 1.08 * top)
         ax.set_title(label, fontsize="medium")
         ax.set_xlabel("ratio r")
     for ax in flat[len(arms) :]:
