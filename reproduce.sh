@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # The whole study in one command: creates the environment if needed, then trains every configuration of
-# a profile (in parallel workers), evaluates each run, and writes the tables to results/<profile>/.
+# a profile (in parallel workers), evaluates each run, writes the tables to results/<profile>/, and ends
+# with the report: every notebook executed (results/<profile>/notebooks/), its tables in
+# results/<profile>/tables/ and its figures in figures/<profile>/.
 #
 #   ./reproduce.sh            # the CPU profile (tiny models, synthetic arithmetic): about 45 minutes on 2 cores
 #   ./reproduce.sh smoke      # about a minute: the micro model, every objective, a handful of steps
@@ -23,4 +25,16 @@ study_started=$(date +%s)
 status=0
 .venv/bin/pspo-repro study --profile "$profile" --runs runs --results results "$@" || status=$?
 echo "study finished in $(( $(date +%s) - study_started )) s (total $(( $(date +%s) - started )) s), exit status $status"
-exit $status
+# The report covers every finished run, so it also follows a study where some runs failed (status 1; the
+# report lists them); after a usage error (status 2) there is nothing to report.
+if [ "$status" -gt 1 ]; then
+  exit $status
+fi
+report_started=$(date +%s)
+report_status=0
+.venv/bin/pspo-repro report --profile "$profile" --runs runs --results results --figures figures || report_status=$?
+echo "report finished in $(( $(date +%s) - report_started )) s (total $(( $(date +%s) - started )) s), exit status $report_status"
+if [ "$status" -ne 0 ]; then
+  exit $status
+fi
+exit $report_status

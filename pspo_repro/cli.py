@@ -248,6 +248,41 @@ def study(
 
 
 @app.command()
+def report(
+    profile: Annotated[str, typer.Option(help="The study's profile name (or profile YAML file).")] = "cpu",
+    runs: Annotated[
+        Path, typer.Option(help="Folder of run directories (the study is <runs>/<profile>).")
+    ] = Path("runs"),
+    results: Annotated[
+        Path, typer.Option(help="Results folder: notebooks and tables go to <results>/<profile>/.")
+    ] = Path("results"),
+    figures: Annotated[Path, typer.Option(help="Figures go to <figures>/<profile>/.")] = Path("figures"),
+    notebooks: Annotated[Path | None, typer.Option(help="Folder of notebooks (default: notebooks/).")] = None,
+) -> None:
+    """Execute every notebook on a study's results: figures (PNG, PDF) and tables (CSV, Markdown, LaTeX).
+
+    Exits with status 1 naming each notebook that failed and its cell (the others still run)."""
+    from pspo_repro import report as report_module
+
+    def done(executed: report_module.Executed) -> None:
+        verdict = "failed" if executed.error else "done"
+        typer.echo(f"{executed.name}: {verdict} in {executed.seconds:.0f} s ({executed.output})")
+
+    try:
+        report_module.run_report(
+            profile, runs, results, figures, notebooks or report_module.NOTEBOOKS_DIR, on_done=done
+        )
+    except FileNotFoundError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(2) from None
+    except report_module.ReportError as err:
+        typer.echo(f"error: {err}", err=True)
+        raise typer.Exit(1) from None
+    name = report_module.profile_name(profile)
+    typer.echo(f"tables in {results / name / 'tables'}, figures in {figures / name}")
+
+
+@app.command()
 def audit(
     profile: Annotated[
         str, typer.Option(help="Profile name (pspo_repro/profiles) or path to a YAML file.")

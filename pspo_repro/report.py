@@ -1,0 +1,156 @@
+"""The report: every notebook in ``notebooks/`` executed with papermill on one study's results.
+
+Each notebook is executed into ``<results>/<profile>/notebooks/<name>.ipynb``; the notebooks write their
+figures (PNG and PDF) to ``<figures>/<profile>/`` and their tables (CSV, Markdown, LaTeX) to
+``<results>/<profile>/tables/`` through :class:`pspo_repro.style.Outputs`.
+
+Every notebook takes the same parameters in its cell tagged ``parameters`` (each gets those it declares):
+
+- ``profile``: the study's profile name;
+- ``runs_dir``: the folder of run folders (the study is ``<runs_dir>/<profile>/``);
+- ``results_dir``: the folder of results (the study's tables are ``<results_dir>/<profile>/``);
+- ``tables_dir``, ``figures_dir``: where the notebook writes its tables and figures.
+
+A notebook that raises does not stop the others; the report then fails naming each failed notebook, its
+cell and the error, and the executed copy (with the traceback in place) stays for reading.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pspo_repro
+
+REPO_ROOT = Path(pspo_repro.__file__).resolve().parents[1]
+NOTEBOOKS_DIR = REPO_ROOT / "notebooks"
+
+
+@dataclass(frozen=True)
+class Executed:
+    """One notebook's execution: where its executed copy is, how long it took, and its failure if any."""
+
+    name: str
+    output: Path
+    seconds: float
+    error: str | None = None
+
+
+class ReportError(RuntimeError):
+    """One or more notebooks failed; the message names each, its cell and its error."""
+
+
+def notebooks(folder: Path = NOTEBOOKS_DIR) -> list[Path]:
+    """The notebooks of ``folder``, by name."""
+    if not folder.is_dir():
+        raise FileNotFoundError(f"no notebooks folder {folder}")
+    found = sorted(p for p in folder.glob("*.ipynb") if not p.name.startswith("."))
+    if not found:
+        raise FileNotFoundError(f"no notebooks (*.ipynb) in {folder}")
+    return found
+
+
+def profile_name(profile: str) -> str:
+    """The study's name: ``profile`` itself, or the ``name`` in a profile file (as ``pspo-repro study``)."""
+    if Path(profile).suffix in (".yaml", ".yml"):
+        from pspo_repro.study import load_profile
+
+        return load_profile(profile).get("name", Path(profile).stem)
+    return profile
+
+
+def parameters(profile: str, runs_dir: Path, results_dir: Path, figures_dir: Path) -> dict[str, str]:
+    """The parameters every notebook may declare (absolute paths, so the kernel's folder does not matter)."""
+    return {
+        "profile": profile,
+        "runs_dir": str(Path(runs_dir).resolve()),
+        "results_dir": str(Path(results_dir).resolve()),
+        "tables_dir": str((Path(results_dir) / profile / "tables").resolve()),
+        "figures_dir": str((Path(figures_dir) / profile).resolve()),
+    }
+
+
+@contextmanager
+def _kernel_environment() -> Iterator[None]:
+    """The kernels import the same pspo_repro as this process (its folder first on PYTHONPATH)."""
+    old = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(x for x in (str(REPO_ROOT), old) if x)
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = old
+
+
+def _describe(name: str, err: Exception) -> str:
+    from papermill.exceptions import PapermillExecutionError
+
+    if isinstance(err, PapermillExecutionError):
+        first = next((line for line in err.source.splitlines() if line.strip()), "")
+        return (
+            f"notebook {name} failed in cell {err.cell_index} (execution count {err.exec_count}, "
+            f"starting {first.strip()!r}): {err.ename}: {err.evalue}"
+        )
+    return f"notebook {name} failed: {type(err).__name__}: {err}"
+
+
+def run_report(
+    profile: str,
+    runs_dir: Path = Path("runs"),
+    results_dir: Path = Path("results"),
+    figures_dir: Path = Path("figures"),
+    notebooks_dir: Path = NOTEBOOKS_DIR,
+    on_done: Callable[[Executed], None] | None = None,
+) -> list[Executed]:
+    """Execute every notebook of ``notebooks_dir`` on the study ``profile`` (a name, or a profile file);
+    raise :class:`ReportError`
+    naming every notebook that failed (after running the others)."""
+    import papermill
+
+    profile = profile_name(profile)
+    study_dir = Path(runs_dir) / profile
+    if not study_dir.is_dir():
+        raise FileNotFoundError(
+            f"no study folder {study_dir}; run `pspo-repro study --profile {profile} --runs {runs_dir}` first"
+        )
+    params = parameters(profile, runs_dir, results_dir, figures_dir)
+    out_dir = Path(results_dir) / profile / "notebooks"
+    out_dir.mkdir(parents=True, exist_ok=True)
+    done = []
+    with _kernel_environment():
+        for path in notebooks(notebooks_dir):
+            declared = {p for p in papermill.inspect_notebook(str(path))}
+            given = {k: v for k, v in params.items() if k in declared} if declared else params
+            output = out_dir / path.name
+            started = time.monotonic()
+            error = None
+            try:
+                papermill.execute_notebook(
+                    str(path),
+                    str(output),
+                    parameters=given,
+                    kernel_name="python3",
+                    progress_bar=False,
+                    request_save_on_cell_execute=False,
+                    cwd=str(out_dir),
+                    # the kernel's own log (transport warnings, the interrupt at shutdown) is noise here;
+                    # a cell's error reaches us through papermill
+                    extra_arguments=["--IPKernelApp.log_level=CRITICAL"],
+                )
+            except Exception as err:  # any failure is reported by name; the other notebooks still run
+                error = _describe(path.stem, err)
+            result = Executed(path.stem, output, time.monotonic() - started, error)
+            done.append(result)
+            if on_done is not None:
+                on_done(result)
+    failed = [e for e in done if e.error]
+    if failed:
+        lines = [f"{e.error} (executed copy: {e.output})" for e in failed]
+        raise ReportError(f"{len(failed)} of {len(done)} notebook(s) failed:\n" + "\n".join(lines))
+    return done

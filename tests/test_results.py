@@ -1,0 +1,214 @@
+"""Tidy frames from a real (small) study: coordinates, runs left out reported, metrics discovered, the main
+table recomputed from the raw records, intervals over seeds, one figure's series."""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import warnings
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import numpy as np
+import pytest
+import yaml
+from scipy import stats
+
+from pspo_repro import figures, results, study, style
+
+
+@pytest.fixture(scope="module")
+def mini(tiny_model, tmp_path_factory):
+    """A study of tiny-test x (clip, pspo) x seeds 0 and 1, every run trained and evaluated, and the
+    profile written beside its tables."""
+    root = tmp_path_factory.mktemp("mini-study")
+    profile = yaml.safe_load((study.resources.files("pspo_repro") / "profiles" / "smoke.yaml").read_text())
+    profile.update(name="mini", seeds=[0, 1])
+    profile["objectives"] = {"clip": {"epsilon": 0.2}, "pspo": {"alpha": 0.1}}
+    profile["train"].update(max_steps=2, validation_limit=8, batch_size=8, eval_every=1)
+    profile["eval"].update(benchmarks=["synthetic", "synthetic-asdiv"], limit=6)
+    path = root / "mini.yaml"
+    path.write_text(yaml.safe_dump(profile))
+    result = study.run_study(str(path), root / "runs", root / "results", progress=False)
+    assert result.failed == []
+    return root
+
+
+def _copy(mini, tmp_path):
+    shutil.copytree(mini / "runs", tmp_path / "runs")
+    shutil.copytree(mini / "results", tmp_path / "results")
+    return tmp_path
+
+
+def test_frames_have_coordinates_and_every_finished_run(mini):
+    s = results.load("mini", mini / "runs", mini / "results")
+    assert s.problems.empty
+    runs = s.runs
+    assert list(zip(runs["label"], runs["seed"], runs["status"], strict=True)) == [
+        ("clip", 0, "done"),
+        ("clip", 1, "done"),
+        ("pspo", 0, "done"),
+        ("pspo", 1, "done"),
+    ]
+    # settings that differ between runs are columns (epsilon: 0.2 for clip, the default 0.1 for pspo); the
+    # others are not (alpha is 0.1 everywhere)
+    assert list(runs["epsilon"]) == [0.2, 0.2, 0.1, 0.1] and "alpha" not in runs
+    assert s.benchmarks == ["synthetic", "synthetic-asdiv"]
+    assert s.metrics == ["strict", "flexible", "permissive"]
+    assert (s.training_benchmark, s.out_of_distribution) == ("synthetic", ["synthetic-asdiv"])
+    validation = s.validation()
+    assert sorted(set(validation["step"])) == [0, 1, 2]
+    assert len(validation) == 4 * 3
+    probes = s.probes()
+    assert len(probes) == 4 * 2 and {"grad_norm_attention", "ratio_q99", "zero_weight_frac"} <= set(probes)
+    samples = s.probe_samples()
+    assert set(samples.columns) >= {"ratio", "advantage", "weight", "staleness"} and len(samples) > 0
+    records = s.records()
+    # the starting model and four runs, each on 6 problems of two benchmarks
+    assert len(records) == 5 * 2 * 6
+    assert records.loc[records["label"] == "start", "seed"].isna().all()
+    assert set(records.loc[records["benchmark"] == "synthetic", "category_transfer"].dropna()) <= {
+        "0",
+        "1",
+        "2",
+    }
+    summaries = s.summaries()
+    assert len(summaries) == 5 * 2 * 3
+    cats = s.categories()
+    assert {"transfer", "n_ops"} <= set(cats.loc[cats["benchmark"] == "synthetic", "category"])
+
+
+def test_missing_partial_and_failed_runs_are_reported(mini, tmp_path):
+    root = _copy(mini, tmp_path)
+    study_dir = root / "runs" / "mini" / "tiny-test"
+    profile = yaml.safe_load((root / "results" / "mini" / "profile.yaml").read_text())
+    profile["seeds"] = [0, 1, 2]  # seed 2 of each arm: never started
+    (root / "results" / "mini" / "profile.yaml").write_text(yaml.safe_dump(profile))
+    (study_dir / "clip" / "seed1" / "DONE").unlink()  # started, not finished
+    (study_dir / "pspo" / "seed1" / "DONE").unlink()
+    (study_dir / "pspo" / "seed1" / "FAILED").write_text("Traceback...\nRuntimeError: out of memory\n")
+    (study_dir / "start" / "eval" / "synthetic-asdiv.jsonl").unlink()
+    summary = json.loads((study_dir / "start" / "eval" / "summary.json").read_text())
+    del summary["benchmarks"]["synthetic-asdiv"]
+    (study_dir / "start" / "eval" / "summary.json").write_text(json.dumps(summary))
+
+    s = results.load("mini", root / "runs", root / "results")
+    problems = {
+        (p.label, p.seed if p.seed == p.seed else None): (p.status, p.detail) for p in s.problems.itertuples()
+    }
+    assert problems == {
+        ("clip", 1): ("partial", "started, not finished (no DONE)"),
+        ("pspo", 1): ("failed", "RuntimeError: out of memory"),
+        ("clip", 2): ("missing", "no run folder"),
+        ("pspo", 2): ("missing", "no run folder"),
+        ("start", None): ("not evaluated", "synthetic-asdiv"),
+    }
+    assert "2 of 6 runs finished" in s.status() and "2 missing" in s.status()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        validation = s.validation()
+    assert any("left out of the frames" in str(w.message) for w in caught)
+    assert set(zip(validation["label"], validation["seed"], strict=True)) == {("clip", 0), ("pspo", 0)}
+
+
+def test_the_paper_metric_is_discovered_and_ordered_first(mini, tmp_path):
+    root = _copy(mini, tmp_path)
+    path = root / "runs" / "mini" / "tiny-test" / "clip" / "seed0" / "eval" / "synthetic.jsonl"
+    lines = [json.loads(x) for x in path.read_text().splitlines()]
+    for rec in lines:
+        for g in rec["grades"]:
+            g["paper"], g["paper_answer"] = g["flexible"], g["flexible_answer"]
+    path.write_text("".join(json.dumps(x) + "\n" for x in lines))
+    s = results.load("mini", root / "runs", root / "results")
+    assert s.metrics == ["paper", "strict", "flexible", "permissive"]
+    assert results.order_metrics(["x", "permissive", "strict", "paper"]) == [
+        "paper",
+        "strict",
+        "permissive",
+        "x",
+    ]
+
+
+def _raw_accuracy(run_dir, benchmark, metric):
+    lines = (run_dir / "eval" / f"{benchmark}.jsonl").read_text().splitlines()
+    grades = [json.loads(x)["grades"][0][metric] for x in lines]
+    return sum(grades) / len(grades)
+
+
+def test_main_table_is_the_mean_over_seeds_of_the_raw_records(mini):
+    s = results.load("mini", mini / "runs", mini / "results")
+    table = results.accuracy_table(s.records(), s.metrics)
+    assert len(table) == 3 * 2 * 3  # (start, clip, pspo) x benchmarks x metrics
+    base = mini / "runs" / "mini" / "tiny-test"
+    for row in table.itertuples():
+        if row.label == "start":
+            expected = [_raw_accuracy(base / "start", row.benchmark, row.metric)]
+            assert (row.seeds, row.n) == (0, 6)
+        else:
+            expected = [
+                _raw_accuracy(base / row.label / f"seed{k}", row.benchmark, row.metric) for k in (0, 1)
+            ]
+            assert (row.seeds, row.n) == (2, 6)
+        assert row.mean == pytest.approx(np.mean(expected))
+        if len(expected) == 2 and expected[0] != expected[1]:
+            assert (row.ci_low, row.ci_high) == pytest.approx((min(expected), max(expected)))
+    wide = results.wide(table)
+    assert list(wide.columns[:4]) == ["model", "label", "seeds", "synthetic strict"]
+    assert (
+        wide.loc[wide["label"] == "start", "synthetic strict"].item()
+        == f"{100 * _raw_accuracy(base / 'start', 'synthetic', 'strict'):.1f}"
+    )
+
+
+def test_seed_interval_is_scipys_bootstrap_and_one_seed_has_none():
+    values = [0.61, 0.70, 0.66, 0.75, 0.58]
+    mean, low, high = results.seed_interval(values)
+    direct = stats.bootstrap(
+        (np.array(values),), np.mean, method="percentile", n_resamples=9999, rng=np.random.default_rng(0)
+    ).confidence_interval
+    assert (mean, low, high) == pytest.approx((0.66, direct.low, direct.high))
+    assert min(values) < low < mean < high < max(values)
+    one = results.seed_interval([0.4])
+    assert one[0] == 0.4 and math.isnan(one[1]) and math.isnan(one[2])
+    assert results.format_interval(*one, seeds=1) == "40.0 (1 seed)"
+    assert results.format_interval(0.5, 0.4, 0.6, seeds=3) == "50.0 [40.0, 60.0]"
+    assert results.seed_interval([0.3, 0.3, 0.3]) == (0.3, 0.3, 0.3)
+
+
+def test_published_cells_are_never_invented(mini):
+    s = results.load("mini", mini / "runs", mini / "results")
+    table = results.accuracy_table(s.records(), s.metrics)
+    pub = results.published()
+    assert len(pub) == 6 and set(pub["label"]) == {"pspo", "clip"}
+    comparison = results.with_published(table, "flexible")
+    ours = comparison[comparison["model"] == "tiny-test"]
+    assert set(ours["published"]) == {"not reported"} and set(ours["difference"]) == {""}
+    theirs = comparison[comparison["model"] != "tiny-test"]
+    assert set(theirs["ours"]) == {"not run"}
+    row = theirs[(theirs["model"] == "Qwen/Qwen2.5-0.5B") & (theirs["label"] == "pspo")]
+    assert row["published"].item() == "39.7 (v1)"
+
+
+def test_a_curve_figure_has_one_line_per_arm_at_the_seed_means(mini):
+    s = results.load("mini", mini / "runs", mini / "results")
+    validation = s.validation()
+    fig = figures.curves(validation, "strict", s.labels, s.models, "validation strict (%)", scale=100)
+    lines = fig.axes[0].get_lines()
+    assert [line.get_label() for line in lines] == ["clip", "pspo"]
+    for line in lines:
+        expected = validation[validation["label"] == line.get_label()].groupby("step")["strict"].mean()
+        assert list(line.get_xdata()) == list(expected.index)
+        assert list(line.get_ydata()) == pytest.approx(list(100 * expected.to_numpy()))
+        assert line.get_color() == style.arm_style(line.get_label())["color"]
+    matplotlib.pyplot.close(fig)
+
+
+def test_each_arm_has_one_style():
+    assert style.arm_style("clip-stress")["color"] == style.arm_style("clip")["color"]
+    assert style.arm_style("clip-stress")["linestyle"] == "--"
+    assert style.arm_style("noclip-onpolicy")["linestyle"] == ":"
+    assert style.arm_style("clip-shuffled")["color"] == style.CONTROL_COLOUR
+    assert style.arm_style("newobjective") == style.arm_style("newobjective")
