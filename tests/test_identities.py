@@ -74,7 +74,7 @@ def test_gradient_scaling_detects_another_objective():
     logp = torch.nn.functional.logsigmoid(logit)
     old = (logp + torch.randn(4, 5, generator=g)).detach()
     adv = torch.randn(4, generator=g)
-    clip = objectives.get("clip", eps=0.1)
+    clip = objectives.get("clip", epsilon=0.1)
 
     def loss_of(objective: objectives.Objective) -> torch.Tensor:
         chosen = clip if objective.name == "pspo" else objective
@@ -90,7 +90,7 @@ def settings(objective: str, alpha: float) -> TrainSettings:
             dataset="synthetic",
             objective=objective,
             alpha=alpha,
-            eps=0.2,
+            epsilon=0.2,
             learning_rate=1e-3,
             lr_scheduler="constant",
             warmup_steps=0,

@@ -14,7 +14,7 @@ VLLM_FIELDS = set(rollouts.GRPO_FIELDS)
 def test_the_faithful_paper_profile_generates_with_hf_and_paper_vllm_differs_only_in_rollouts():
     paper = {r.name: r.settings.to_dict() for r in study.expand(study.load_profile("paper"))}
     fast = {r.name: r.settings.to_dict() for r in study.expand(study.load_profile("paper-vllm"))}
-    assert paper.keys() == fast.keys() and len(paper) == 75
+    assert paper.keys() == fast.keys() and len(paper) == 85  # 75 + clip-eps0 at two sizes x 5 seeds
     assert not any(s["use_vllm"] for s in paper.values())
     for name, settings in fast.items():
         assert settings["use_vllm"] is True

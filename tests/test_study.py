@@ -19,7 +19,12 @@ def test_shipped_profiles_expand():
     # the released script's clip: eps 0 and lr 5e-7 at both sizes, beside the intended eps
     for model in ("Qwen/Qwen2.5-0.5B", "Qwen/Qwen2.5-1.5B"):
         eps0 = by_key[(model, "clip-eps0", 2)]
-        assert (eps0.objective, eps0.eps, eps0.learning_rate, eps0.num_iterations) == ("clip", 0.0, 5e-7, 2)
+        assert (eps0.objective, eps0.epsilon, eps0.learning_rate, eps0.num_iterations) == (
+            "clip",
+            0.0,
+            5e-7,
+            2,
+        )
     assert ("Qwen/Qwen2-Math-1.5B", "clip-eps0", 0) not in by_key
     # layering: train < models < objectives < cells
     assert by_key[("Qwen/Qwen2.5-0.5B", "clip", 0)].epsilon == 0.1
@@ -89,7 +94,7 @@ def test_bad_profiles_are_clear_errors(tmp_path):
 @pytest.mark.slow
 def test_small_study_end_to_end(tiny_model, tmp_path):
     profile = yaml.safe_load((study.resources.files("pspo_repro") / "profiles" / "smoke.yaml").read_text())
-    profile["objectives"] = {"clip": {"eps": 0.2}, "pspo": {"alpha": 0.1}}
+    profile["objectives"] = {"clip": {"epsilon": 0.2}, "pspo": {"alpha": 0.1}}
     profile["train"].update(max_steps=2, validation_limit=8, batch_size=8)
     profile["eval"].update(benchmarks=["synthetic", "synthetic-asdiv"], limit=6)
     path = tmp_path / "mini.yaml"
@@ -160,7 +165,7 @@ def test_a_failing_run_fails_alone_and_the_study_exits_non_zero(tiny_model, tmp_
 
     profile = yaml.safe_load((study.resources.files("pspo_repro") / "profiles" / "smoke.yaml").read_text())
     profile.update(
-        name="mixed", models=["tiny-test", "nobody/no-such-model"], objectives={"clip": {"eps": 0.2}}
+        name="mixed", models=["tiny-test", "nobody/no-such-model"], objectives={"clip": {"epsilon": 0.2}}
     )
     profile["train"].update(max_steps=1, validation_limit=4, batch_size=8)
     profile["eval"].update(benchmarks=["synthetic"], limit=4)
@@ -215,7 +220,7 @@ def test_slurm_launcher_submits_one_job_per_run_under_the_locks(tiny_model, tmp_
     from pspo_repro.cli import app
 
     profile = yaml.safe_load((study.resources.files("pspo_repro") / "profiles" / "smoke.yaml").read_text())
-    profile["objectives"] = {"clip": {"eps": 0.2}}
+    profile["objectives"] = {"clip": {"epsilon": 0.2}}
     profile["train"].update(max_steps=1, validation_limit=4, batch_size=8)
     profile["eval"].update(benchmarks=["synthetic"], limit=4)
     path = tmp_path / "smoke.yaml"
