@@ -72,7 +72,7 @@ def test_report_executes_every_notebook_and_writes_every_file(smoke):
     assert (
         (tables / "main_results_wide.md")
         .read_text()
-        .startswith("| model | label | seeds | synthetic strict |")
+        .startswith("| model | label | seeds | synthetic paper | synthetic strict |")
     )
     assert "\\begin{tabular}" in (tables / "main_results.tex").read_text()
 
@@ -82,7 +82,9 @@ def test_main_table_equals_the_raw_records(smoke):
     rows = list(csv.DictReader((root / "results" / "smoke" / "tables" / "main_results.csv").open()))
     base = root / "runs" / "smoke" / "tiny-test"
     labels = ["start", "clip", "pspo", "sigmoid", "topr", "noclip"]
-    assert len(rows) == len(labels) * 3 * 3  # arms x benchmarks x metrics
+    assert (
+        len(rows) == len(labels) * 3 * 4
+    )  # arms x benchmarks x metrics (paper, strict, flexible, permissive)
     for r in rows:
         folder = base / "start" if r["label"] == "start" else base / r["label"] / "seed0"
         lines = (folder / "eval" / f"{r['benchmark']}.jsonl").read_text().splitlines()
