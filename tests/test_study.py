@@ -103,7 +103,7 @@ def test_small_study_end_to_end(tiny_model, tmp_path):
     assert (result.failed, result.busy) == ([], [])
     table = result.table
     rows = list(csv.DictReader((table.parent / "accuracy.csv").read_text().splitlines()))
-    assert len(rows) == 3 * 2 * 3  # (starting model + 2 objectives) x benchmarks x metrics
+    assert len(rows) == 3 * 2 * 4  # (starting model + 2 objectives) x benchmarks x metrics
     assert {r["objective"] for r in rows} == {"start", "clip", "pspo"}
     assert all(r["n"] == "6" and 0.0 <= float(r["accuracy"]) <= 1.0 for r in rows)
     md = table.read_text()
