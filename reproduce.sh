@@ -3,10 +3,9 @@
 # a profile (in parallel workers), evaluates each run, writes the tables to results/<profile>/, audits the
 # paper's claims on the runs (results/<profile>/audit.md), and ends with the report: every notebook executed
 # (results/<profile>/notebooks/), its tables in results/<profile>/tables/ and its figures in
-# figures/<profile>/. The CPU profile also trains the audit profile's extra arms (profiles/audit.yaml) into
-# the same study folder.
+# figures/<profile>/.
 #
-#   ./reproduce.sh            # the CPU profile and the audit's arms: about 70 minutes on 2 cores
+#   ./reproduce.sh            # the CPU profile (tiny models, synthetic arithmetic): about 70 minutes on 2 cores
 #   ./reproduce.sh smoke      # about a minute: the micro model, every objective, a handful of steps
 #   ./reproduce.sh cpu-full   # the CPU profile with 5 seeds and longer runs (see its description)
 #   ./reproduce.sh paper      # the paper's configurations (GPUs; Qwen models from the hub)
@@ -25,15 +24,7 @@ if [ -z "${PSPO_DATA_DIR:-}" ] && [ -d ../shared/data ]; then
 fi
 study_started=$(date +%s)
 status=0
-studies=("$profile")
-if [ "$profile" = cpu ]; then
-  studies+=(audit)  # the audit's arms on tiny-general-l, beside the cpu study's runs (same folder)
-fi
-for study in "${studies[@]}"; do
-  rc=0
-  .venv/bin/pspo-repro study --profile "$study" --runs runs --results results "$@" || rc=$?
-  if [ "$rc" -gt "$status" ]; then status=$rc; fi
-done
+.venv/bin/pspo-repro study --profile "$profile" --runs runs --results results "$@" || status=$?
 echo "study finished in $(( $(date +%s) - study_started )) s (total $(( $(date +%s) - started )) s), exit status $status"
 # The report covers every finished run, so it also follows a study where some runs failed (status 1; the
 # report lists them); after a usage error (status 2) there is nothing to report.

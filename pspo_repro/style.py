@@ -3,13 +3,15 @@ and LaTeX.
 
 Each arm keeps one colour, marker and line style in every figure: the colour and marker are its objective's
 (``clip-stress`` is drawn like ``clip``), the line style tells the variant (solid for the objective itself,
-dashed for ``-stress``, dotted for ``-onpolicy``), the shuffled-advantage control (the noise floor) is grey
-and dash-dotted, and each model's starting point is black.
+dashed for ``-stress``, dotted for ``-onpolicy``, dash-dot-dotted for ``-sgd``), a parameter in the label
+(``clip-eps0``, ``pspo-a0.9``) pales the colour (the smaller the value, the paler), the shuffled-advantage
+control (the noise floor) is grey and dash-dotted, and each model's starting point is black.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 import zlib
 from pathlib import Path
@@ -32,7 +34,10 @@ COLOURS = {
 CONTROL_COLOUR = "#8C8C8C"
 OTHER_COLOURS = ("#56B4E9", "#882255", "#44AA99", "#999933", "#AA4499", "#332288")
 MARKERS = {"clip": "o", "pspo": "s", "sigmoid": "^", "topr": "D", "noclip": "v", START: "*"}
-LINESTYLES = {"": "-", "stress": "--", "onpolicy": ":", "shuffled": "-."}
+LINESTYLES = {"stress": "--", "onpolicy": ":", "shuffled": "-.", "sgd": (0, (5, 1, 1, 1, 1, 1))}
+# how far a parameter variant's colour is blended towards white, by the parameter's value
+PALENESS = {0.0: 0.65, 0.1: 0.45, 0.2: 0.35, 0.4: 0.3, 0.9: 0.12}
+_PARAMETER_RE = re.compile(r"(?:eps|a)(\d+(?:\.\d+)?)")
 FIGURE_WIDTH = 6.5  # inches: a paper's text width
 
 
@@ -46,8 +51,18 @@ def arm_style(label: str) -> dict[str, Any]:
         colour = COLOURS[base]
     else:  # an arm no one has named yet: a colour fixed by its name
         colour = OTHER_COLOURS[zlib.crc32(base.encode()) % len(OTHER_COLOURS)]
-    linestyle = LINESTYLES.get(variant.split("-")[-1], "-") if variant else "-"
+    parts = variant.split("-") if variant else []
+    linestyle = next((LINESTYLES[p] for p in parts if p in LINESTYLES), "-")
+    values = [float(m.group(1)) for p in parts if (m := _PARAMETER_RE.fullmatch(p))]
+    if values:
+        colour = _paler(colour, PALENESS.get(values[0], 0.4))
     return {"color": colour, "marker": MARKERS.get(base, "X"), "linestyle": linestyle}
+
+
+def _paler(colour: str, amount: float) -> str:
+    """``colour`` (#rrggbb) blended towards white by ``amount`` (0: unchanged, 1: white)."""
+    rgb = [int(colour[i : i + 2], 16) for i in (1, 3, 5)]
+    return "#" + "".join(f"{round(c + (255 - c) * amount):02x}" for c in rgb)
 
 
 def palette(labels: list[str]) -> dict[str, str]:

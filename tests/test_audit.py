@@ -139,15 +139,21 @@ def test_an_empty_study_is_a_clear_error(tmp_path):
         audit.write_audit(tmp_path, tmp_path / "out", "x", "synthetic", None)
 
 
-def test_audit_profile_reuses_the_cpu_runs_and_adds_the_arms():
+def test_audit_profile_is_the_cpu_profiles_runs_on_one_model():
     profile = study.load_profile("audit")
     assert profile["name"] == "cpu"  # the cpu study's folder: its runs are reused
     audit_runs = {(r.model, r.label, r.seed): r.settings for r in study.expand(profile)}
     cpu_runs = {(r.model, r.label, r.seed): r.settings for r in study.expand(study.load_profile("cpu"))}
-    shared = set(audit_runs) & set(cpu_runs)
-    assert len(shared) == 27 and all(audit_runs[k] == cpu_runs[k] for k in shared)
-    new = {label for _, label, _ in set(audit_runs) - shared}
-    assert new == {
+    assert len(audit_runs) == 22 * 3 and set(audit_runs) <= set(cpu_runs)
+    assert all(audit_runs[k] == cpu_runs[k] for k in audit_runs)
+    assert {model for model, _, _ in audit_runs} == {"tiny-general-l"}
+    only_on_l = {label for model, label, _ in cpu_runs if model == "tiny-general-l"} - {
+        label for model, label, _ in cpu_runs if model == "tiny-general-s"
+    }
+    assert only_on_l == {
+        "clip-stress",
+        "pspo-stress",
+        "noclip-stress",
         "pspo-a0",
         "pspo-a0.4",
         "pspo-a0.9",

@@ -217,5 +217,10 @@ def test_each_arm_has_one_style():
     assert style.arm_style("clip-stress")["color"] == style.arm_style("clip")["color"]
     assert style.arm_style("clip-stress")["linestyle"] == "--"
     assert style.arm_style("noclip-onpolicy")["linestyle"] == ":"
+    # a parameter in the label pales the objective's colour, the smaller value more; SGD has its own line
+    assert style.arm_style("clip-eps0")["color"] == "#a6cee4"  # 0x00 + (0xff - 0x00) * 0.65 = 0xa6
+    assert style.arm_style("clip-eps0.1")["color"] not in {"#a6cee4", style.COLOURS["clip"]}
+    assert style.arm_style("clip-stress-eps0") == {**style.arm_style("clip-eps0"), "linestyle": "--"}
+    assert style.arm_style("pspo-a0.9-sgd")["linestyle"] == style.LINESTYLES["sgd"]
     assert style.arm_style("clip-shuffled")["color"] == style.CONTROL_COLOUR
     assert style.arm_style("newobjective") == style.arm_style("newobjective")
