@@ -119,6 +119,19 @@ def test_dry_run_of_a_slice_and_unknown_sizes():
         "clip-stress",
         "pspo-stress",
         "noclip-stress",
+        # the claims audit's arms
+        "pspo-a0",
+        "pspo-a0.4",
+        "pspo-a0.9",
+        "noclip-sgd",
+        "pspo-a0-sgd",
+        "pspo-sgd",
+        "pspo-a0.4-sgd",
+        "pspo-a0.9-sgd",
+        "clip-eps0",
+        "clip-eps0.1",
+        "clip-stress-eps0",
+        "clip-stress-eps0.1",
     }
     # 20 steps of 64 completions; each generation of 128 serves 4 steps: 5 generations
     assert rows["clip"][-4:] == ["20", "640", "768", "-"]
