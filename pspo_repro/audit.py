@@ -864,10 +864,12 @@ def sigmoid_saturation(ctx: Context) -> Section:
 def permissive_inflation(ctx: Context) -> Section:
     s = Section(
         "Permissive metric inflation",
-        "The paper's metric (permissive: the gold answer anywhere in the completion) inflates accuracy over "
-        "strict grading.",
-        "Permissive minus strict, and flexible minus strict, in points, per model and run (mean over seeds), on "
-        "every benchmark evaluated; the starting models included.",
+        "Permissive grading (the gold answer anywhere in the completion) inflates accuracy over strict "
+        "grading (a `####` answer required), and the paper's own metric (the authors' extraction: the line "
+        "after `####`, else the last number) sits between them.",
+        "Permissive minus strict, flexible minus strict and paper minus strict, in points, per model and run "
+        "(mean over seeds), on every benchmark evaluated; the starting models included. (paper: n/a for "
+        "evaluations recorded before the metric existed.)",
         f"{SUPPORTED} if permissive exceeds strict by more than 1 point on average over all runs and "
         f"benchmarks; {NOT_SUPPORTED} if by less than 0.25; {INCONCLUSIVE} in between.",
     )
@@ -884,6 +886,7 @@ def permissive_inflation(ctx: Context) -> Section:
             metrics = [x["benchmarks"][bench]["metrics"] for x in summaries if bench in x["benchmarks"]]
             perm = [m["permissive"]["accuracy"] - m["strict"]["accuracy"] for m in metrics]
             flex = [m["flexible"]["accuracy"] - m["strict"]["accuracy"] for m in metrics]
+            paper = [m["paper"]["accuracy"] - m["strict"]["accuracy"] for m in metrics if "paper" in m]
             diffs += perm
             rows.append(
                 [
@@ -893,6 +896,7 @@ def permissive_inflation(ctx: Context) -> Section:
                     str(len(metrics)),
                     pct(mean(perm)),
                     pct(mean(flex)),
+                    pct(mean(paper)) if len(paper) == len(metrics) else "n/a",
                     pct(mean([m["strict"]["accuracy"] for m in metrics])),
                 ]
             )
@@ -912,6 +916,7 @@ def permissive_inflation(ctx: Context) -> Section:
                 "seeds",
                 "permissive - strict, points",
                 "flexible - strict, points",
+                "paper - strict, points",
                 "strict %",
             ],
             rows,
