@@ -33,7 +33,7 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from pspo_repro import rundir
+from pspo_repro import evaluate, rundir
 
 START = "start"
 CONTROL_SUFFIX = "-shuffled"
@@ -41,16 +41,7 @@ METRIC_ORDER = ("paper", "strict", "flexible", "permissive")
 KEYS = ["model", "label", "objective", "seed"]
 # Settings that name a run rather than configure it: never reported as "settings that differ".
 _COORDINATES = {"model", "label", "objective", "seed", "data_dir"}
-# Metadata keys that name a problem's category (as in the evaluation summaries).
-CATEGORY_KEYS: dict[str, tuple[str, ...]] = {
-    "svamp": ("type",),
-    "asdiv": ("solution_type",),
-    "math": ("subject", "level"),
-    "math500": ("subject", "level"),
-    "synthetic": ("transfer", "n_ops"),
-    "synthetic-svamp": ("transfer", "variant"),
-    "synthetic-asdiv": ("transfer", "variant"),
-}
+CATEGORY_KEYS = evaluate.CATEGORY_KEYS  # metadata keys that name a problem's category
 STATUSES = ("done", "partial", "failed", "missing")
 
 
