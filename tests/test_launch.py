@@ -164,6 +164,7 @@ def _killer(victim: str, seen: list[dict]):
     return report, killed
 
 
+@pytest.mark.slow
 def test_isolated_phases_run_in_fresh_processes_and_fail_alone(tiny_model, tmp_path):
     """Training and evaluation each in a fresh process: a raising run and a killed one fail alone, with
     their errors recorded, and the good run is trained and evaluated in two different processes."""
@@ -193,6 +194,7 @@ def test_isolated_phases_run_in_fresh_processes_and_fail_alone(tiny_model, tmp_p
         assert held is True
 
 
+@pytest.mark.slow
 def test_a_killed_worker_costs_only_its_task(tiny_model, tmp_path):
     """Reused worker processes (no isolation): the worker running one task is killed; that task fails, a
     fresh worker takes the next tasks, and they finish."""

@@ -208,6 +208,7 @@ def test_task_order_keeps_workers_busy_during_warm_starts(tmp_path):
     assert kinds["tiny-math-l/start"] == "base" and kinds["tiny-math-l/clip/seed0"] == "train"
 
 
+@pytest.mark.slow
 def test_slurm_launcher_submits_one_job_per_run_under_the_locks(tiny_model, tmp_path):
     """The slurm launcher with submitit's local executor (real jobs, each its own process) on the smoke
     profile (one objective, one step): a run whose lock is held is not submitted and is reported busy; the other job trains and

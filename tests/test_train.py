@@ -332,6 +332,7 @@ class FinalWeights(TrainerCallback):
         self.weights = {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
+@pytest.mark.slow
 def test_a_preempted_run_resumes_from_its_checkpoint_with_one_history(tiny_model, tmp_path):
     """A run stopped after step 5 resumes from its step-4 checkpoint: same final weights, probes, rewards and
     validation as an uninterrupted run, and each step once in every log. One generation serves 2 optimizer
