@@ -394,7 +394,7 @@ def soft_trust_region(ctx: Context) -> Section:
     s.labels = sorted({name.split("/")[1] for name in ctx.identities})
     rows = []
     for name, m in sorted(ctx.identities.items()):
-        for k, st in m["by_staleness"].items():
+        for k, st in sorted(m["by_staleness"].items(), key=lambda kv: int(kv[0])):  # JSON keys are text
             rows.append(
                 [
                     name,
@@ -442,7 +442,7 @@ def soft_trust_region(ctx: Context) -> Section:
 
     def draw(ax: Any) -> None:
         for name, m in sorted(ctx.identities.items()):
-            ks = [int(k) for k in m["by_staleness"]]
+            ks = sorted(int(k) for k in m["by_staleness"])
             ax.plot(
                 ks, [m["by_staleness"][str(k)]["tv_theta"] for k in ks], marker="o", label=f"{name} pi_theta"
             )
