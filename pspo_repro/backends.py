@@ -164,10 +164,12 @@ def generate_batch(
     temperature: float = 0.0,
     top_p: float = 1.0,
     threads: int | None = None,
+    sampler: dict[str, Any] | None = None,
 ) -> list[Generation]:
     """One transformers ``generate`` call: ``n`` completions of each rendered prompt (left-padded, KV cache,
     ``torch.inference_mode``), each cut at its first stop id. Greedy at temperature 0; sampling seeds are
-    the caller's. The one generation path of evaluation (:class:`HFBackend`), validation and the tiny
+    the caller's, and ``sampler`` overrides further sampling settings (a trainer's ``top_k``, ``min_p``,
+    ``repetition_penalty``). The one generation path of evaluation (:class:`HFBackend`), validation and the tiny
     models' build check (:func:`greedy_completions`)."""
     import torch
     from transformers import GenerationConfig
@@ -181,7 +183,7 @@ def generate_batch(
         eos_token_id=list(stop_ids),
         # top_k=0 disables HF's default top-k of 50, so sampling is plain temperature + top-p
         # (as in vLLM and TRL's rollouts).
-        **({"temperature": temperature, "top_p": top_p, "top_k": 0} if sampling else {}),
+        **({"temperature": temperature, "top_p": top_p, "top_k": 0, **(sampler or {})} if sampling else {}),
     )
     side, tokenizer.padding_side = tokenizer.padding_side, "left"
     try:

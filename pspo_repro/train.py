@@ -20,7 +20,7 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback
 
 from pspo_repro import data, distributed, models, objectives, prompts, rewards, rollouts, rundir
-from pspo_repro.backends import greedy_completions
+from pspo_repro.backends import generate_batch, greedy_completions
 
 DATASETS = ("gsm8k", "synthetic")
 VALIDATIONS = ("greedy", "sampled")
@@ -315,7 +315,6 @@ def to_dataset(problems: list[data.Problem], system_prompt: str = prompts.DEFAUL
 # --- validation and the best checkpoint ---------------------------------------------------------
 
 
-@torch.inference_mode()
 def sampled_completions(
     model: Any,
     tokenizer: Any,
@@ -326,37 +325,38 @@ def sampled_completions(
     seed: int,
     options: dict[str, Any],
 ) -> list[list[str]]:
-    """``n`` sampled completions of each rendered prompt, with generation ``options`` (temperature, top_p, ...).
+    """``n`` sampled completions of each rendered prompt, with generation ``options`` (temperature, top_p,
+    eos_token_id and any further sampler settings), through the one generation path
+    (:func:`backends.generate_batch`).
 
     Sampling draws from the global generator seeded with ``seed`` inside a fork of the random state, so the
     completions depend on the seed alone and the training's random stream is left as it was."""
-    import copy
-
-    config = copy.deepcopy(model.generation_config)  # the model's own defaults (top_k, ...) must not leak in
-    config.update(
-        do_sample=True, max_new_tokens=max_new_tokens, pad_token_id=tokenizer.pad_token_id, **options
-    )
+    sampler = dict(options)
+    stop = sampler.pop("eos_token_id")
+    stop_ids = [stop] if isinstance(stop, int) else list(stop)
+    temperature, top_p = sampler.pop("temperature"), sampler.pop("top_p")
     per_call = max(1, batch_size // n)
     out: list[list[str]] = []
     was_training = model.training
     model.eval()
-    side, tokenizer.padding_side = tokenizer.padding_side, "left"
     devices = [model.device.index or 0] if model.device.type == "cuda" else []
     try:
         with torch.random.fork_rng(devices=devices):
             torch.manual_seed(seed)
             for start in range(0, len(texts), per_call):
-                batch = texts[start : start + per_call]
-                enc = tokenizer(batch, return_tensors="pt", padding=True, add_special_tokens=False).to(
-                    model.device
+                batch = generate_batch(
+                    model,
+                    tokenizer,
+                    texts[start : start + per_call],
+                    n=n,
+                    max_new_tokens=max_new_tokens,
+                    stop_ids=stop_ids,
+                    temperature=temperature,
+                    top_p=top_p,
+                    sampler=sampler,
                 )
-                gen = model.generate(**enc, generation_config=config, num_return_sequences=n)
-                decoded = tokenizer.batch_decode(
-                    gen[:, enc["input_ids"].shape[1] :], skip_special_tokens=True
-                )
-                out += [decoded[i * n : (i + 1) * n] for i in range(len(batch))]
+                out += [generation.texts for generation in batch]
     finally:
-        tokenizer.padding_side = side
         model.train(was_training)
     return out
 
