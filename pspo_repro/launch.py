@@ -49,8 +49,6 @@ from typing import IO, Any
 
 from pspo_repro import rundir
 
-# The folder's files this module handles (names kept in pspo_repro.rundir)
-LOCK, FAILED, BUILT_FROM = rundir.LOCK, rundir.FAILED, rundir.MODEL_BUILD
 THREADS_ENV = "PSPO_TORCH_THREADS"  # torch threads of a worker or child process
 
 Report = Callable[[dict[str, Any]], None]
@@ -106,7 +104,7 @@ def _locked(folder: Path) -> Iterator[IO[str] | None]:
     import fcntl
 
     folder.mkdir(parents=True, exist_ok=True)
-    with open(folder / LOCK, "a+") as handle:
+    with open(folder / rundir.LOCK, "a+") as handle:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -140,7 +138,7 @@ def _build(model: str) -> str | None:
 def _from_current_build(task: Task, build: str | None) -> bool:
     if build is None:
         return True
-    marker = task.folder / BUILT_FROM
+    marker = task.folder / rundir.MODEL_BUILD
     return marker.is_file() and rundir.read_json(marker).get("build") == build
 
 
@@ -176,14 +174,14 @@ def execute(
     with _locked(task.folder) as lock:
         if lock is None:
             return Outcome(task.name, "busy")
-        (task.folder / FAILED).unlink(missing_ok=True)
+        (task.folder / rundir.FAILED).unlink(missing_ok=True)
         build = _build(task.model)
         # results of another build of the model, or of unknown origin: start afresh
         if not _from_current_build(task, build):
             (task.folder / rundir.DONE).unlink(missing_ok=True)  # so training starts from scratch
             shutil.rmtree(task.folder / rundir.EVAL, ignore_errors=True)
             if build is not None:  # recorded first, so that a task cut short resumes rather than restarts
-                rundir.atomic_write_json(task.folder / BUILT_FROM, {"build": build})
+                rundir.atomic_write_json(task.folder / rundir.MODEL_BUILD, {"build": build})
         phases = ["train"] if task.kind == "train" and not rundir.is_done(task.folder) else []
         for phase in [*phases, "eval"]:
             if isolate:
@@ -192,7 +190,7 @@ def execute(
                 failure = _run_here(task, phase, say, progress)
             if failure is not None:
                 error, trace = failure
-                rundir.atomic_write_text(task.folder / FAILED, trace)
+                rundir.atomic_write_text(task.folder / rundir.FAILED, trace)
                 return Outcome(task.name, "failed", error)
     return Outcome(task.name, "done")
 
@@ -335,7 +333,7 @@ def _child_main() -> None:
     out = os.fdopen(payload["messages"], "w", buffering=1)
     # who works in the folder now (the lock itself is inherited from the parent)
     with contextlib.suppress(OSError):
-        (task.folder / LOCK).write_text(f"{os.getpid()}\n")
+        (task.folder / rundir.LOCK).write_text(f"{os.getpid()}\n")
 
     def send(message: dict[str, Any]) -> None:
         with contextlib.suppress(OSError, ValueError):  # the study went away: finish the work regardless
@@ -399,7 +397,7 @@ class _Worker:
             self.process = None
             with _locked(task.folder) as lock:  # the dead worker's lock is free; someone else may own it now
                 if lock is not None:
-                    rundir.atomic_write_text(task.folder / FAILED, reason + "\n")
+                    rundir.atomic_write_text(task.folder / rundir.FAILED, reason + "\n")
             return Outcome(task.name, "failed", reason)
 
     def close(self) -> None:

@@ -117,7 +117,11 @@ class Study:
             label = config.get("label") or folder.parent.name
             seed = int(config.get("seed", folder.name.removeprefix("seed")))
             status = (
-                "done" if rundir.is_done(folder) else "failed" if (folder / "FAILED").is_file() else "partial"
+                "done"
+                if rundir.is_done(folder)
+                else "failed"
+                if (folder / rundir.FAILED).is_file()
+                else "partial"
             )
             key = (model, label, seed)
             configs[key] = config
@@ -194,7 +198,7 @@ class Study:
                 detail = {
                     "missing": "no run folder",
                     "partial": "started, not finished (no DONE)",
-                    "failed": _first_line(Path(r.path) / "FAILED"),
+                    "failed": _first_line(Path(r.path) / rundir.FAILED),
                 }[r.status]
                 rows.append((r.model, r.label, r.seed, r.status, detail, r.path))
                 continue

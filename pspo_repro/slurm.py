@@ -135,5 +135,5 @@ def _outcome(job: Any, task: launch.Task) -> launch.Outcome:
         reason = f"job {job.job_id} ended without a result: {type(err).__name__}: {str(err).strip()[:500]}"
         with launch.folder_lock(task.folder) as held:  # unless someone else works in the folder now
             if held:
-                rundir.atomic_write_text(task.folder / launch.FAILED, reason + "\n")
+                rundir.atomic_write_text(task.folder / rundir.FAILED, reason + "\n")
         return launch.Outcome(task.name, "failed", reason)

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pspo_repro import launch
+from pspo_repro import launch, rundir
 
 HOLD_LOCK = """
 import sys, time
@@ -79,7 +79,7 @@ def test_the_lock_of_a_dead_worker_is_free_again(tmp_path):
     holder.wait()
     with launch.folder_lock(folder) as held:
         assert held is True
-        assert (folder / launch.LOCK).read_text().strip() == str(__import__("os").getpid())
+        assert (folder / rundir.LOCK).read_text().strip() == str(__import__("os").getpid())
 
 
 @pytest.mark.slow
@@ -91,7 +91,7 @@ def test_tasks_run_and_a_failing_one_fails_alone(tiny_model, tmp_path):
     launch.run_tasks([bad, good], 1, messages.append, outcomes.append)
     assert [(o.name, o.status) for o in outcomes] == [("tiny-test/bad/seed0", "failed"), (good.name, "done")]
     assert "cilp" in outcomes[0].error
-    assert "cilp" in (tmp_path / "bad" / launch.FAILED).read_text()
+    assert "cilp" in (tmp_path / "bad" / rundir.FAILED).read_text()
     assert launch.is_finished(good) and not launch.is_finished(bad)
     phases = [m["phase"] for m in messages if m["task"] == good.name]
     assert phases[0] == "train" and phases[-1] == "eval"
@@ -128,7 +128,7 @@ def test_a_changed_tiny_recipe_makes_finished_tasks_stale(tiny_model, tmp_path, 
     task = _task(tmp_path / "run")
     assert launch.execute(task).status == "done"
     assert launch.is_finished(task)
-    built_from = json.loads((task.folder / launch.BUILT_FROM).read_text())["build"]
+    built_from = json.loads((task.folder / rundir.MODEL_BUILD).read_text())["build"]
     assert built_from == tiny.folder("tiny-test").name
     first_done = (task.folder / "DONE").stat().st_mtime_ns
     # a task cut short during its evaluation resumes there: the run of the same build is kept
@@ -142,7 +142,9 @@ def test_a_changed_tiny_recipe_makes_finished_tasks_stale(tiny_model, tmp_path, 
     assert not launch.is_finished(task)
     assert launch.execute(task).status == "done"
     assert launch.is_finished(task)
-    assert json.loads((task.folder / launch.BUILT_FROM).read_text())["build"] == tiny.folder("tiny-test").name
+    assert (
+        json.loads((task.folder / rundir.MODEL_BUILD).read_text())["build"] == tiny.folder("tiny-test").name
+    )
     assert tiny.folder("tiny-test").name != built_from
     assert (task.folder / "DONE").stat().st_mtime_ns > first_done  # trained again, not kept
 
@@ -181,10 +183,10 @@ def test_isolated_phases_run_in_fresh_processes_and_fail_alone(tiny_model, tmp_p
     assert [o.name for o in outcomes] == [victim.name, bad.name, good.name]
     assert by_name[good.name].status == "done" and launch.is_finished(good)
     assert by_name[bad.name].status == "failed" and "cilp" in by_name[bad.name].error
-    assert "Traceback" in (bad.folder / launch.FAILED).read_text()
+    assert "Traceback" in (bad.folder / rundir.FAILED).read_text()
     reason = f"the train process of {victim.name} (pid {killed[0]}) was killed by SIGKILL"
     assert (by_name[victim.name].status, by_name[victim.name].error) == ("failed", reason)
-    assert (victim.folder / launch.FAILED).read_text().strip() == reason
+    assert (victim.folder / rundir.FAILED).read_text().strip() == reason
     assert not launch.is_finished(victim) and not (victim.folder / "DONE").exists()
     pids = {m["phase"]: m["pid"] for m in seen if m["task"] == good.name}
     assert set(pids) == {"train", "eval"}
@@ -213,6 +215,6 @@ def test_a_killed_worker_costs_only_its_task(tiny_model, tmp_path):
         tasks[1].name: ("done", None),
         tasks[2].name: ("done", None),
     }
-    assert (tasks[0].folder / launch.FAILED).read_text().strip() == reason
+    assert (tasks[0].folder / rundir.FAILED).read_text().strip() == reason
     assert launch.is_finished(tasks[1]) and launch.is_finished(tasks[2])
     assert killed[0] not in {m["pid"] for m in seen if m["task"] != tasks[0].name}
