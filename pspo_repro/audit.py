@@ -96,14 +96,14 @@ def load_runs(study_dir: Path) -> list[Run]:
     runs = []
     for done in sorted(Path(study_dir).glob("*/*/seed*/DONE")):
         folder = done.parent
-        summary = folder / "eval" / "summary.json"
+        summary = folder / rundir.EVAL / rundir.SUMMARY
         runs.append(
             Run(
                 name=str(folder.relative_to(study_dir)),
                 config=read_run_settings(folder).to_dict(),  # earlier parameter names read too
                 done=rundir.read_json(done),
-                probes=rundir.read_jsonl(folder / "probes.jsonl"),
-                train_log=rundir.read_jsonl(folder / "train_log.jsonl"),
+                probes=rundir.read_jsonl(folder / rundir.PROBES),
+                train_log=rundir.read_jsonl(folder / rundir.TRAIN_LOG),
                 summary=rundir.read_json(summary) if summary.is_file() else None,
                 folder=folder,
             )

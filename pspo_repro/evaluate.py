@@ -273,9 +273,9 @@ def evaluate(
         require_vllm()
     models.resolve(model)  # a missing model path fails here, before any file is written
 
-    eval_dir = Path(out_dir) / "eval"
+    eval_dir = Path(out_dir) / rundir.EVAL
     eval_dir.mkdir(parents=True, exist_ok=True)
-    summary_path = eval_dir / "summary.json"
+    summary_path = eval_dir / rundir.SUMMARY
     settings = {
         "model": str(model),
         "backend": backend,

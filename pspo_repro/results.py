@@ -285,7 +285,7 @@ class Study:
         rows = [
             {**keys, **rec}
             for keys, folder in self._done()
-            for rec in rundir.read_jsonl(folder / "validation.jsonl")
+            for rec in rundir.read_jsonl(folder / rundir.VALIDATION)
         ]
         return self._frame(rows, ["step"])
 
@@ -294,7 +294,7 @@ class Study:
         rows = [
             {**keys, **rec}
             for keys, folder in self._done()
-            for rec in rundir.read_jsonl(folder / "train_log.jsonl")
+            for rec in rundir.read_jsonl(folder / rundir.TRAIN_LOG)
             if "train_runtime" not in rec
         ]
         return self._frame(rows, ["step"])
@@ -304,7 +304,7 @@ class Study:
         ``grad_norm_attention``...), without the sampled triples (see :meth:`probe_samples`)."""
         rows = []
         for keys, folder in self._done():
-            for rec in rundir.read_jsonl(folder / "probes.jsonl"):
+            for rec in rundir.read_jsonl(folder / rundir.PROBES):
                 row = dict(keys)
                 for k, v in rec.items():
                     if k == "samples":
@@ -330,7 +330,7 @@ class Study:
                 "weight": w,
             }
             for keys, folder in self._done()
-            for rec in rundir.read_jsonl(folder / "probes.jsonl")
+            for rec in rundir.read_jsonl(folder / rundir.PROBES)
             for r, a, w in rec.get("samples", [])
         ]
         return self._frame(rows, ["step"])
@@ -347,7 +347,7 @@ class Study:
     def _records(self) -> pd.DataFrame:
         rows = []
         for keys, folder in self._evaluated_folders():
-            for path in sorted((folder / "eval").glob("*.jsonl")):
+            for path in sorted((folder / rundir.EVAL).glob("*.jsonl")):
                 for rec in rundir.read_jsonl(path):
                     grade = rec["grades"][0]
                     row = {
@@ -384,7 +384,7 @@ class Study:
         """The evaluation summaries: one row per (run or start, benchmark, metric)."""
         rows = []
         for keys, folder in self._evaluated_folders():
-            summary = rundir.read_json(folder / "eval" / "summary.json")
+            summary = rundir.read_json(folder / rundir.EVAL / rundir.SUMMARY)
             for bench, entry in summary["benchmarks"].items():
                 for metric in order_metrics(entry["metrics"]):
                     m = entry["metrics"][metric]
@@ -409,7 +409,7 @@ class Study:
         value, n, metric, accuracy."""
         rows = []
         for keys, folder in self._evaluated_folders():
-            summary = rundir.read_json(folder / "eval" / "summary.json")
+            summary = rundir.read_json(folder / rundir.EVAL / rundir.SUMMARY)
             for bench, entry in summary["benchmarks"].items():
                 for cat, values in (entry.get("categories") or {}).items():
                     for value, cell in values.items():
@@ -454,7 +454,7 @@ def _keys(frame: pd.DataFrame) -> list[tuple[str, str, int]]:
 
 
 def _evaluated(folder: Path) -> list[str]:
-    summary = folder / "eval" / "summary.json"
+    summary = folder / rundir.EVAL / rundir.SUMMARY
     if not summary.is_file():
         return []
     return list(rundir.read_json(summary)["benchmarks"])
