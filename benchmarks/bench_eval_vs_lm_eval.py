@@ -36,9 +36,12 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pspo_repro import backends, data, grading, models, rundir, tiny  # noqa: E402
-from pspo_repro import evaluate as ev  # noqa: E402
-from pspo_repro.prompts import render_prompt  # noqa: E402
+from pspo_repro.data import loaders  # noqa: E402
+from pspo_repro.data.prompts import render_prompt  # noqa: E402
+from pspo_repro.evaluation import backends, grading  # noqa: E402
+from pspo_repro.evaluation import evaluate as ev  # noqa: E402
+from pspo_repro.models import loading, tiny  # noqa: E402
+from pspo_repro.study import rundir  # noqa: E402
 
 
 def default_model() -> str:
@@ -77,9 +80,9 @@ def run_lm_eval(
     from lm_eval.api.instance import Instance
     from lm_eval.models.huggingface import HFLM
 
-    source = models.resolve(model)
-    tok = models.load_tokenizer(source)
-    hf_model = models.load_model(source)
+    source = loading.resolve(model)
+    tok = loading.load_tokenizer(source)
+    hf_model = loading.load_model(source)
     prompts = [render_prompt(tok, p.question, p.kind) for p in problems]
     # max_length: lm-eval otherwise left-truncates contexts to (model positions - max_new_tokens), and
     # GSM8K prompts are longer than that for character-level tiny models; ours never truncates prompts.
@@ -291,15 +294,15 @@ def main() -> int:
     args = parser.parse_args()
 
     model = args.model or default_model()
-    problems = data.load("gsm8k", data_dir=args.data_dir, limit=args.n)
+    problems = loaders.load("gsm8k", data_dir=args.data_dir, limit=args.n)
     unexplained_total = 0
     if not args.skip_speed:
         print(
             f"model {model}, {len(problems)} GSM8K problems, batch {args.batch_size}, {args.max_new_tokens} new tokens, greedy"
         )
         ours_s, ours_text = run_ours(model, args.n, args.batch_size, args.max_new_tokens, args.data_dir)
-        source = models.resolve(model)
-        n_params = sum(p.numel() for p in models.load_model(source).parameters())
+        source = loading.resolve(model)
+        n_params = sum(p.numel() for p in loading.load_model(source).parameters())
         threads = backends.cpu_threads(n_params)
         lm_same_s, lm_text = run_lm_eval(model, problems, args.batch_size, args.max_new_tokens, threads)
         n = len(problems)
@@ -336,7 +339,7 @@ def main() -> int:
         judge = lm_eval_gsm8k_judge()
 
     if args.smollm2_records.is_file():
-        by_id = {p.id: p for p in data.load("gsm8k", data_dir=args.data_dir)}
+        by_id = {p.id: p for p in loaders.load("gsm8k", data_dir=args.data_dir)}
         records = [r for r in rundir.read_jsonl(args.smollm2_records) if r["id"] in by_id]
         comps = [c for r in records for c in r["completions"]]
         golds = [r["gold"] for r in records for _ in r["completions"]]

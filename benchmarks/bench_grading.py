@@ -29,8 +29,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pspo_repro import data, grading, verify_guard  # noqa: E402
-from pspo_repro.rewards import paper_reward_value  # noqa: E402
+from pspo_repro.data import loaders  # noqa: E402
+from pspo_repro.evaluation import grading, verify_guard  # noqa: E402
+from pspo_repro.training.rewards import paper_reward_value  # noqa: E402
 
 _NAIVE_NUMBER = re.compile(r"-?\d+\.?\d*")
 
@@ -46,7 +47,7 @@ def naive_last_number_correct(completion: str, gold: str) -> bool:
         return False
 
 
-def gsm8k_completions(problems: Sequence[data.Problem]) -> list[tuple[str, str]]:
+def gsm8k_completions(problems: Sequence[loaders.Problem]) -> list[tuple[str, str]]:
     """(completion, gold) pairs: each reference solution and four perturbed variants of it."""
     pairs = []
     for p in problems:
@@ -94,7 +95,7 @@ def print_table(title: str, rows: list[tuple[str, int, float, float, str]]) -> N
 
 
 def bench_numeric(data_dir: Path | None, repeats: int) -> None:
-    problems = data.load("gsm8k", "test", data_dir=data_dir)
+    problems = loaders.load("gsm8k", "test", data_dir=data_dir)
     pairs = gsm8k_completions(problems)
     n = len(pairs)
     t_score, grades = timed(lambda: [grading.score(c, g) for c, g in pairs], repeats)
@@ -120,7 +121,7 @@ def bench_numeric(data_dir: Path | None, repeats: int) -> None:
 def bench_latex(data_dir: Path | None, repeats: int, limit: int) -> None:
     from math_verify import parse, verify
 
-    problems = data.load("math500", "test", data_dir=data_dir)[:limit]
+    problems = loaders.load("math500", "test", data_dir=data_dir)[:limit]
     n = len(problems)
     right = [(p.solution or "", p.answer) for p in problems]
     wrong = [(a.solution or "", b.answer) for a, b in zip(problems, problems[1:] + problems[:1], strict=True)]
@@ -158,7 +159,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     if args.repeats < 1 or args.latex_limit < 1:
         raise SystemExit("--repeats and --latex-limit must be at least 1")
     data_dir = args.data_dir
-    if data_dir is None and not os.environ.get(data.DATA_DIR_ENV):
+    if data_dir is None and not os.environ.get(loaders.DATA_DIR_ENV):
         data_dir = REPO.parent / "shared" / "data"
     verify_guard._math_verify()  # import sympy and math-verify before timing
     print(

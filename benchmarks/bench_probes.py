@@ -21,9 +21,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from transformers import TrainerCallback  # noqa: E402
 from trl import GRPOConfig, GRPOTrainer  # noqa: E402
 
-from pspo_repro import models, rewards, synthetic  # noqa: E402
-from pspo_repro.train import to_dataset  # noqa: E402
-from pspo_repro.trainer import PSPOGRPOConfig, PSPOGRPOTrainer  # noqa: E402
+from pspo_repro.data import synthetic  # noqa: E402
+from pspo_repro.models import loading  # noqa: E402
+from pspo_repro.training import rewards  # noqa: E402
+from pspo_repro.training.train import to_dataset  # noqa: E402
+from pspo_repro.training.trainer import PSPOGRPOConfig, PSPOGRPOTrainer  # noqa: E402
 
 
 class StepTimer(TrainerCallback):
@@ -39,7 +41,7 @@ class StepTimer(TrainerCallback):
 
 
 def run(kind: str, model_spec: str, steps: int, dataset, out: str) -> list[float]:
-    source = models.resolve(model_spec)
+    source = loading.resolve(model_spec)
     common = dict(
         output_dir=out,
         per_device_train_batch_size=32,
@@ -70,11 +72,11 @@ def run(kind: str, model_spec: str, steps: int, dataset, out: str) -> list[float
         )
     timer = StepTimer()
     trainer = cls(
-        model=models.load_model(source),
+        model=loading.load_model(source),
         reward_funcs=[rewards.paper_reward],
         args=args,
         train_dataset=dataset,
-        processing_class=models.load_tokenizer(source),
+        processing_class=loading.load_tokenizer(source),
         callbacks=[timer],
     )
     trainer.train()

@@ -29,7 +29,9 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pspo_repro import grading, synthetic, tiny, verify_guard  # noqa: E402
+from pspo_repro.data import synthetic  # noqa: E402
+from pspo_repro.evaluation import grading, verify_guard  # noqa: E402
+from pspo_repro.models import tiny  # noqa: E402
 from tests.test_grading import ADVERSARIAL  # noqa: E402
 
 ORDINARY = "She has 3 apples and buys 2 more: 3 + 2 = 5.\n#### 5"

@@ -25,7 +25,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from pspo_repro import evaluate as ev  # noqa: E402
+from pspo_repro.evaluation import evaluate as ev  # noqa: E402
 
 # (benchmarks, problems each, new-token budget: None = the evaluator's per-benchmark default)
 PLAN: list[tuple[list[str], int, int | None]] = [

@@ -9,7 +9,7 @@ from typing import Annotated, Any
 import typer
 import yaml
 
-from pspo_repro import rundir
+from pspo_repro.study import rundir
 
 app = typer.Typer(
     add_completion=False, no_args_is_help=True, help="Reproduce and audit PSPO and its baselines."
@@ -59,10 +59,10 @@ def train(
     quiet: Annotated[bool, typer.Option(help="No progress bar.")] = False,
 ) -> None:
     """Train one configuration into a run directory (skipped when the run is already complete)."""
-    from pspo_repro import distributed
-    from pspo_repro.console import quiet_libraries
-    from pspo_repro.train import TrainSettings
-    from pspo_repro.train import train as run_training
+    from pspo_repro.study.console import quiet_libraries
+    from pspo_repro.training import distributed
+    from pspo_repro.training.train import TrainSettings
+    from pspo_repro.training.train import train as run_training
 
     values = load_settings_file(config)
     named = {"model": model, "objective": objective, "dataset": dataset, "seed": seed, "data_dir": data_dir}
@@ -112,7 +112,7 @@ def evaluate_command(
     ] = None,
 ) -> None:
     """Evaluate a model on benchmarks: strict, flexible, permissive and paper accuracy side by side."""
-    from pspo_repro import evaluate
+    from pspo_repro.evaluation import evaluate
 
     target = out if out is not None else Path(model)
     if out is None and not (target / rundir.CONFIG).is_file():
@@ -189,9 +189,9 @@ def study(
     its tables.
 
     Exits with status 1 when any run failed (the others still finish and are tabulated)."""
-    from pspo_repro.console import quiet_libraries
-    from pspo_repro.launch import default_workers
-    from pspo_repro.study import run_study
+    from pspo_repro.study.console import quiet_libraries
+    from pspo_repro.study.launch import default_workers
+    from pspo_repro.study.runner import run_study
 
     quiet_libraries()
 
@@ -207,7 +207,7 @@ def study(
         typer.echo(f"error: --workers must be >= 1, got {workers}", err=True)
         raise typer.Exit(2)
     if dry_run:
-        from pspo_repro import plan
+        from pspo_repro.study import plan
 
         try:
             typer.echo(plan.describe(profile, split(models), split(objectives), seed_list))
@@ -262,7 +262,7 @@ def report(
     """Execute every notebook on a study's results: figures (PNG, PDF) and tables (CSV, Markdown, LaTeX).
 
     Exits with status 1 naming each notebook that failed and its cell (the others still run)."""
-    from pspo_repro import report as report_module
+    from pspo_repro.analysis import report as report_module
 
     def done(executed: report_module.Executed) -> None:
         verdict = "failed" if executed.error else "done"
@@ -299,8 +299,8 @@ def audit(
     ] = None,
 ) -> None:
     """Audit the paper's claims on a study's finished runs: results/<study>/audit.md and its figures."""
-    from pspo_repro.audit import run_audit
-    from pspo_repro.console import quiet_libraries
+    from pspo_repro.analysis.audit import run_audit
+    from pspo_repro.study.console import quiet_libraries
 
     quiet_libraries()
     try:
@@ -316,7 +316,7 @@ def tiny(
     names: Annotated[list[str] | None, typer.Argument(help="Tiny models to build (default: all).")] = None,
 ) -> None:
     """Build (warm-start) the tiny models into the cache, and print where they are."""
-    from pspo_repro import tiny as tiny_models
+    from pspo_repro.models import tiny as tiny_models
 
     for name in names or [n for n in tiny_models.names() if n != "tiny-test"]:
         try:

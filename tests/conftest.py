@@ -47,6 +47,6 @@ def tiny_cache(tmp_path_factory) -> Path:
 def tiny_model(tiny_cache) -> Path:
     """The micro model `tiny-test` (a few seconds of warm start), as a Hugging Face folder: built once per
     test run, in the session's cache, and shared by every test that trains, evaluates or inspects it."""
-    from pspo_repro import tiny
+    from pspo_repro.models import tiny
 
     return tiny.ensure("tiny-test", progress=False)

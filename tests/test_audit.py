@@ -10,7 +10,8 @@ import shutil
 import pytest
 import yaml
 
-from pspo_repro import audit, study
+from pspo_repro.analysis import audit
+from pspo_repro.study import runner
 
 PROFILE = {
     "name": "audit-test",
@@ -54,7 +55,7 @@ def audited(tiny_model, tmp_path_factory):
     root = tmp_path_factory.mktemp("audit")
     profile = root / "audit-test.yaml"
     profile.write_text(yaml.safe_dump(PROFILE))
-    result = study.run_study(str(profile), root / "runs", root / "results", workers=2, progress=False)
+    result = runner.run_study(str(profile), root / "runs", root / "results", workers=2, progress=False)
     assert not result.failed
     path = audit.run_audit(str(profile), root / "runs", root / "results", identity_steps=4)
     return root, profile, path
@@ -140,10 +141,10 @@ def test_an_empty_study_is_a_clear_error(tmp_path):
 
 
 def test_audit_profile_is_the_cpu_profiles_runs_on_one_model():
-    profile = study.load_profile("audit")
+    profile = runner.load_profile("audit")
     assert profile["name"] == "cpu"  # the cpu study's folder: its runs are reused
-    audit_runs = {(r.model, r.label, r.seed): r.settings for r in study.expand(profile)}
-    cpu_runs = {(r.model, r.label, r.seed): r.settings for r in study.expand(study.load_profile("cpu"))}
+    audit_runs = {(r.model, r.label, r.seed): r.settings for r in runner.expand(profile)}
+    cpu_runs = {(r.model, r.label, r.seed): r.settings for r in runner.expand(runner.load_profile("cpu"))}
     assert len(audit_runs) == 22 * 3 and set(audit_runs) <= set(cpu_runs)
     assert all(audit_runs[k] == cpu_runs[k] for k in audit_runs)
     assert {model for model, _, _ in audit_runs} == {"tiny-general-l"}

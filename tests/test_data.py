@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from pspo_repro import data, grading, synthetic
+from pspo_repro.data import loaders, synthetic
+from pspo_repro.evaluation import grading
 
 
 @pytest.mark.parametrize(
@@ -23,7 +24,7 @@ from pspo_repro import data, grading, synthetic
     ],
 )
 def test_record_counts_kinds_and_unique_ids(data_dir: Path, name: str, split: str, count: int) -> None:
-    problems = data.load(name, split, data_dir=data_dir)
+    problems = loaders.load(name, split, data_dir=data_dir)
     assert len(problems) == count
     assert len({p.id for p in problems}) == count
     assert {p.benchmark for p in problems} == {name}
@@ -32,7 +33,7 @@ def test_record_counts_kinds_and_unique_ids(data_dir: Path, name: str, split: st
 
 
 def test_gsm8k_records(data_dir: Path) -> None:
-    test = data.load("gsm8k", "test", data_dir=data_dir)
+    test = loaders.load("gsm8k", "test", data_dir=data_dir)
     first = test[0]
     assert first.id == "test-0000"
     assert first.question.startswith("Janet")
@@ -49,7 +50,7 @@ def test_gsm8k_records(data_dir: Path) -> None:
 
 
 def test_math_records(data_dir: Path) -> None:
-    test = {p.id: p for p in data.load("math", "test", data_dir=data_dir)}
+    test = {p.id: p for p in loaders.load("math", "test", data_dir=data_dir)}
     polar = test["test/precalculus/807.json"]
     assert polar.answer == r"\left( 3, \frac{\pi}{2} \right)"
     assert polar.metadata == {"subject": "Precalculus", "level": 2}
@@ -57,7 +58,7 @@ def test_math_records(data_dir: Path) -> None:
     assert all(p.answer for p in test.values())
     ids = list(test)
     assert ids[0] == "test/algebra/1.json"  # subjects alphabetically, files numerically
-    train = {p.id: p for p in data.load("math", "train", data_dir=data_dir)}
+    train = {p.id: p for p in loaders.load("math", "train", data_dir=data_dir)}
     # Quirks of the original release: "Level ?" and two solutions that box nothing.
     assert train["train/geometry/377.json"].metadata["level"] is None
     assert train["train/geometry/377.json"].metadata["level_raw"] == "Level ?"
@@ -73,8 +74,8 @@ def test_math_records(data_dir: Path) -> None:
 
 
 def test_math500_is_a_subset_of_math_test(data_dir: Path) -> None:
-    math_test = {p.id: p for p in data.load("math", "test", data_dir=data_dir)}
-    math500 = data.load("math500", data_dir=data_dir)
+    math_test = {p.id: p for p in loaders.load("math", "test", data_dir=data_dir)}
+    math500 = loaders.load("math500", data_dir=data_dir)
     for problem in math500:
         assert problem.id in math_test, problem.id
         assert problem.question == math_test[problem.id].question
@@ -86,7 +87,7 @@ def test_math500_is_a_subset_of_math_test(data_dir: Path) -> None:
 
 
 def test_svamp_records(data_dir: Path) -> None:
-    problems = data.load("svamp", data_dir=data_dir)
+    problems = loaders.load("svamp", data_dir=data_dir)
     first = problems[0]
     assert first.id == "chal-1"
     assert first.answer == "51"
@@ -100,7 +101,7 @@ def test_svamp_records(data_dir: Path) -> None:
 
 
 def test_asdiv_records_and_answer_shapes(data_dir: Path) -> None:
-    problems = {p.id: p for p in data.load("asdiv", data_dir=data_dir)}
+    problems = {p.id: p for p in loaders.load("asdiv", data_dir=data_dir)}
     first = problems["nluds-0001"]
     assert first.answer == "9"
     assert (
@@ -131,79 +132,79 @@ def test_asdiv_records_and_answer_shapes(data_dir: Path) -> None:
 
 
 def test_gsm8k_train_validation_split(data_dir: Path) -> None:
-    train_ids = [p.id for p in data.load("gsm8k", "train", data_dir=data_dir)]
-    fit, val = data.gsm8k_train_validation(seed=1, data_dir=data_dir)
+    train_ids = [p.id for p in loaders.load("gsm8k", "train", data_dir=data_dir)]
+    fit, val = loaders.gsm8k_train_validation(seed=1, data_dir=data_dir)
     assert (len(fit), len(val)) == (7000, 472)
     fit_ids, val_ids = [p.id for p in fit], [p.id for p in val]
     assert len(set(fit_ids)) == 7000 and len(set(val_ids)) == 472
     assert not set(fit_ids) & set(val_ids)
     # 7,000 + 472 = 7,472: one of the 7,473 train problems is left out, which one depends on the seed.
     assert len(set(train_ids) - set(fit_ids) - set(val_ids)) == 1
-    again_fit, again_val = data.gsm8k_train_validation(seed=1, data_dir=data_dir)
+    again_fit, again_val = loaders.gsm8k_train_validation(seed=1, data_dir=data_dir)
     assert [p.id for p in again_fit] == fit_ids and [p.id for p in again_val] == val_ids
-    other_fit, other_val = data.gsm8k_train_validation(seed=2, data_dir=data_dir)
+    other_fit, other_val = loaders.gsm8k_train_validation(seed=2, data_dir=data_dir)
     assert [p.id for p in other_val] != val_ids
     assert len({p.id for p in other_val} & set(val_ids)) < 100  # two random 472-subsets share ~30
-    whole_fit, whole_val = data.gsm8k_train_validation(seed=1, data_dir=data_dir, n_validation=473)
+    whole_fit, whole_val = loaders.gsm8k_train_validation(seed=1, data_dir=data_dir, n_validation=473)
     assert sorted(p.id for p in whole_fit + whole_val) == sorted(train_ids)
     assert [p.id for p in whole_fit] == fit_ids  # the training part does not depend on n_validation
     with pytest.raises(ValueError, match="at most 7473"):
-        data.gsm8k_train_validation(seed=1, data_dir=data_dir, n_validation=474)
+        loaders.gsm8k_train_validation(seed=1, data_dir=data_dir, n_validation=474)
 
 
 def test_gsm8k_split_matches_datasets_shuffle(data_dir: Path) -> None:
     """The order is what `datasets.Dataset.shuffle(seed)` gives, so a script shuffling the hub copy agrees."""
     from datasets import Dataset
 
-    train = data.load("gsm8k", "train", data_dir=data_dir)
+    train = loaders.load("gsm8k", "train", data_dir=data_dir)
     shuffled = Dataset.from_dict({"index": list(range(len(train)))}).shuffle(seed=3)["index"]
-    fit, val = data.gsm8k_train_validation(seed=3, data_dir=data_dir)
+    fit, val = loaders.gsm8k_train_validation(seed=3, data_dir=data_dir)
     assert [p.id for p in fit + val] == [train[i].id for i in shuffled[:7472]]
 
 
 def test_limit_env_var_and_copies(data_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv(data.DATA_DIR_ENV, str(data_dir))
-    assert data.resolve_data_dir() == data_dir
-    full = data.load("gsm8k", "test")
-    head = data.load("gsm8k", "test", limit=5)
+    monkeypatch.setenv(loaders.DATA_DIR_ENV, str(data_dir))
+    assert loaders.resolve_data_dir() == data_dir
+    full = loaders.load("gsm8k", "test")
+    head = loaders.load("gsm8k", "test", limit=5)
     assert [p.id for p in head] == [p.id for p in full[:5]]
     # Returned records are copies: changing one does not leak into later loads.
     head[0].metadata["tampered"] = True
-    assert "tampered" not in data.load("gsm8k", "test", limit=1)[0].metadata
-    record = data.load("asdiv", limit=1)[0]
+    assert "tampered" not in loaders.load("gsm8k", "test", limit=1)[0].metadata
+    record = loaders.load("asdiv", limit=1)[0]
     assert json.loads(json.dumps(record.as_dict())) == record.as_dict()
     assert record.as_dict()["id"] == "nluds-0001"
 
 
 def test_synthetic_names_dispatch_to_the_generator() -> None:
-    assert data.load("synthetic", "train", limit=10) == synthetic.generate("train", n=10)
-    svamp = data.load("synthetic-svamp", limit=20)
+    assert loaders.load("synthetic", "train", limit=10) == synthetic.generate("train", n=10)
+    svamp = loaders.load("synthetic-svamp", limit=20)
     assert [p.benchmark for p in svamp] == ["synthetic-svamp"] * 20
     assert svamp == synthetic.generate("test-svamp", n=20)
-    assert len(data.load("synthetic-asdiv")) == synthetic.SPLITS["test-asdiv"]
-    assert set(data.BENCHMARKS) == set(data.SPLITS) == set(data.KINDS)
+    assert len(loaders.load("synthetic-asdiv")) == synthetic.SPLITS["test-asdiv"]
+    assert set(loaders.BENCHMARKS) == set(loaders.SPLITS) == set(loaders.KINDS)
 
 
 def test_unknown_benchmark_and_split() -> None:
     with pytest.raises(ValueError, match="unknown benchmark 'gsm9k'") as info:
-        data.load("gsm9k")
-    assert all(name in str(info.value) for name in data.BENCHMARKS)
+        loaders.load("gsm9k")
+    assert all(name in str(info.value) for name in loaders.BENCHMARKS)
     with pytest.raises(ValueError, match="'svamp' has no split 'train'; its splits: test"):
-        data.load("svamp", "train")
+        loaders.load("svamp", "train")
     with pytest.raises(ValueError, match="limit"):
-        data.load("gsm8k", limit=-1)
+        loaders.load("gsm8k", limit=-1)
 
 
 def test_missing_folder_and_file_errors(tmp_path: Path) -> None:
     missing = tmp_path / "nowhere"
     with pytest.raises(FileNotFoundError, match="PSPO_DATA_DIR") as info:
-        data.load("gsm8k", data_dir=missing)
+        loaders.load("gsm8k", data_dir=missing)
     assert str(missing) in str(info.value)
     with pytest.raises(FileNotFoundError) as info:
-        data.load("gsm8k", data_dir=tmp_path)
+        loaders.load("gsm8k", data_dir=tmp_path)
     assert str(tmp_path / "gsm8k" / "test.jsonl") in str(info.value)
     with pytest.raises(FileNotFoundError) as info:
-        data.load("math", "train", data_dir=tmp_path)
+        loaders.load("math", "train", data_dir=tmp_path)
     assert str(tmp_path / "MATH" / "train") in str(info.value)
 
 
@@ -213,7 +214,7 @@ def test_malformed_jsonl_names_file_and_line(tmp_path: Path) -> None:
     good = json.dumps({"question": "What is 2 + 2?", "answer": "2 + 2 = 4\n#### 4"})
     path.write_text(f"{good}\n{good}\n{{not json\n")
     with pytest.raises(ValueError, match="line 3 is not valid JSON") as info:
-        data.load("gsm8k", data_dir=tmp_path)
+        loaders.load("gsm8k", data_dir=tmp_path)
     assert str(path) in str(info.value)
     other = tmp_path / "other"
     (other / "gsm8k").mkdir(parents=True)
@@ -221,17 +222,17 @@ def test_malformed_jsonl_names_file_and_line(tmp_path: Path) -> None:
         f"{good}\n" + json.dumps({"question": "q", "answer": "no mark"})
     )
     with pytest.raises(ValueError, match="line 2 has no '#### <answer>'"):
-        data.load("gsm8k", data_dir=other)
+        loaders.load("gsm8k", data_dir=other)
 
 
 def test_hub_fallback_offline_says_to_pass_a_data_dir(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv(data.DATA_DIR_ENV, raising=False)
+    monkeypatch.delenv(loaders.DATA_DIR_ENV, raising=False)
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    assert data.resolve_data_dir() is None
+    assert loaders.resolve_data_dir() is None
     with pytest.raises(FileNotFoundError, match="--data-dir") as info:
-        data.load("svamp")
-    assert "ChilleD/SVAMP" in str(info.value) and data.DATA_DIR_ENV in str(info.value)
+        loaders.load("svamp")
+    assert "ChilleD/SVAMP" in str(info.value) and loaders.DATA_DIR_ENV in str(info.value)
 
 
 def test_every_benchmark_file_has_a_hub_source() -> None:
-    assert set(data._HUB_LOADERS) == set(data._LOCAL_LOADERS) == set(data.HUB_IDS)
+    assert set(loaders._HUB_LOADERS) == set(loaders._LOCAL_LOADERS) == set(loaders.HUB_IDS)

@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 from transformers import TrainerState
 
-from pspo_repro import distributed, rundir, study
-from pspo_repro.train import RunLog, TrainSettings, Validation, grpo_config, train
+from pspo_repro.study import rundir, runner
+from pspo_repro.training import distributed
+from pspo_repro.training.train import RunLog, TrainSettings, Validation, grpo_config, train
 
 REPO = Path(__file__).resolve().parents[1]
 ZERO2 = REPO / "configs" / "accelerate" / "zero2.yaml"
@@ -49,7 +50,7 @@ def test_a_world_size_that_divides_nothing_is_a_clear_error():
 def test_grpo_config_takes_the_layout_of_the_world_size(monkeypatch, tmp_path):
     """The paper profile under 4 processes: TRL gets 4 per device x 4 accumulation steps; the generation
     batch TRL derives from it (per device x processes x steps per generation) is still the profile's 64."""
-    run = study.expand(study.load_profile("paper"))[0]
+    run = runner.expand(runner.load_profile("paper"))[0]
     # the launcher's variables would make TrainingArguments join a process group: set the size alone
     monkeypatch.setattr(distributed, "world_size", lambda: 4)
     config = grpo_config(run.settings, tmp_path)
@@ -80,10 +81,11 @@ def test_rank_comes_from_the_launchers_variables(monkeypatch):
 
 
 def test_a_non_main_process_neither_validates_nor_logs(monkeypatch, tmp_path, tiny_model):
-    from pspo_repro import models, synthetic
+    from pspo_repro.data import synthetic
+    from pspo_repro.models import loading
 
     settings = TrainSettings(model=str(tiny_model), dataset="synthetic", max_completion_length=8)
-    tokenizer = models.load_tokenizer(models.resolve(str(tiny_model)))
+    tokenizer = loading.load_tokenizer(loading.resolve(str(tiny_model)))
     problems = synthetic.generate("validation", n=2, seed=0)
     monkeypatch.setenv("RANK", "1")  # the world of 1 keeps the barrier a no-op in this single process
     validation = Validation(tmp_path, settings, problems, tokenizer)

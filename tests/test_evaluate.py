@@ -1,5 +1,5 @@
-"""The evaluator: statistics (pspo_repro.stats), records and summary, resume after interruption, the
-backends' stop tokens (pspo_repro.backends), and clear errors."""
+"""The evaluator: statistics (pspo_repro.evaluation.stats), records and summary, resume after interruption, the
+backends' stop tokens (pspo_repro.evaluation.backends), and clear errors."""
 
 from __future__ import annotations
 
@@ -11,8 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from pspo_repro import backends, data, grading, models, prompts, rundir, stats, tiny
-from pspo_repro import evaluate as ev
+from pspo_repro.data import loaders, prompts
+from pspo_repro.evaluation import backends, grading, stats
+from pspo_repro.evaluation import evaluate as ev
+from pspo_repro.models import loading, tiny
+from pspo_repro.study import rundir
 
 # --------------------------------------------------------------------------- statistics (no model)
 
@@ -70,7 +73,7 @@ def test_majority_vote_groups_equivalent_answers_and_breaks_ties_by_order():
 
 def test_parse_benchmarks():
     assert ev.parse_benchmarks("gsm8k, svamp,gsm8k") == ["gsm8k", "svamp"]
-    assert ev.parse_benchmarks("all") == [b for b in data.BENCHMARKS if not b.startswith("synthetic")]
+    assert ev.parse_benchmarks("all") == [b for b in loaders.BENCHMARKS if not b.startswith("synthetic")]
     assert ev.parse_benchmarks("synthetic-all") == ["synthetic", "synthetic-svamp", "synthetic-asdiv"]
     assert ev.parse_benchmarks("paper") == ["gsm8k", "svamp", "asdiv", "math500"]
     assert ev.parse_benchmarks("MATH-500") == ["math500"]
@@ -81,7 +84,7 @@ def test_parse_benchmarks():
 
 
 def test_default_budgets_cover_every_benchmark():
-    assert set(ev.DEFAULT_MAX_NEW_TOKENS) == set(data.BENCHMARKS)
+    assert set(ev.DEFAULT_MAX_NEW_TOKENS) == set(loaders.BENCHMARKS)
     assert ev.DEFAULT_MAX_NEW_TOKENS["gsm8k"] == 128  # the paper's budget
     assert ev.DEFAULT_MAX_NEW_TOKENS["math500"] >= 512  # hazard 3: MATH needs far more than 128
 
@@ -224,8 +227,8 @@ def test_records_are_well_formed_on_every_benchmark(model, data_dir, tmp_path):
         progress=False,
     )
     categories = {"svamp": "type", "asdiv": "solution_type", "math": "subject", "math500": "level"}
-    for name in data.BENCHMARKS:
-        problems = data.load(name, data_dir=data_dir, limit=2)
+    for name in loaders.BENCHMARKS:
+        problems = loaders.load(name, data_dir=data_dir, limit=2)
         records = _lines(tmp_path / "eval" / f"{name}.jsonl")
         assert sorted(r["id"] for r in records) == sorted(p.id for p in problems)
         by_id = {p.id: p for p in problems}
@@ -383,7 +386,7 @@ def test_vllm_missing_says_how_to_install(tmp_path):
     with pytest.raises(ImportError, match=r"pip install 'pspo-repro\[vllm\]'"):
         ev.evaluate("tiny-test", ["synthetic"], tmp_path, backend="vllm", limit=1, progress=False)
     with pytest.raises(ImportError, match=r"pip install 'pspo-repro\[vllm\]'"):
-        backends.VLLMBackend(models.ModelSource(str(tmp_path)))
+        backends.VLLMBackend(loading.ModelSource(str(tmp_path)))
 
 
 @pytest.mark.slow
@@ -438,8 +441,8 @@ def test_validation_evaluation_and_the_build_check_share_one_greedy_generation(m
     hf evaluation backend produces, whatever the batching, and leave the model's mode as it was."""
     from transformers import AutoModelForCausalLM
 
-    problems = data.load("synthetic", "validation", limit=6)
-    hf = backends.HFBackend(models.resolve(model), batch_size=4, device="cpu")
+    problems = loaders.load("synthetic", "validation", limit=6)
+    hf = backends.HFBackend(loading.resolve(model), batch_size=4, device="cpu")
     texts = [prompts.render_prompt(hf.tokenizer, p.question, p.kind) for p in problems]
     evaluated = [g.texts[0] for g in hf.generate(texts, 1, 0.0, 1.0, 24, 0)]
     trainee = AutoModelForCausalLM.from_pretrained(model).train()

@@ -1,5 +1,5 @@
-"""Tests of answer extraction and the strict / flexible / permissive / paper metrics (pspo_repro.grading), and of
-the paper's shaped reward (pspo_repro.rewards)."""
+"""Tests of answer extraction and the strict / flexible / permissive / paper metrics (pspo_repro.evaluation.grading), and of
+the paper's shaped reward (pspo_repro.training.rewards)."""
 
 from __future__ import annotations
 
@@ -12,8 +12,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from pspo_repro import grading, verify_guard
-from pspo_repro.grading import (
+from pspo_repro.evaluation import grading, verify_guard
+from pspo_repro.evaluation.grading import (
     KINDS,
     Grade,
     binary_reward,
@@ -28,7 +28,7 @@ from pspo_repro.grading import (
     parse_number,
     score,
 )
-from pspo_repro.rewards import paper_reward_value as paper_reward
+from pspo_repro.training.rewards import paper_reward_value as paper_reward
 
 # ---------------------------------------------------------------- extractors
 
@@ -485,7 +485,7 @@ def test_repeated_structures_finish_within_the_deadline(pieces, repeat):
 
 
 def _load(benchmark: str, split: str, data_dir):
-    from pspo_repro.data import load
+    from pspo_repro.data.loaders import load
 
     return load(benchmark, split, data_dir=data_dir)
 

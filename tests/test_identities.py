@@ -6,8 +6,9 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pspo_repro import identities, objectives
-from pspo_repro.train import TrainSettings
+from pspo_repro.analysis import identities
+from pspo_repro.training import objectives
+from pspo_repro.training.train import TrainSettings
 
 ALPHAS = [0.0, 0.1, 0.4, 0.9, 1.0]
 

@@ -12,12 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from pspo_repro import launch, rundir
+from pspo_repro.study import launch, rundir
 
 HOLD_LOCK = """
 import sys, time
 from pathlib import Path
-from pspo_repro.launch import folder_lock
+from pspo_repro.study.launch import folder_lock
 with folder_lock(Path(sys.argv[1])) as held:
     print("held" if held else "busy", flush=True)
     time.sleep(600)
@@ -123,7 +123,7 @@ def test_a_changed_tiny_recipe_makes_finished_tasks_stale(tiny_model, tmp_path, 
     unfinished again and is redone from scratch, so a resumed study never mixes two builds."""
     from dataclasses import replace
 
-    from pspo_repro import tiny
+    from pspo_repro.models import tiny
 
     task = _task(tmp_path / "run")
     assert launch.execute(task).status == "done"

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from pspo_repro import objectives
+from pspo_repro.training import objectives
 
 ALL = {
     "clip": {"epsilon": 0.2},
@@ -212,8 +212,8 @@ def test_each_parameter_reads_the_setting_of_its_name():
     """One mapping (PARAMS) serves the run settings and the trainer config, whose fields carry these names."""
     from dataclasses import fields
 
-    from pspo_repro.train import TrainSettings
-    from pspo_repro.trainer import PSPOGRPOConfig
+    from pspo_repro.training.train import TrainSettings
+    from pspo_repro.training.trainer import PSPOGRPOConfig
 
     assert objectives.parameter_names() == (
         "epsilon",

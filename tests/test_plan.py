@@ -5,13 +5,13 @@ from __future__ import annotations
 import pytest
 from typer.testing import CliRunner
 
-from pspo_repro import plan, study
 from pspo_repro.cli import app
-from pspo_repro.train import TrainSettings
+from pspo_repro.study import plan, runner
+from pspo_repro.training.train import TrainSettings
 
 
 def _paper(model: str, label: str) -> TrainSettings:
-    runs = study.expand(study.load_profile("paper"))
+    runs = runner.expand(runner.load_profile("paper"))
     return next(r.settings for r in runs if (r.model, r.label, r.seed) == (model, label, 0))
 
 
@@ -43,21 +43,22 @@ def test_schedule_matches_trl(tiny_model, tmp_path, values):
     """The counts agree with TRL's own dataloader and transformers' step count for the same settings."""
     from datasets import Dataset
 
-    from pspo_repro import models, rewards
-    from pspo_repro.train import grpo_config
-    from pspo_repro.trainer import PSPOGRPOTrainer
+    from pspo_repro.models import loading
+    from pspo_repro.training import rewards
+    from pspo_repro.training.train import grpo_config
+    from pspo_repro.training.trainer import PSPOGRPOTrainer
 
     n = values.pop("n")
     settings = TrainSettings.from_dict({"model": "tiny-test", "dataset": "synthetic", **values})
-    source = models.resolve("tiny-test")
+    source = loading.resolve("tiny-test")
     trainer = PSPOGRPOTrainer(
-        model=models.load_model(source),
+        model=loading.load_model(source),
         reward_funcs=[rewards.get("paper")],
         args=grpo_config(settings, tmp_path),
         train_dataset=Dataset.from_list(
             [{"prompt": f"q{i}", "answer": "1", "kind": "gsm8k"} for i in range(n)]
         ),
-        processing_class=models.load_tokenizer(source),
+        processing_class=loading.load_tokenizer(source),
     )
     loader = trainer.get_train_dataloader()
     *_, steps_in_epoch, max_steps = trainer.set_initial_training_values(trainer.args, loader)
@@ -99,7 +100,7 @@ def test_dry_run_of_the_paper_profile():
     assert "about 288 GPU-hours" in result.output
     assert "0.025 s per decoding step of a batch for models <= 1B" in result.output
     assert "not measurements" in result.output
-    assert not (study.Path("runs") / "paper").exists()  # nothing ran
+    assert not (runner.Path("runs") / "paper").exists()  # nothing ran
 
 
 def test_dry_run_of_a_slice_and_unknown_sizes():

@@ -16,7 +16,8 @@ import nbformat
 import pytest
 from nbformat.v4 import new_code_cell, new_notebook
 
-from pspo_repro import report, study
+from pspo_repro.analysis import report
+from pspo_repro.study import runner
 
 pytestmark = pytest.mark.slow
 
@@ -39,7 +40,7 @@ FIGURES = [
 def smoke(tiny_model, tmp_path_factory):
     """The smoke profile studied, then reported (one papermill pass over every notebook)."""
     root = tmp_path_factory.mktemp("smoke-report")
-    result = study.run_study("smoke", root / "runs", root / "results", progress=False)
+    result = runner.run_study("smoke", root / "runs", root / "results", progress=False)
     assert result.failed == []
     executed = report.run_report("smoke", root / "runs", root / "results", root / "figures")
     return root, executed

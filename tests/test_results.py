@@ -17,7 +17,8 @@ import pytest
 import yaml
 from scipy import stats
 
-from pspo_repro import figures, results, study, style
+from pspo_repro.analysis import figures, results, style
+from pspo_repro.study import runner
 
 
 @pytest.fixture(scope="module")
@@ -25,14 +26,14 @@ def mini(tiny_model, tmp_path_factory):
     """A study of tiny-test x (clip, pspo) x seeds 0 and 1, every run trained and evaluated, and the
     profile written beside its tables."""
     root = tmp_path_factory.mktemp("mini-study")
-    profile = yaml.safe_load((study.resources.files("pspo_repro") / "profiles" / "smoke.yaml").read_text())
+    profile = yaml.safe_load((runner.resources.files("pspo_repro") / "profiles" / "smoke.yaml").read_text())
     profile.update(name="mini", seeds=[0, 1])
     profile["objectives"] = {"clip": {"epsilon": 0.2}, "pspo": {"alpha": 0.1}}
     profile["train"].update(max_steps=2, validation_limit=8, batch_size=8, eval_every=1)
     profile["eval"].update(benchmarks=["synthetic", "synthetic-asdiv"], limit=6)
     path = root / "mini.yaml"
     path.write_text(yaml.safe_dump(profile))
-    result = study.run_study(str(path), root / "runs", root / "results", progress=False)
+    result = runner.run_study(str(path), root / "runs", root / "results", progress=False)
     assert result.failed == []
     return root
 

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from pspo_repro import rundir
+from pspo_repro.study import rundir
 
 
 def test_appended_records_read_back_in_order(tmp_path):

@@ -7,16 +7,19 @@ from __future__ import annotations
 
 import pytest
 
-from pspo_repro import data, models, prompts, rewards, rundir
-from pspo_repro.train import to_dataset
-from pspo_repro.trainer import PSPOGRPOConfig, PSPOGRPOTrainer
+from pspo_repro.data import loaders, prompts
+from pspo_repro.models import loading
+from pspo_repro.study import rundir
+from pspo_repro.training import rewards
+from pspo_repro.training.train import to_dataset
+from pspo_repro.training.trainer import PSPOGRPOConfig, PSPOGRPOTrainer
 
 pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")
 def smollm2_tokenizer():
-    return models.load_tokenizer(models.resolve("smollm2"))
+    return loading.load_tokenizer(loading.resolve("smollm2"))
 
 
 def test_chat_template_renders_the_paper_prompt(smollm2_tokenizer):
@@ -35,9 +38,9 @@ def digit_density(prompts, completions, **_) -> list[float]:
 
 @pytest.mark.parametrize("objective", ["pspo", "clip"])
 def test_two_grpo_steps_on_real_gsm8k_prompts(objective, data_dir, tmp_path):
-    source = models.resolve("smollm2")
-    tokenizer = models.load_tokenizer(source)
-    problems = data.load("gsm8k", "train", data_dir=data_dir, limit=16)
+    source = loading.resolve("smollm2")
+    tokenizer = loading.load_tokenizer(source)
+    problems = loaders.load("gsm8k", "train", data_dir=data_dir, limit=16)
     args = PSPOGRPOConfig(
         output_dir=str(tmp_path),
         objective=objective,
@@ -63,7 +66,7 @@ def test_two_grpo_steps_on_real_gsm8k_prompts(objective, data_dir, tmp_path):
         seed=0,
     )
     trainer = PSPOGRPOTrainer(
-        model=models.load_model(source),
+        model=loading.load_model(source),
         reward_funcs=[rewards.paper_reward, digit_density],
         args=args,
         train_dataset=to_dataset(problems),

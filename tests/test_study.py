@@ -8,12 +8,12 @@ import json
 import pytest
 import yaml
 
-from pspo_repro import study
+from pspo_repro.study import runner
 
 
 def test_shipped_profiles_expand():
-    assert {"paper", "smoke", "cpu"} <= set(study.profile_names())
-    paper = study.expand(study.load_profile("paper"))
+    assert {"paper", "smoke", "cpu"} <= set(runner.profile_names())
+    paper = runner.expand(runner.load_profile("paper"))
     assert len(paper) == 3 * 5 * 5 + 2 * 5  # clip-eps0 at the two Qwen2.5 sizes
     by_key = {(r.model, r.label, r.seed): r.settings for r in paper}
     # the released script's clip: eps 0 and lr 5e-7 at both sizes, beside the intended eps
@@ -47,7 +47,7 @@ def test_labelled_variants_run_their_objective():
             "pspo-sgd": {"objective": "pspo", "optimizer": "sgd", "learning_rate": 0.5},
         },
     }
-    runs = {r.label: r for r in study.expand(profile)}
+    runs = {r.label: r for r in runner.expand(profile)}
     assert set(runs) == {"clip", "clip-shuffled", "pspo-sgd"}
     assert runs["clip-shuffled"].settings.objective == "clip"
     assert runs["clip-shuffled"].settings.shuffle_advantages is True
@@ -57,49 +57,49 @@ def test_labelled_variants_run_their_objective():
     assert runs["pspo-sgd"].name == "tiny-test/pspo-sgd/seed0"
     assert runs["pspo-sgd"].settings.label == "pspo-sgd"  # the label travels in config.json
     with pytest.raises(ValueError, match="'cilp'"):
-        study.expand({**profile, "objectives": {"typo": {"objective": "cilp"}}})
+        runner.expand({**profile, "objectives": {"typo": {"objective": "cilp"}}})
 
 
 def test_select_a_slice_of_a_profile():
-    runs = study.expand(study.load_profile("cpu"))
-    picked = study.select(runs, models=["tiny-math-l"], objectives=["clip", "pspo"], seeds=[1])
+    runs = runner.expand(runner.load_profile("cpu"))
+    picked = runner.select(runs, models=["tiny-math-l"], objectives=["clip", "pspo"], seeds=[1])
     assert [(r.model, r.label, r.seed) for r in picked] == [
         ("tiny-math-l", "clip", 1),
         ("tiny-math-l", "pspo", 1),
     ]
-    assert len(study.select(runs, seeds=[0])) == len(runs) // 3
+    assert len(runner.select(runs, seeds=[0])) == len(runs) // 3
     with pytest.raises(ValueError, match=r"model\(s\) \['tiny-nope'\] not in the profile"):
-        study.select(runs, models=["tiny-nope"])
+        runner.select(runs, models=["tiny-nope"])
 
 
 def test_bad_profiles_are_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="unknown profile 'nope'; known profiles: .*paper"):
-        study.load_profile("nope")
+        runner.load_profile("nope")
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"models": ["tiny-test"], "objectives": {"clip": {}}, "trian": {}}))
     with pytest.raises(ValueError, match=r"unknown keys \['trian'\]"):
-        study.load_profile(str(bad))
+        runner.load_profile(str(bad))
     typo = {"models": ["tiny-test"], "objectives": {"clip": {"learning_rat": 1}}}
     with pytest.raises(ValueError, match=r"unknown setting\(s\) \['learning_rat'\]"):
-        study.expand(typo)
+        runner.expand(typo)
     cell = {
         "models": ["tiny-test"],
         "objectives": {"clip": {}},
         "cells": [{"model": "x", "objective": "clip"}],
     }
     with pytest.raises(ValueError, match=r"cell \('x', 'clip'\) names a model or objective"):
-        study.expand(cell)
+        runner.expand(cell)
 
 
 @pytest.mark.slow
 def test_small_study_end_to_end(tiny_model, tmp_path):
-    profile = yaml.safe_load((study.resources.files("pspo_repro") / "profiles" / "smoke.yaml").read_text())
+    profile = yaml.safe_load((runner.resources.files("pspo_repro") / "profiles" / "smoke.yaml").read_text())
     profile["objectives"] = {"clip": {"epsilon": 0.2}, "pspo": {"alpha": 0.1}}
     profile["train"].update(max_steps=2, validation_limit=8, batch_size=8)
     profile["eval"].update(benchmarks=["synthetic", "synthetic-asdiv"], limit=6)
     path = tmp_path / "mini.yaml"
     path.write_text(yaml.safe_dump(profile))
-    result = study.run_study(str(path), tmp_path / "runs", tmp_path / "results", progress=False)
+    result = runner.run_study(str(path), tmp_path / "runs", tmp_path / "results", progress=False)
     assert (result.failed, result.busy) == ([], [])
     table = result.table
     rows = list(csv.DictReader((table.parent / "accuracy.csv").read_text().splitlines()))
@@ -132,7 +132,7 @@ def test_small_study_end_to_end(tiny_model, tmp_path):
     assert "| tiny-test | clip | 1 |" in (table.parent / "training.md").read_text()
     # a second call finds every run and evaluation finished and only rewrites the table
     done = sorted(p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("DONE"))
-    study.run_study(str(path), tmp_path / "runs", tmp_path / "results", progress=False)
+    runner.run_study(str(path), tmp_path / "runs", tmp_path / "results", progress=False)
     assert sorted(p.stat().st_mtime_ns for p in (tmp_path / "runs").rglob("DONE")) == done
 
 
@@ -143,15 +143,15 @@ def test_a_profile_extends_another(tmp_path):
             {"name": "child", "extends": "cpu", "seeds": [0, 1, 2, 3, 4], "train": {"max_steps": 7}}
         )
     )
-    profile = study.load_profile(str(child))
-    base = study.load_profile("cpu")
+    profile = runner.load_profile(str(child))
+    base = runner.load_profile("cpu")
     assert profile["seeds"] == [0, 1, 2, 3, 4] and profile["name"] == "child"
     assert profile["train"] == {**base["train"], "max_steps": 7}
     assert profile["objectives"] == base["objectives"] and profile["eval"] == base["eval"]
-    runs = study.expand(profile)
-    assert len(runs) == len(study.expand(base)) // 3 * 5
+    runs = runner.expand(profile)
+    assert len(runs) == len(runner.expand(base)) // 3 * 5
     assert {r.settings.max_steps for r in runs if r.label == "clip"} == {7}
-    full = study.load_profile("cpu-full")
+    full = runner.load_profile("cpu-full")
     assert full["seeds"] == [0, 1, 2, 3, 4] and "extends" not in full
 
 
@@ -163,7 +163,7 @@ def test_a_failing_run_fails_alone_and_the_study_exits_non_zero(tiny_model, tmp_
 
     from pspo_repro.cli import app
 
-    profile = yaml.safe_load((study.resources.files("pspo_repro") / "profiles" / "smoke.yaml").read_text())
+    profile = yaml.safe_load((runner.resources.files("pspo_repro") / "profiles" / "smoke.yaml").read_text())
     profile.update(
         name="mixed", models=["tiny-test", "nobody/no-such-model"], objectives={"clip": {"epsilon": 0.2}}
     )
@@ -196,15 +196,15 @@ def test_a_failing_run_fails_alone_and_the_study_exits_non_zero(tiny_model, tmp_
 def test_task_order_keeps_workers_busy_during_warm_starts(tmp_path):
     """Independent models' starts first (they build side by side), a continued model's start just before its
     parent's runs (the parent is built by then), and its own runs last."""
-    runs = study.expand(study.load_profile("cpu"))
-    names = [t.name for t in study.tasks(runs, tmp_path, ["synthetic"], {}, None)]
+    runs = runner.expand(runner.load_profile("cpu"))
+    names = [t.name for t in runner.tasks(runs, tmp_path, ["synthetic"], {}, None)]
     assert names[:2] == ["tiny-general-s/start", "tiny-general-l/start"]
     math_start = names.index("tiny-math-l/start")
     assert names[math_start - 1].startswith("tiny-general-s/") and names[math_start + 1].startswith(
         "tiny-general-l/"
     )
     assert all(n.startswith("tiny-math-l/") for n in names[-21:]) and len(names) == len(runs) + 3
-    kinds = {t.name: t.kind for t in study.tasks(runs, tmp_path, ["synthetic"], {}, None)}
+    kinds = {t.name: t.kind for t in runner.tasks(runs, tmp_path, ["synthetic"], {}, None)}
     assert kinds["tiny-math-l/start"] == "base" and kinds["tiny-math-l/clip/seed0"] == "train"
 
 
@@ -220,7 +220,7 @@ def test_slurm_launcher_submits_one_job_per_run_under_the_locks(tiny_model, tmp_
 
     from pspo_repro.cli import app
 
-    profile = yaml.safe_load((study.resources.files("pspo_repro") / "profiles" / "smoke.yaml").read_text())
+    profile = yaml.safe_load((runner.resources.files("pspo_repro") / "profiles" / "smoke.yaml").read_text())
     profile["objectives"] = {"clip": {"epsilon": 0.2}}
     profile["train"].update(max_steps=1, validation_limit=4, batch_size=8)
     profile["eval"].update(benchmarks=["synthetic"], limit=4)
@@ -228,7 +228,7 @@ def test_slurm_launcher_submits_one_job_per_run_under_the_locks(tiny_model, tmp_
     path.write_text(yaml.safe_dump(profile))
     runs = tmp_path / "runs"
     start = runs / "smoke" / "tiny-test" / "start"
-    hold = "import sys, time\nfrom pathlib import Path\nfrom pspo_repro.launch import folder_lock\n"
+    hold = "import sys, time\nfrom pathlib import Path\nfrom pspo_repro.study.launch import folder_lock\n"
     hold += "with folder_lock(Path(sys.argv[1])) as held:\n    print(held, flush=True)\n    time.sleep(600)\n"
     holder = subprocess.Popen([sys.executable, "-c", hold, str(start)], stdout=subprocess.PIPE, text=True)
     args = ["study", "--profile", str(path), "--runs", str(runs)]

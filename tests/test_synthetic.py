@@ -7,8 +7,8 @@ import re
 
 import pytest
 
-from pspo_repro import synthetic
-from pspo_repro.data import Problem
+from pspo_repro.data import synthetic
+from pspo_repro.data.loaders import Problem
 
 LINE = re.compile(r"^(\d+) ([-+*/]) (\d+) = (\d+)$")
 ALL_SPLITS = tuple(synthetic.SPLITS)

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from pspo_repro import tables
+from pspo_repro.analysis import tables
 
 
 def _rows(model: str, label: str, accuracies: list[float]) -> list[dict]:
@@ -79,7 +79,7 @@ def test_staleness_table_shows_the_stalest_level():
 
 def test_written_files_are_readable_by_everyone(tmp_path):
     """Atomic writes go through a private temporary file; the result must not stay owner-only."""
-    from pspo_repro import rundir
+    from pspo_repro.study import rundir
 
     rundir.atomic_write_text(tmp_path / "t.md", "x")
     assert (tmp_path / "t.md").stat().st_mode & 0o777 == 0o644
@@ -93,7 +93,8 @@ def _summary(accuracies: dict[str, float]) -> dict:
 def test_accuracy_table_has_a_paper_column(tmp_path):
     """Every metric of the graders is a column, the paper's included; a summary written before the paper
     metric existed gives its other columns and an empty paper cell."""
-    from pspo_repro import grading, rundir
+    from pspo_repro.evaluation import grading
+    from pspo_repro.study import rundir
 
     rundir.atomic_write_json(
         tmp_path / "m/start/eval/summary.json",

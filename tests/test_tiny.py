@@ -13,8 +13,8 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
-from pspo_repro import models, tiny
-from pspo_repro.prompts import chat_messages, render_prompt
+from pspo_repro.data.prompts import chat_messages, render_prompt
+from pspo_repro.models import loading, tiny
 
 
 @pytest.fixture(scope="module")
@@ -202,9 +202,9 @@ def test_saved_tokenizer_loads_as_built(tok, built, data_dir):
 
 @pytest.mark.slow
 def test_built_model_generates_left_padded_batches(built):
-    source = models.resolve("tiny-test")
+    source = loading.resolve("tiny-test")
     assert Path(source.path) == built
-    tok = models.load_tokenizer(source)
+    tok = loading.load_tokenizer(source)
     assert tok.padding_side == "left" and tok.pad_token == "<|pad|>"
     model = AutoModelForCausalLM.from_pretrained(built).eval()
     assert model.dtype == torch.float32
@@ -238,9 +238,9 @@ def test_built_model_generates_left_padded_batches(built):
 @pytest.mark.slow
 def test_warm_start_teaches_the_answer_format(built):
     """Even the micro model writes ``#### N`` lines after its few warm-start steps."""
-    from pspo_repro import synthetic
+    from pspo_repro.data import synthetic
 
-    tok = models.load_tokenizer(models.resolve(os.fspath(built)))
+    tok = loading.load_tokenizer(loading.resolve(os.fspath(built)))
     model = AutoModelForCausalLM.from_pretrained(built).eval()
     problems = synthetic.generate("validation", n=16)
     batch = tok([render_prompt(tok, p.question) for p in problems], return_tensors="pt", padding=True)

@@ -15,9 +15,10 @@ import pytest
 import torch
 from transformers import TrainerCallback
 
-from pspo_repro import models, rundir
-from pspo_repro import train as train_module
-from pspo_repro.train import TrainSettings, train
+from pspo_repro.models import loading
+from pspo_repro.study import rundir
+from pspo_repro.training import train as train_module
+from pspo_repro.training.train import TrainSettings, train
 
 
 def tiny_settings(model_path, **overrides) -> TrainSettings:
@@ -45,7 +46,7 @@ def tiny_settings(model_path, **overrides) -> TrainSettings:
 
 
 def weights(path):
-    return models.load_model(models.ModelSource(str(path))).state_dict()
+    return loading.load_model(loading.ModelSource(str(path))).state_dict()
 
 
 def rms_change(trained, start) -> float:
@@ -108,11 +109,11 @@ def test_best_checkpoint_is_chosen_after_step_0(tiny_model, tmp_path):
 @pytest.mark.slow
 def test_step_0_validation_of_a_tiny_model_is_computed_once(tiny_model, tmp_path):
     """Every run from the same cached tiny model shares one step-0 validation (greedy is deterministic)."""
-    from pspo_repro import train as train_module
+    from pspo_repro.training import train as train_module
 
     settings = tiny_settings("tiny-test", objective="pspo", max_steps=1)
     first = train(settings, tmp_path / "a", progress=False)
-    cache = train_module._initial_validation_path(models.resolve("tiny-test"), settings)
+    cache = train_module._initial_validation_path(loading.resolve("tiny-test"), settings)
     record = json.loads(cache.read_text())
     assert record == {
         k: v for k, v in rundir.read_jsonl(first / "validation.jsonl")[0].items() if k != "best"
@@ -123,9 +124,9 @@ def test_step_0_validation_of_a_tiny_model_is_computed_once(tiny_model, tmp_path
     cache.unlink()
     # another validation set is another cache entry
     other = tiny_settings("tiny-test", objective="pspo", max_steps=1, validation_limit=4)
-    assert train_module._initial_validation_path(models.resolve("tiny-test"), other) != cache
+    assert train_module._initial_validation_path(loading.resolve("tiny-test"), other) != cache
     # models outside the tiny cache are not cached
-    assert train_module._initial_validation_path(models.ModelSource(str(tmp_path)), settings) is None
+    assert train_module._initial_validation_path(loading.ModelSource(str(tmp_path)), settings) is None
 
 
 def test_a_bad_model_name_leaves_no_run_folder(tmp_path):
@@ -140,7 +141,7 @@ def test_training_moves_the_weights(tiny_model, tmp_path):
     to the unclipped gradient."""
     run = train(tiny_settings(tiny_model, objective="clip", epsilon=0.2), tmp_path / "run", progress=False)
     assert rundir.read_json(run / rundir.CHECKPOINT / rundir.CHECKPOINT_STEP)["step"] == 3
-    trained = models.load_model(models.ModelSource(str(run / rundir.CHECKPOINT))).state_dict()
+    trained = loading.load_model(loading.ModelSource(str(run / rundir.CHECKPOINT))).state_dict()
     assert rms_change(trained, weights(tiny_model)) > MOVED
     probes = rundir.read_jsonl(run / "probes.jsonl")
     sampled = [p for p in probes if "samples" in p]
@@ -287,7 +288,7 @@ def test_an_adam_step_at_the_papers_learning_rate_moves_the_master_weights(tiny_
     """On GPUs the paper profile trains with bf16; the weights the optimizer updates must stay float32. One
     AdamW step at lr 5e-7 moves nearly every float32 weight, while the same step on bf16 weights (the old
     policy: the model loaded in bf16) rounds almost every update away."""
-    from pspo_repro import train as train_module
+    from pspo_repro.training import train as train_module
 
     assert train_module.MASTER_WEIGHTS_DTYPE is torch.float32
     config = train_module.grpo_config(tiny_settings(tiny_model, bf16=True), tiny_model)
@@ -295,7 +296,7 @@ def test_an_adam_step_at_the_papers_learning_rate_moves_the_master_weights(tiny_
 
     def fraction_moved(dtype: torch.dtype) -> float:
         torch.manual_seed(0)
-        model = models.load_model(models.ModelSource(str(tiny_model)), dtype=dtype).train()
+        model = loading.load_model(loading.ModelSource(str(tiny_model)), dtype=dtype).train()
         before = [p.detach().clone() for p in model.parameters()]
         ids = torch.randint(10, 200, (4, 24))
         with torch.autocast("cpu", dtype=torch.bfloat16):
@@ -436,26 +437,26 @@ def test_validation_is_greedy_or_sampled_with_the_training_sampler_by_default():
 def test_the_paper_profile_validates_as_the_authors_and_the_cpu_profiles_as_before():
     """The authors' TRL evaluation: T 0.8, top-p 0.9, 4 completions per prompt; smoke and cpu stay greedy,
     without trainer checkpoints."""
-    from pspo_repro import study
+    from pspo_repro.study import runner
 
-    paper = study.expand(study.load_profile("paper"))
+    paper = runner.expand(runner.load_profile("paper"))
     assert {str(r.settings.sampled_validation()) for r in paper} == {
         "{'temperature': 0.8, 'top_p': 0.9, 'n': 4}"
     }
     assert {r.settings.save_steps for r in paper} == {100}
     for name in ("smoke", "cpu"):
-        runs = study.expand(study.load_profile(name))
+        runs = runner.expand(runner.load_profile(name))
         assert {(r.settings.validation, r.settings.save_steps, r.settings.report_to) for r in runs} == {
             ("greedy", 0, "none")
         }
 
 
 def test_sampled_validation_is_seeded_and_leaves_the_training_random_stream_alone(tiny_model, tmp_path):
-    from pspo_repro import data, prompts
+    from pspo_repro.data import loaders, prompts
 
-    source = models.resolve(str(tiny_model))
-    model, tokenizer = models.load_model(source), models.load_tokenizer(source)
-    problems = data.load("synthetic", "validation")[:3]
+    source = loading.resolve(str(tiny_model))
+    model, tokenizer = loading.load_model(source), loading.load_tokenizer(source)
+    problems = loaders.load("synthetic", "validation")[:3]
     texts = [prompts.render_prompt(tokenizer, p.question, p.kind) for p in problems]
     options = {"temperature": 1.0, "top_p": 1.0, "top_k": 0, "eos_token_id": tokenizer.eos_token_id}
 

@@ -8,22 +8,23 @@ import pytest
 import torch
 from trl import GRPOConfig, GRPOTrainer
 
-from pspo_repro import models, rewards
-from pspo_repro.train import to_dataset
-from pspo_repro.trainer import PSPOGRPOConfig, PSPOGRPOTrainer
+from pspo_repro.models import loading
+from pspo_repro.training import rewards
+from pspo_repro.training.train import to_dataset
+from pspo_repro.training.trainer import PSPOGRPOConfig, PSPOGRPOTrainer
 
 AGGREGATIONS = ["dapo", "grpo", "bnpo", "dr_grpo"]
 
 
 @pytest.fixture(scope="module")
 def model_and_tokenizer(tiny_model):
-    source = models.resolve(str(tiny_model))
-    return models.load_model(source), models.load_tokenizer(source)
+    source = loading.resolve(str(tiny_model))
+    return loading.load_model(source), loading.load_tokenizer(source)
 
 
 @pytest.fixture(scope="module")
 def train_dataset():
-    from pspo_repro import synthetic
+    from pspo_repro.data import synthetic
 
     return to_dataset(synthetic.generate("train", n=64, seed=0))
 
@@ -237,7 +238,7 @@ def test_a_resumed_epoch_keeps_the_order_it_would_have_had():
     the trainer's sampler reaches epoch e's order however it got there, and matches TRL's when uninterrupted."""
     from trl.trainer.utils import RepeatSampler
 
-    from pspo_repro.trainer import EpochSampler
+    from pspo_repro.training.trainer import EpochSampler
 
     args = dict(data_source=range(12), mini_repeat_count=2, batch_size=3, repeat_count=2, seed=5)
     stock, ours = RepeatSampler(**args), EpochSampler(**args)

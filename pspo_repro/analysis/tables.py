@@ -24,7 +24,8 @@ from typing import Any
 
 import yaml
 
-from pspo_repro import grading, rundir
+from pspo_repro.evaluation import grading
+from pspo_repro.study import rundir
 
 METRICS = grading.METRICS
 CONTROL_SUFFIX = "-shuffled"
@@ -290,7 +291,7 @@ def staleness_table(rows: list[dict[str, Any]], shown: tuple[int, ...] = (0, 1, 
 
 def collect_timing(study_dir: Path) -> list[dict[str, Any]]:
     """Seconds per stage, summed over the study's finished tasks (they may have run in parallel)."""
-    from pspo_repro import tiny
+    from pspo_repro.models import tiny
 
     runs = _runs(study_dir)
     models = {config["model"] for _, config in runs}

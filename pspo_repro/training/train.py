@@ -1,4 +1,4 @@
-"""One training run: settings in, a complete run directory out (see :mod:`pspo_repro.rundir`)."""
+"""One training run: settings in, a complete run directory out (see :mod:`pspo_repro.study.rundir`)."""
 
 from __future__ import annotations
 
@@ -19,8 +19,11 @@ from tqdm.auto import tqdm
 from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback
 
-from pspo_repro import data, distributed, models, objectives, prompts, rewards, rollouts, rundir
-from pspo_repro.backends import generate_batch, greedy_completions
+from pspo_repro.data import loaders, prompts
+from pspo_repro.evaluation.backends import generate_batch, greedy_completions
+from pspo_repro.models import loading
+from pspo_repro.study import rundir
+from pspo_repro.training import distributed, objectives, rewards, rollouts
 
 DATASETS = ("gsm8k", "synthetic")
 VALIDATIONS = ("greedy", "sampled")
@@ -95,7 +98,7 @@ class TrainSettings:
         default=False,
         metadata={"help": "trade compute for memory (TRL's default is on; it disables the KV cache)"},
     )
-    # --- GPU options: vLLM rollouts (pspo_repro.rollouts); defaults are TRL's, vLLM off ---------------
+    # --- GPU options: vLLM rollouts (pspo_repro.training.rollouts); defaults are TRL's, vLLM off ---------------
     use_vllm: bool = field(default=False, metadata={"help": "generate rollouts with vLLM (the vllm extra)"})
     vllm_mode: str = field(default="colocate", metadata={"help": "colocate (in each process) or server"})
     vllm_gpu_memory_utilization: float = field(
@@ -285,19 +288,19 @@ def _number(name: str, value: Any) -> float:
 # --- data -----------------------------------------------------------------------------------------
 
 
-def load_problems(settings: TrainSettings) -> tuple[list[data.Problem], list[data.Problem]]:
+def load_problems(settings: TrainSettings) -> tuple[list[loaders.Problem], list[loaders.Problem]]:
     """Training and validation problems: GSM8K split 7,000 / 472 by the run seed, or the synthetic splits."""
     if settings.dataset == "gsm8k":
-        train, validation = data.gsm8k_train_validation(settings.seed, data_dir=settings.data_dir)
+        train, validation = loaders.gsm8k_train_validation(settings.seed, data_dir=settings.data_dir)
     else:
-        train = data.load("synthetic", "train")
-        validation = data.load("synthetic", "validation")
+        train = loaders.load("synthetic", "train")
+        validation = loaders.load("synthetic", "validation")
     if settings.validation_limit is not None:
         validation = validation[: settings.validation_limit]
     return train, validation
 
 
-def to_dataset(problems: list[data.Problem], system_prompt: str = prompts.DEFAULT) -> Any:
+def to_dataset(problems: list[loaders.Problem], system_prompt: str = prompts.DEFAULT) -> Any:
     from datasets import Dataset
 
     return Dataset.from_list(
@@ -372,7 +375,7 @@ class Validation(TrainerCallback):
         self,
         run_dir: Path,
         settings: TrainSettings,
-        problems: list[data.Problem],
+        problems: list[loaders.Problem],
         tokenizer: Any,
         initial: dict[str, Any] | None = None,
         history: list[dict[str, Any]] | None = None,
@@ -399,7 +402,7 @@ class Validation(TrainerCallback):
         """Validation reward and accuracy of ``model`` (logged by :meth:`validate`): of one greedy completion
         per problem, or, sampled, the means over ``n`` completions per problem, as TRL's evaluation reports
         them (seeded by the run seed and the step, so a resumed run validates as an uninterrupted one)."""
-        from pspo_repro import grading
+        from pspo_repro.evaluation import grading
 
         s = self.settings
         sampled = s.sampled_validation()
@@ -548,11 +551,11 @@ MASTER_WEIGHTS_DTYPE = torch.float32
 
 
 def grpo_config(settings: TrainSettings, run_dir: Path) -> Any:
-    from pspo_repro.trainer import PSPOGRPOConfig
+    from pspo_repro.training.trainer import PSPOGRPOConfig
 
     s = settings
     gpu = torch.cuda.is_available()
-    # GPU options: the profile's per-step batch kept whatever the number of processes (pspo_repro.distributed)
+    # GPU options: the profile's per-step batch kept whatever the number of processes (pspo_repro.training.distributed)
     layout = distributed.settings_layout(s)
     return PSPOGRPOConfig(
         output_dir=str(run_dir / rundir.TRAINER_OUTPUT),
@@ -597,13 +600,13 @@ def grpo_config(settings: TrainSettings, run_dir: Path) -> Any:
     )
 
 
-def _initial_validation_path(source: models.ModelSource, settings: TrainSettings) -> Path | None:
+def _initial_validation_path(source: loading.ModelSource, settings: TrainSettings) -> Path | None:
     """Where the step-0 validation of a cached tiny model is kept, or None for other models.
 
     Greedy validation of the starting model is the same for every run that starts from it (every
     objective and seed of a study), so it is computed once. Only tiny models qualify: their folder name
     carries the fingerprint of their weights."""
-    from pspo_repro import tiny
+    from pspo_repro.models import tiny
 
     folder = Path(source.path)
     if source.gguf_file or folder.parent != tiny.cache_root() / "tiny":
@@ -726,24 +729,24 @@ def train(
     each step appears once. Otherwise it starts from scratch. The model and the data are resolved before
     anything is written, so a bad name leaves no run folder. ``callbacks`` are extra ``TrainerCallback``s
     (a study's progress display)."""
-    from pspo_repro.trainer import PSPOGRPOTrainer
+    from pspo_repro.training.trainer import PSPOGRPOTrainer
 
     run_dir = Path(run_dir)
     if rundir.is_done(run_dir):
         return run_dir
     rollouts.require_vllm(settings)  # GPU options: both fail before anything is written
     distributed.settings_layout(settings)
-    source = models.resolve(settings.model)
+    source = loading.resolve(settings.model)
     _check_trackers_installed(settings)
     train_problems, validation_problems = load_problems(settings)
-    tokenizer = models.load_tokenizer(source)
+    tokenizer = loading.load_tokenizer(source)
 
     resume = _resume_point(run_dir, settings)
     elapsed = 0.0
     if distributed.is_main_process():  # GPU options: one process writes the run's files
         elapsed = _prepare_run_dir(run_dir, settings, resume)
 
-    model = models.load_model(source, dtype=MASTER_WEIGHTS_DTYPE)
+    model = loading.load_model(source, dtype=MASTER_WEIGHTS_DTYPE)
     model.train()
 
     cache = _initial_validation_path(source, settings)

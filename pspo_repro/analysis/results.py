@@ -33,7 +33,8 @@ import numpy as np
 import pandas as pd
 import yaml
 
-from pspo_repro import evaluate, rundir
+from pspo_repro.evaluation import evaluate
+from pspo_repro.study import rundir
 
 START = "start"
 CONTROL_SUFFIX = "-shuffled"
@@ -46,12 +47,12 @@ STATUSES = ("done", "partial", "failed", "missing")
 
 
 def _study_module() -> Any:
-    """pspo_repro.study, imported without tqdm's notebook warning (it imports the trainer, whose progress
+    """pspo_repro.study.runner, imported without tqdm's notebook warning (it imports the trainer, whose progress
     bar is never shown here)."""
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="IProgress not found")
-        from pspo_repro import study
-    return study
+        from pspo_repro.study import runner
+    return runner
 
 
 def order_metrics(names: Iterable[str]) -> list[str]:
@@ -91,11 +92,11 @@ class Study:
         """The runs the profile defines (empty without a profile)."""
         if self.spec is None:
             return pd.DataFrame(columns=["model", "label", "objective", "seed"])
-        study = _study_module()
+        runner = _study_module()
 
         rows = [
             {"model": r.model, "label": r.label, "objective": r.settings.objective, "seed": r.seed}
-            for r in study.expand(self.spec)
+            for r in runner.expand(self.spec)
         ]
         return pd.DataFrame(rows, columns=["model", "label", "objective", "seed"])
 
@@ -107,7 +108,7 @@ class Study:
         """One row per run the profile expects or the study folder holds: coordinates, ``status`` (done,
         partial, failed, missing), ``evaluated`` (benchmarks with records), ``path``, and the settings
         that differ between runs."""
-        study = _study_module()
+        runner = _study_module()
 
         found: dict[tuple[str, str, int], dict[str, Any]] = {}
         configs: dict[tuple[str, str, int], dict[str, Any]] = {}
@@ -137,7 +138,7 @@ class Study:
         for row in self.expected.itertuples(index=False):
             key = (row.model, row.label, int(row.seed))
             if key not in found:
-                folder = self.study_dir / study.model_folder(row.model) / row.label / f"seed{row.seed}"
+                folder = self.study_dir / runner.model_folder(row.model) / row.label / f"seed{row.seed}"
                 found[key] = {
                     **row._asdict(),
                     "seed": int(row.seed),
@@ -182,7 +183,7 @@ class Study:
         """The profile's evaluation benchmarks, else those found in the summaries."""
         if self.spec is not None and self.spec.get("eval", {}).get("benchmarks"):
             _study_module()  # (imports the evaluation's dependencies quietly)
-            from pspo_repro import evaluate
+            from pspo_repro.evaluation import evaluate
 
             return evaluate.parse_benchmarks(",".join(self.spec["eval"]["benchmarks"]))
         found = [b for ev in [*self.runs["evaluated"], *self.starts["evaluated"]] for b in ev.split(",") if b]
@@ -469,7 +470,7 @@ def _first_line(path: Path) -> str:
 
 def _read_config(folder: Path) -> dict[str, Any]:
     """A run's settings ({} without config.json), with earlier parameter names read as today's."""
-    from pspo_repro.train import read_run_settings
+    from pspo_repro.training.train import read_run_settings
 
     return read_run_settings(folder).to_dict() if (folder / rundir.CONFIG).is_file() else {}
 
@@ -483,18 +484,18 @@ def load(profile: str, runs_dir: str | Path = "runs", results_dir: str | Path = 
     """The study ``profile`` (a name, or a profile YAML path whose ``name`` is used) from
     ``<runs_dir>/<name>/`` with the profile in ``<results_dir>/<name>/profile.yaml`` (the one the study
     used), else the packaged profile of that name, else none (only what is found is read)."""
-    study = _study_module()
+    runner = _study_module()
 
     spec = None
     name = profile
     if Path(profile).suffix in (".yaml", ".yml"):
-        spec = study.load_profile(profile)
+        spec = runner.load_profile(profile)
         name = spec.get("name", Path(profile).stem)
     written = Path(results_dir) / name / "profile.yaml"
     if spec is None and written.is_file():
         spec = yaml.safe_load(written.read_text())
-    if spec is None and name in study.profile_names():
-        spec = study.load_profile(name)
+    if spec is None and name in runner.profile_names():
+        spec = runner.load_profile(name)
     study_dir = Path(runs_dir) / name
     if not study_dir.is_dir():
         raise FileNotFoundError(

@@ -2,7 +2,7 @@
 
 ``results/<study>/audit.md`` (and its PNG figures) is written from the study's run folders (probes,
 validation, training logs, evaluation summaries) and from ``identities.json``, the exact identities
-measured on real training batches of the study's own runs (:mod:`pspo_repro.identities`, computed once and
+measured on real training batches of the study's own runs (:mod:`pspo_repro.analysis.identities`, computed once and
 kept beside the audit). Every number in it comes from those files; every verdict is decided by the rule
 written in the section's code and printed beside it. A section whose runs are absent says which are
 missing. Regenerating from the same files gives the same ``audit.md``.
@@ -18,8 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from pspo_repro import identities, rundir, tables
-from pspo_repro.train import read_run_settings
+from pspo_repro.analysis import identities, tables
+from pspo_repro.study import rundir
+from pspo_repro.training.train import read_run_settings
 
 SUPPORTED = "supported"
 NOT_SUPPORTED = "not supported"
@@ -475,7 +476,7 @@ def _param_distance(a: Path, b: Path) -> float | None:
 
 def _start_folder(run: Run) -> Path | None:
     """The weights the run started from, when they are on this machine (never builds or downloads)."""
-    from pspo_repro import tiny
+    from pspo_repro.models import tiny
 
     build = run.folder / "model_build.json"
     if run.model in tiny.names():
@@ -1012,7 +1013,7 @@ def measure_identities(study_dir: Path, work_dir: Path, steps: int | None = None
     """The identities on real training batches of the runs labelled :data:`IDENTITY_LABELS` (lowest seed of
     each model): ``steps`` optimizer steps (default: two reuse cycles, at least 8, at most the run's length)
     of each run's settings, retrained from its starting model with the recording trainer."""
-    from pspo_repro.train import TrainSettings
+    from pspo_repro.training.train import TrainSettings
 
     chosen: dict[tuple[str, str], Run] = {}
     for r in load_runs(study_dir):
@@ -1101,9 +1102,10 @@ def run_audit(
 ) -> Path:
     """The audit of a profile's study: identities measured once (kept in ``identities.json``), then
     ``audit.md``. ``measure=False`` uses the kept measurements only (none: those sections say so)."""
-    from pspo_repro import evaluate, study
+    from pspo_repro.evaluation import evaluate
+    from pspo_repro.study import runner
 
-    profile = study.load_profile(profile_name)
+    profile = runner.load_profile(profile_name)
     name = profile.get("name", Path(profile_name).stem)
     study_dir, out_dir = Path(runs_root) / name, Path(results_root) / name
     benchmarks = evaluate.parse_benchmarks(",".join(profile.get("eval", {}).get("benchmarks", ["synthetic"])))

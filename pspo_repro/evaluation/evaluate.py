@@ -2,7 +2,7 @@
 
 Greedy decoding (temperature 0) gives the headline accuracy; sampling (temperature > 0, ``n_samples``
 per problem) adds pass@k and majority-vote accuracy. Every completion is graded under the four
-metrics of ``pspo_repro.grading`` (strict, flexible, permissive, and the paper's own grading).
+metrics of ``pspo_repro.evaluation.grading`` (strict, flexible, permissive, and the paper's own grading).
 
 Outputs, in ``<out_dir>/eval/``:
 
@@ -14,8 +14,8 @@ Outputs, in ``<out_dir>/eval/``:
   length, fraction cut at the token limit, per-category accuracy, and pass@k / majority vote when
   ``n_samples > 1``; written atomically (temporary file + ``os.replace``).
 
-Generation is done by a backend of :mod:`pspo_repro.backends` (``hf`` or ``vllm``); the statistics
-(Wilson intervals, pass@k, majority vote) are those of :mod:`pspo_repro.stats`.
+Generation is done by a backend of :mod:`pspo_repro.evaluation.backends` (``hf`` or ``vllm``); the statistics
+(Wilson intervals, pass@k, majority vote) are those of :mod:`pspo_repro.evaluation.stats`.
 """
 
 from __future__ import annotations
@@ -27,15 +27,18 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from pspo_repro import data, grading, models, prompts, rundir
-from pspo_repro.backends import BACKENDS, Backend, Generation, make_backend, require_vllm
-from pspo_repro.stats import majority_vote, pass_at_k, wilson_interval
+from pspo_repro.data import loaders, prompts
+from pspo_repro.evaluation import grading
+from pspo_repro.evaluation.backends import BACKENDS, Backend, Generation, make_backend, require_vllm
+from pspo_repro.evaluation.stats import majority_vote, pass_at_k, wilson_interval
+from pspo_repro.models import loading
+from pspo_repro.study import rundir
 
 METRICS: tuple[str, ...] = grading.METRICS
 PASS_AT_K: tuple[int, ...] = (1, 2, 4, 8, 16)
 
-SYNTHETIC_BENCHMARKS: tuple[str, ...] = tuple(b for b in data.BENCHMARKS if b.startswith("synthetic"))
-REAL_BENCHMARKS: tuple[str, ...] = tuple(b for b in data.BENCHMARKS if not b.startswith("synthetic"))
+SYNTHETIC_BENCHMARKS: tuple[str, ...] = tuple(b for b in loaders.BENCHMARKS if b.startswith("synthetic"))
+REAL_BENCHMARKS: tuple[str, ...] = tuple(b for b in loaders.BENCHMARKS if not b.startswith("synthetic"))
 # The paper's evaluation set (v1): GSM8K plus the cross-dataset generalisation benchmarks.
 PAPER_BENCHMARKS: tuple[str, ...] = ("gsm8k", "svamp", "asdiv", "math500")
 BENCHMARK_GROUPS: dict[str, tuple[str, ...]] = {
@@ -108,15 +111,15 @@ def parse_benchmarks(text: str) -> list[str]:
         key = ALIASES.get(key, key)
         if key in BENCHMARK_GROUPS:
             names += BENCHMARK_GROUPS[key]
-        elif key in data.BENCHMARKS:
+        elif key in loaders.BENCHMARKS:
             names.append(key)
         else:
             raise ValueError(
-                f"unknown benchmark {part.strip()!r}; known benchmarks: {', '.join(data.BENCHMARKS)}; "
+                f"unknown benchmark {part.strip()!r}; known benchmarks: {', '.join(loaders.BENCHMARKS)}; "
                 f"groups: {', '.join(BENCHMARK_GROUPS)}"
             )
     if not names:
-        raise ValueError(f"no benchmark given in {text!r}; known benchmarks: {', '.join(data.BENCHMARKS)}")
+        raise ValueError(f"no benchmark given in {text!r}; known benchmarks: {', '.join(loaders.BENCHMARKS)}")
     return list(dict.fromkeys(names))
 
 
@@ -250,7 +253,7 @@ def evaluate(
     one budget for all benchmarks, else :data:`DEFAULT_MAX_NEW_TOKENS`. ``batch_size``: sequences per
     forward pass (hf backend). Records already present with the same settings are kept (resume); other
     settings raise a ValueError unless ``overwrite`` deletes the old records. ``system_prompt``: the
-    system message's style (:mod:`pspo_repro.prompts`); default: the run's own when ``model`` is a run
+    system message's style (:mod:`pspo_repro.data.prompts`); default: the run's own when ``model`` is a run
     directory, so a model is evaluated with the prompt it was trained with, else ``default``.
     Returns the summary.
     """
@@ -268,10 +271,10 @@ def evaluate(
             "holding gsm8k/, MATH/, MATH-500/, SVAMP/, ASDiv/"
         )
     # Everything cheap is checked before the (slow) model load: data, then the model specification.
-    problems = {name: data.load(name, "test", data_dir=data_dir, limit=limit) for name in names}
+    problems = {name: loaders.load(name, "test", data_dir=data_dir, limit=limit) for name in names}
     if backend == "vllm":
         require_vllm()
-    models.resolve(model)  # a missing model path fails here, before any file is written
+    loading.resolve(model)  # a missing model path fails here, before any file is written
 
     eval_dir = Path(out_dir) / rundir.EVAL
     eval_dir.mkdir(parents=True, exist_ok=True)
@@ -384,7 +387,7 @@ def _current_grades(record: dict) -> dict:
 def _run_benchmark(
     engine: Backend,
     name: str,
-    todo: list[data.Problem],
+    todo: list[loaders.Problem],
     settings: dict,
     path: Path,
     progress: bool,
@@ -429,7 +432,7 @@ def _run_benchmark(
     return written
 
 
-def _record(problem: data.Problem, prompt: str, generation: Generation, settings: dict) -> dict:
+def _record(problem: loaders.Problem, prompt: str, generation: Generation, settings: dict) -> dict:
     record = {
         "id": problem.id,
         "benchmark": problem.benchmark,

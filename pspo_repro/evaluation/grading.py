@@ -43,7 +43,7 @@ permissive a whole-word occurrence anywhere.
 Grading never raises on any completion and bounds its work: texts are cut to ``_MAX_TEXT`` characters
 (head and tail kept), regexes have bounded repetition, brace matching is iterative, number tokens of
 more than ``_MAX_DIGITS`` digits are not numbers, and only short candidates reach math-verify, through
-the cost screens and deadlines of :mod:`pspo_repro.verify_guard`.
+the cost screens and deadlines of :mod:`pspo_repro.evaluation.verify_guard`.
 """
 
 from __future__ import annotations
@@ -56,7 +56,7 @@ import re
 from dataclasses import dataclass
 from fractions import Fraction
 
-from pspo_repro import verify_guard
+from pspo_repro.evaluation import verify_guard
 
 KINDS = ("numeric", "latex")
 METRICS = ("strict", "flexible", "permissive", "paper")

@@ -39,7 +39,7 @@ import zlib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
-from pspo_repro.problem import Problem
+from pspo_repro.data.problem import Problem
 
 SPLITS: dict[str, int] = {
     "warmstart": 20000,

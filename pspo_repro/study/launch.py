@@ -7,7 +7,7 @@ reported as busy and left alone. The kernel releases a lock when its last holder
 worker that died is free again, has no ``DONE``, and is trained again from scratch by the next study.
 
 Isolation. With ``isolate`` (the default whenever CUDA is available) the training of a run and its
-evaluation each run in a fresh Python process (``python -m pspo_repro.launch``), so an evaluation's engine
+evaluation each run in a fresh Python process (``python -m pspo_repro.study.launch``), so an evaluation's engine
 (vLLM asks for most of the GPU's memory) never shares a process or GPU memory with the trainer that just
 finished, and every run starts from a clean GPU. The child inherits the folder's lock, so the lock is held
 as long as anyone works in the folder, even if the study itself is killed. Without isolation (the default
@@ -47,7 +47,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from pspo_repro import rundir
+from pspo_repro.study import rundir
 
 THREADS_ENV = "PSPO_TORCH_THREADS"  # torch threads of a worker or child process
 
@@ -130,7 +130,7 @@ def folder_lock(folder: Path) -> Iterator[bool]:
 def _build(model: str) -> str | None:
     """Which build of a tiny model the task starts from (its cache folder's name, which carries the recipe's
     fingerprint); None for other models, taken as they are."""
-    from pspo_repro import tiny
+    from pspo_repro.models import tiny
 
     return tiny.folder(model).name if model in tiny.names() else None
 
@@ -198,13 +198,14 @@ def execute(
 def _phase(task: Task, phase: str, say: Callable[..., None], progress: bool) -> None:
     """One phase of a task: ``train`` (the run) or ``eval`` (the evaluation of the run or starting model);
     either first builds a missing tiny model."""
-    from pspo_repro import evaluate, tiny
+    from pspo_repro.evaluation import evaluate
+    from pspo_repro.models import tiny
 
     if task.model in tiny.names() and not tiny.is_built(task.model):
         say(phase="warm start")
         tiny.ensure(task.model, progress=progress)
     if phase == "train":
-        from pspo_repro.train import TrainSettings, train
+        from pspo_repro.training.train import TrainSettings, train
 
         assert task.settings is not None
         settings = TrainSettings.from_dict(task.settings)
@@ -276,7 +277,7 @@ def _run_child(
     payload = pickle.dumps({"task": task, "phase": phase, "messages": write_end, "progress": progress})
     try:
         child = subprocess.Popen(
-            [sys.executable, "-m", "pspo_repro.launch"],
+            [sys.executable, "-m", "pspo_repro.study.launch"],
             stdin=subprocess.PIPE,
             env=child_env,
             pass_fds=(lock.fileno(), write_end),
@@ -357,7 +358,7 @@ def _configure_process() -> None:
     threads = os.environ.get(THREADS_ENV)
     if threads:
         torch.set_num_threads(int(threads))
-    from pspo_repro.console import quiet_libraries
+    from pspo_repro.study.console import quiet_libraries
 
     quiet_libraries()
 

@@ -13,7 +13,7 @@ TV(pi_theta, pi_old) and KL(pi_theta || pi_old), how far pi_theta itself has mov
 
 :class:`RecordingTrainer` measures all of these during real training (TRL's GRPOTrainer with the
 package's objectives): at each micro-batch it takes the batch TRL hands to the loss, computes the PSPO and
-unclipped gradients with autograd through :mod:`pspo_repro.objectives`, and compares the full next-token
+unclipped gradients with autograd through :mod:`pspo_repro.training.objectives`, and compares the full next-token
 distributions of the current policy with those of the policy that generated the batch (a copy kept at
 each generation). :func:`measure` runs it for a few steps of a run's settings.
 """
@@ -27,8 +27,8 @@ from typing import Any
 import torch
 from transformers.trainer_callback import PrinterCallback
 
-from pspo_repro import objectives
-from pspo_repro.trainer import PSPOGRPOTrainer
+from pspo_repro.training import objectives
+from pspo_repro.training.trainer import PSPOGRPOTrainer
 
 # Relative tolerance of the identities in float32 autograd (differences are ~1e-7 in practice).
 GRAD_RTOL = 1e-4
@@ -196,14 +196,15 @@ def measure(
     settings' alpha; the run's own objective drives the training (so pi_theta moves as it would)."""
     import dataclasses
 
-    from pspo_repro import models, rewards, train
+    from pspo_repro.models import loading
+    from pspo_repro.training import rewards, train
 
     s = dataclasses.replace(settings, max_steps=steps, probes=False, eval_every=max(steps, 1))
     out_dir = Path(out_dir)
-    source = models.resolve(s.model)
-    tokenizer = models.load_tokenizer(source)
+    source = loading.resolve(s.model)
+    tokenizer = loading.load_tokenizer(source)
     problems, _ = train.load_problems(s)
-    model = models.load_model(source, dtype=train.MASTER_WEIGHTS_DTYPE)
+    model = loading.load_model(source, dtype=train.MASTER_WEIGHTS_DTYPE)
     model.train()
     trainer = RecordingTrainer(
         model=model,

@@ -11,7 +11,7 @@ does too; ``paper-vllm`` turns vLLM on for speed. Two modes, both TRL's:
 vLLM samples with its own kernels, so its token log-probabilities differ slightly from the trainer's.
 TRL corrects for this with importance-sampling weights (trainer log-prob over vLLM log-prob, truncated or
 masked outside [``clip_min``, ``clip_max``], per token or per sequence) that multiply the per-token loss;
-their summary is recorded in each step's probe record (``vllm_is_weight``, see :mod:`pspo_repro.probes`).
+their summary is recorded in each step's probe record (``vllm_is_weight``, see :mod:`pspo_repro.training.probes`).
 
 vLLM is imported only by TRL when training starts; :func:`require_vllm` fails before that, with one line.
 """

@@ -29,7 +29,7 @@ which is how controls (shuffled advantages, SGD) sit beside the objectives in on
 ``models`` list restricts it to those models.
 
 Each model's starting point is evaluated once (``<runs>/<profile>/<model>/start/eval``), so the tables show
-what training added. Tables are written by :mod:`pspo_repro.tables`.
+what training added. Tables are written by :mod:`pspo_repro.analysis.tables`.
 """
 
 from __future__ import annotations
@@ -41,8 +41,9 @@ from typing import Any
 
 import yaml
 
-from pspo_repro import launch, tables
-from pspo_repro.train import TrainSettings
+from pspo_repro.analysis import tables
+from pspo_repro.study import launch
+from pspo_repro.training.train import TrainSettings
 
 BASE = tables.START  # the folder, beside a model's runs, that holds its starting model's evaluation
 
@@ -186,7 +187,7 @@ def tasks(
     their runs. A model whose warm start continues another (``init_from``) is started just before its
     parent's runs, when the parent is built, and its own runs come last: no worker waits for a warm start
     while others could train."""
-    from pspo_repro import tiny
+    from pspo_repro.models import tiny
 
     by_model: dict[str, list[Run]] = {}
     for run in runs:
@@ -239,11 +240,11 @@ def run_study(
     failures.
 
     ``launcher``: ``local`` runs ``workers`` tasks at once on this machine (``isolate``: training and
-    evaluation each in a fresh process; None: whenever CUDA is available, see :mod:`pspo_repro.launch`);
-    ``slurm`` submits one job per task (:mod:`pspo_repro.slurm`, with the profile's ``slurm`` settings
+    evaluation each in a fresh process; None: whenever CUDA is available, see :mod:`pspo_repro.study.launch`);
+    ``slurm`` submits one job per task (:mod:`pspo_repro.study.slurm`, with the profile's ``slurm`` settings
     updated by ``slurm_settings``) and waits for them."""
-    from pspo_repro import evaluate
-    from pspo_repro.console import StudyProgress
+    from pspo_repro.evaluation import evaluate
+    from pspo_repro.study.console import StudyProgress
 
     if launcher not in LAUNCHERS:
         raise ValueError(f"launcher must be one of {', '.join(LAUNCHERS)}, got {launcher!r}")
@@ -251,7 +252,7 @@ def run_study(
     profile = load_profile(profile_name)
     name = profile.get("name", Path(profile_name).stem)
     if launcher == "slurm":
-        from pspo_repro import slurm
+        from pspo_repro.study import slurm
 
         slurm_options = slurm.options(profile.get("slurm"), slurm_settings)  # bad settings fail before work
     eval_opts = dict(profile.get("eval", {}))

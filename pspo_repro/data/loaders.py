@@ -17,8 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pspo_repro import synthetic
-from pspo_repro.problem import Problem
+from pspo_repro.data import synthetic
+from pspo_repro.data.problem import Problem
 
 __all__ = ["BENCHMARKS", "Problem", "load"]
 
@@ -167,7 +167,7 @@ def _math_level(level: Any) -> int | None:
 
 
 def _boxed_answer(solution: str) -> str:
-    from pspo_repro.grading import extract_boxed
+    from pspo_repro.evaluation.grading import extract_boxed
 
     answer = extract_boxed(solution)
     return answer if answer is not None else ""

@@ -19,8 +19,8 @@ from typing import Any
 
 import pandas as pd
 
-from pspo_repro import rundir
-from pspo_repro.results import START, base_objective, is_control
+from pspo_repro.analysis.results import START, base_objective, is_control
+from pspo_repro.study import rundir
 
 # Okabe-Ito colours: distinguishable with the common colour-vision deficiencies.
 COLOURS = {

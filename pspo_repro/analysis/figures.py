@@ -1,4 +1,4 @@
-"""The report's figures, from the frames of :mod:`pspo_repro.results`, each arm drawn in its one style
+"""The report's figures, from the frames of :mod:`pspo_repro.analysis.results`, each arm drawn in its one style
 (:func:`pspo_repro.style.arm_style`). Each function returns the figure; the notebooks save it.
 
 Lines carry their arm's label (``Line2D.get_label()``), so a figure's series can be read back.
@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pspo_repro import results, style
+from pspo_repro.analysis import results, style
 
 PANEL_HEIGHT = 2.6
 METRIC_MARKERS = {"paper": "P", "strict": "o", "flexible": "s", "permissive": "^"}
@@ -125,7 +125,7 @@ def weight_vs_ratio(
     ratio r, filled for A > 0 and hollow for A < 0, over the objective's closed-form w(r) (solid for
     A > 0, dashed for A < 0; one pair per distinct setting of its parameters). The x axis spans the
     central 98% of the sampled ratios and at least [0.5, 1.5]."""
-    from pspo_repro import objectives
+    from pspo_repro.training import objectives
 
     arms = [x for x in _present(labels, samples) if x != results.START]
     cols = min(len(arms), 4) or 1

@@ -23,9 +23,9 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from pspo_repro.train import TrainSettings
+from pspo_repro.training.train import TrainSettings
 
-GSM8K_TRAIN, GSM8K_VALIDATION = 7000, 472  # the authors' split (see pspo_repro.data)
+GSM8K_TRAIN, GSM8K_VALIDATION = 7000, 472  # the authors' split (see pspo_repro.data.loaders)
 # test set sizes of the benchmarks (the releases in the data folder); others are not estimated
 BENCHMARK_SIZES = {"gsm8k": 1319, "math": 5000, "math500": 500, "svamp": 1000, "asdiv": 2305}
 # parameters (billions) of the paper's models; other hub ids are read from their name (e.g. "-7B")
@@ -134,7 +134,7 @@ def gpu_hours(
 
 def evaluation_seconds(params: float, benchmarks: list[str], eval_options: dict[str, Any]) -> float:
     """Seconds of one final evaluation (every completion to its benchmark's token budget)."""
-    from pspo_repro.evaluate import DEFAULT_MAX_NEW_TOKENS
+    from pspo_repro.evaluation.evaluate import DEFAULT_MAX_NEW_TOKENS
 
     a = ASSUMPTIONS
     n_samples = eval_options.get("n_samples", 1)
@@ -158,11 +158,11 @@ def _prompt_counts(settings: TrainSettings) -> tuple[int | None, int]:
     if settings.dataset == "gsm8k":
         train, validation = GSM8K_TRAIN, GSM8K_VALIDATION
     else:  # the synthetic domain is generated in memory: counted only when a run needs the number
-        from pspo_repro import data
+        from pspo_repro.data import loaders
 
         # CPU runs set max_steps, far below an epoch of the synthetic domain's RL prompts
-        train = None if settings.max_steps > 0 else len(data.load("synthetic", "train"))
-        validation = settings.validation_limit or len(data.load("synthetic", "validation"))
+        train = None if settings.max_steps > 0 else len(loaders.load("synthetic", "train"))
+        validation = settings.validation_limit or len(loaders.load("synthetic", "validation"))
     if settings.validation_limit is not None:
         validation = min(validation, settings.validation_limit)
     return train, validation
@@ -183,10 +183,11 @@ def describe(
 ) -> str:
     """The dry-run report of a profile (or the runs selected): a table of runs and totals, and the
     assumptions of the estimate."""
-    from pspo_repro import evaluate, study
+    from pspo_repro.evaluation import evaluate
+    from pspo_repro.study import runner
 
-    profile = study.load_profile(profile_name)
-    runs = study.select(study.expand(profile), models, objectives, seeds)
+    profile = runner.load_profile(profile_name)
+    runs = runner.select(runner.expand(profile), models, objectives, seeds)
     eval_opts = dict(profile.get("eval", {}))
     benchmarks = evaluate.parse_benchmarks(",".join(eval_opts.pop("benchmarks", ["synthetic"])))
     settings = [r.settings.to_dict() for r in runs]

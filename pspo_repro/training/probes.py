@@ -12,7 +12,7 @@ One JSON line per optimizer step in ``probes.jsonl``:
   of each reuse cycle, where every ratio is 1);
 - ``kl_old_theta`` (the k3 estimate of KL(pi_old || pi_theta) on the sampled tokens), ``mean_abs_r_minus_1``,
   ``entropy``;
-- with vLLM rollouts and TRL's importance-sampling correction (:mod:`pspo_repro.rollouts`):
+- with vLLM rollouts and TRL's importance-sampling correction (:mod:`pspo_repro.training.rollouts`):
   ``vllm_is_weight``, statistics of the correction's per-token weight (trainer over vLLM probability,
   truncated or masked), and ``vllm_is_zero_frac``, the fraction of tokens it masks out;
 - every ``probe_every`` steps: ``cos_to_noclip``, the cosine between this objective's parameter gradient and the
@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from pspo_repro import rundir
+from pspo_repro.study import rundir
 
 QUANTILES = (0.01, 0.05, 0.5, 0.95, 0.99)
 

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from pspo_repro import models
+from pspo_repro.models import loading
 
 BACKENDS: tuple[str, ...] = ("hf", "vllm")
 
@@ -108,13 +108,13 @@ class HFBackend:
 
     name = "hf"
 
-    def __init__(self, source: models.ModelSource, batch_size: int = 32, device: str | None = None) -> None:
+    def __init__(self, source: loading.ModelSource, batch_size: int = 32, device: str | None = None) -> None:
         import torch
 
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.device = device or ("cuda" if torch.cuda.is_available() else "cpu")
-        self.tokenizer = models.load_tokenizer(source)
+        self.tokenizer = loading.load_tokenizer(source)
         dtype = torch.bfloat16 if self.device.startswith("cuda") else torch.float32
         self.model = _load_model(source, dtype=dtype, device=self.device)
         n_params = sum(p.numel() for p in self.model.parameters())
@@ -237,7 +237,7 @@ class VLLMBackend:
 
     name = "vllm"
 
-    def __init__(self, source: models.ModelSource, seed: int = 0, **llm_kwargs: Any) -> None:
+    def __init__(self, source: loading.ModelSource, seed: int = 0, **llm_kwargs: Any) -> None:
         try:
             import vllm
         except ImportError as exc:
@@ -246,7 +246,7 @@ class VLLMBackend:
                 "(or use --backend hf)"
             ) from exc
         self._vllm = vllm
-        self.tokenizer = models.load_tokenizer(source)
+        self.tokenizer = loading.load_tokenizer(source)
         model = str(Path(source.path) / source.gguf_file) if source.gguf_file else source.path
         # For a GGUF file vLLM reads the tokenizer from the same file.
         self.llm = vllm.LLM(model=model, tokenizer=model, seed=seed, **llm_kwargs)
@@ -292,10 +292,10 @@ class VLLMBackend:
         return results
 
 
-def _load_model(source: models.ModelSource, dtype: Any, device: str) -> Any:
-    """``models.load_model`` with a clear error when a hub-like id is neither a folder nor available."""
+def _load_model(source: loading.ModelSource, dtype: Any, device: str) -> Any:
+    """``loading.load_model`` with a clear error when a hub-like id is neither a folder nor available."""
     try:
-        return models.load_model(source, dtype=dtype, device=device)
+        return loading.load_model(source, dtype=dtype, device=device)
     except OSError as exc:
         raise FileNotFoundError(
             f"could not load model {source.path!r}: it is not an existing folder and not an available hub "
@@ -309,7 +309,7 @@ def make_backend(
     """The generation backend ``backend`` for model specification ``model``."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; allowed: {', '.join(BACKENDS)}")
-    source = models.resolve(model)
+    source = loading.resolve(model)
     if backend == "vllm":
         return VLLMBackend(source, seed=seed)
     return HFBackend(source, batch_size=batch_size, device=device)

@@ -32,7 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pspo_repro import launch, rundir
+from pspo_repro.study import launch, rundir
 
 DEFAULTS: dict[str, Any] = {
     "partition": None,

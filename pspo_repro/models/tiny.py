@@ -50,7 +50,7 @@ from typing import Any
 
 import torch
 
-from pspo_repro import rundir
+from pspo_repro.study import rundir
 
 # Bump when the build procedure changes in a way the recipe fields do not capture.
 RECIPE_VERSION = 2
@@ -317,7 +317,7 @@ def _warmstart_examples(
 ) -> list[tuple[str, str, str]]:
     """(question, the teacher's solution, the true answer) from the synthetic ``warmstart`` split, which no
     RL prompt, validation or test problem shares."""
-    from pspo_repro import synthetic
+    from pspo_repro.data import synthetic
 
     problems = synthetic.generate("warmstart", n=train_size, seed=data_seed)
     return [
@@ -328,7 +328,7 @@ def _warmstart_examples(
 
 def _encode_sft(tok: Any, examples: list[tuple[str, str, str]]) -> list[tuple[list[int], int]]:
     """Each (question, solution, _) as (prompt + solution + eos token ids, prompt length)."""
-    from pspo_repro.prompts import render_prompt
+    from pspo_repro.data.prompts import render_prompt
 
     prompts = tok([render_prompt(tok, q) for q, _, _ in examples], add_special_tokens=False)["input_ids"]
     targets = tok([s for _, s, _ in examples], add_special_tokens=False)["input_ids"]
@@ -370,8 +370,9 @@ def greedy_accuracy(
     model: Any, tok: Any, problems: list[Any], max_new_tokens: int, batch_size: int = 128
 ) -> float:
     """Fraction of problems whose greedy completion is strictly correct (``#### N``, graded as everywhere)."""
-    from pspo_repro import grading, prompts
-    from pspo_repro.backends import greedy_completions
+    from pspo_repro.data import prompts
+    from pspo_repro.evaluation import grading
+    from pspo_repro.evaluation.backends import greedy_completions
 
     if not problems:
         return float("nan")
@@ -413,7 +414,7 @@ def build(name: str, out_dir: Path, progress: bool = True) -> dict:
     from tqdm.auto import tqdm
     from transformers import GenerationConfig, Qwen2ForCausalLM
 
-    from pspo_repro import synthetic
+    from pspo_repro.data import synthetic
 
     recipe = _recipe(name)
     out_dir = Path(out_dir)

@@ -1,0 +1,1 @@
+"""Evaluation: generation backends, answer grading (strict, flexible, permissive, paper) and statistics."""

@@ -1,0 +1,1 @@
+"""Models: a model name resolved to weights and a tokenizer, the tiny warm-started models, generation."""
