@@ -38,9 +38,9 @@ sys.path.insert(0, str(REPO))
 
 from pspo_repro.data import loaders  # noqa: E402
 from pspo_repro.data.prompts import render_prompt  # noqa: E402
-from pspo_repro.evaluation import backends, grading  # noqa: E402
 from pspo_repro.evaluation import evaluate as ev  # noqa: E402
-from pspo_repro.models import loading, tiny  # noqa: E402
+from pspo_repro.evaluation import grading  # noqa: E402
+from pspo_repro.models import generation, loading, tiny  # noqa: E402
 from pspo_repro.study import rundir  # noqa: E402
 
 
@@ -303,7 +303,7 @@ def main() -> int:
         ours_s, ours_text = run_ours(model, args.n, args.batch_size, args.max_new_tokens, args.data_dir)
         source = loading.resolve(model)
         n_params = sum(p.numel() for p in loading.load_model(source).parameters())
-        threads = backends.cpu_threads(n_params)
+        threads = generation.cpu_threads(n_params)
         lm_same_s, lm_text = run_lm_eval(model, problems, args.batch_size, args.max_new_tokens, threads)
         n = len(problems)
         print(

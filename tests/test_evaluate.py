@@ -14,7 +14,7 @@ import pytest
 from pspo_repro.data import loaders, prompts
 from pspo_repro.evaluation import backends, grading, stats
 from pspo_repro.evaluation import evaluate as ev
-from pspo_repro.models import loading, tiny
+from pspo_repro.models import generation, loading, tiny
 from pspo_repro.study import rundir
 
 # --------------------------------------------------------------------------- statistics (no model)
@@ -431,7 +431,7 @@ def test_evaluation_stops_where_trl_training_rollouts_stop(tiny_model, tmp_path)
         train_dataset=Dataset.from_list([{"prompt": "a"}, {"prompt": "b"}]),
         processing_class=tokenizer,
     )
-    stops = backends.stop_token_ids(tokenizer, model.generation_config)
+    stops = generation.stop_token_ids(tokenizer, model.generation_config)
     assert stops == sorted(trainer.eos_token_ids) == sorted({tokenizer.eos_token_id, declared})
     assert tokenizer.convert_tokens_to_ids("<|im_end|>") not in stops
 
@@ -446,7 +446,7 @@ def test_validation_evaluation_and_the_build_check_share_one_greedy_generation(m
     texts = [prompts.render_prompt(hf.tokenizer, p.question, p.kind) for p in problems]
     evaluated = [g.texts[0] for g in hf.generate(texts, 1, 0.0, 1.0, 24, 0)]
     trainee = AutoModelForCausalLM.from_pretrained(model).train()
-    validated = backends.greedy_completions(trainee, hf.tokenizer, texts, 24, batch_size=5)
+    validated = generation.greedy_completions(trainee, hf.tokenizer, texts, 24, batch_size=5)
     assert validated == evaluated and trainee.training
     assert len({len(t) for t in evaluated}) > 1  # the completions differ, so the comparison means something
     correct = sum(grading.score(c, p.answer, p.kind).strict for c, p in zip(validated, problems, strict=True))

@@ -29,9 +29,10 @@ from typing import Any
 
 from pspo_repro.data import loaders, prompts
 from pspo_repro.evaluation import grading
-from pspo_repro.evaluation.backends import BACKENDS, Backend, Generation, make_backend, require_vllm
+from pspo_repro.evaluation.backends import BACKENDS, Backend, make_backend, require_vllm
 from pspo_repro.evaluation.stats import majority_vote, pass_at_k, wilson_interval
 from pspo_repro.models import loading
+from pspo_repro.models.generation import Generation
 from pspo_repro.study import rundir
 
 METRICS: tuple[str, ...] = grading.METRICS

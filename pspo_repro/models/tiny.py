@@ -372,7 +372,7 @@ def greedy_accuracy(
     """Fraction of problems whose greedy completion is strictly correct (``#### N``, graded as everywhere)."""
     from pspo_repro.data import prompts
     from pspo_repro.evaluation import grading
-    from pspo_repro.evaluation.backends import greedy_completions
+    from pspo_repro.models.generation import greedy_completions
 
     if not problems:
         return float("nan")

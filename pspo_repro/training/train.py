@@ -20,8 +20,8 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback
 
 from pspo_repro.data import loaders, prompts
-from pspo_repro.evaluation.backends import generate_batch, greedy_completions
 from pspo_repro.models import loading
+from pspo_repro.models.generation import generate_batch, greedy_completions
 from pspo_repro.study import rundir
 from pspo_repro.training import distributed, objectives, rewards, rollouts
 
@@ -330,7 +330,7 @@ def sampled_completions(
 ) -> list[list[str]]:
     """``n`` sampled completions of each rendered prompt, with generation ``options`` (temperature, top_p,
     eos_token_id and any further sampler settings), through the one generation path
-    (:func:`backends.generate_batch`).
+    (:func:`pspo_repro.models.generation.generate_batch`).
 
     Sampling draws from the global generator seeded with ``seed`` inside a fork of the random state, so the
     completions depend on the seed alone and the training's random stream is left as it was."""
