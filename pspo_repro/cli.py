@@ -61,7 +61,7 @@ def train(
     """Train one configuration into a run directory (skipped when the run is already complete)."""
     from pspo_repro.study.console import quiet_libraries
     from pspo_repro.training import distributed
-    from pspo_repro.training.train import TrainSettings
+    from pspo_repro.training.settings import TrainSettings
     from pspo_repro.training.train import train as run_training
 
     values = load_settings_file(config)

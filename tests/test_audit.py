@@ -11,7 +11,7 @@ import pytest
 import yaml
 
 from pspo_repro.analysis import audit
-from pspo_repro.study import runner
+from pspo_repro.study import profiles, runner
 
 PROFILE = {
     "name": "audit-test",
@@ -141,10 +141,10 @@ def test_an_empty_study_is_a_clear_error(tmp_path):
 
 
 def test_audit_profile_is_the_cpu_profiles_runs_on_one_model():
-    profile = runner.load_profile("audit")
+    profile = profiles.load_profile("audit")
     assert profile["name"] == "cpu"  # the cpu study's folder: its runs are reused
-    audit_runs = {(r.model, r.label, r.seed): r.settings for r in runner.expand(profile)}
-    cpu_runs = {(r.model, r.label, r.seed): r.settings for r in runner.expand(runner.load_profile("cpu"))}
+    audit_runs = {(r.model, r.label, r.seed): r.settings for r in profiles.expand(profile)}
+    cpu_runs = {(r.model, r.label, r.seed): r.settings for r in profiles.expand(profiles.load_profile("cpu"))}
     assert len(audit_runs) == 22 * 3 and set(audit_runs) <= set(cpu_runs)
     assert all(audit_runs[k] == cpu_runs[k] for k in audit_runs)
     assert {model for model, _, _ in audit_runs} == {"tiny-general-l"}

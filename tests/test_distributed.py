@@ -12,9 +12,11 @@ from pathlib import Path
 import pytest
 from transformers import TrainerState
 
-from pspo_repro.study import rundir, runner
+from pspo_repro.study import profiles, rundir
 from pspo_repro.training import distributed
-from pspo_repro.training.train import RunLog, TrainSettings, Validation, grpo_config, train
+from pspo_repro.training.callbacks import RunLog, Validation
+from pspo_repro.training.settings import TrainSettings
+from pspo_repro.training.train import grpo_config, train
 
 REPO = Path(__file__).resolve().parents[1]
 ZERO2 = REPO / "configs" / "accelerate" / "zero2.yaml"
@@ -50,7 +52,7 @@ def test_a_world_size_that_divides_nothing_is_a_clear_error():
 def test_grpo_config_takes_the_layout_of_the_world_size(monkeypatch, tmp_path):
     """The paper profile under 4 processes: TRL gets 4 per device x 4 accumulation steps; the generation
     batch TRL derives from it (per device x processes x steps per generation) is still the profile's 64."""
-    run = runner.expand(runner.load_profile("paper"))[0]
+    run = profiles.expand(profiles.load_profile("paper"))[0]
     # the launcher's variables would make TrainingArguments join a process group: set the size alone
     monkeypatch.setattr(distributed, "world_size", lambda: 4)
     config = grpo_config(run.settings, tmp_path)

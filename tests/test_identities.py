@@ -8,7 +8,7 @@ import torch
 
 from pspo_repro.analysis import identities
 from pspo_repro.training import objectives
-from pspo_repro.training.train import TrainSettings
+from pspo_repro.training.settings import TrainSettings
 
 ALPHAS = [0.0, 0.1, 0.4, 0.9, 1.0]
 

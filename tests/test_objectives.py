@@ -212,7 +212,7 @@ def test_each_parameter_reads_the_setting_of_its_name():
     """One mapping (PARAMS) serves the run settings and the trainer config, whose fields carry these names."""
     from dataclasses import fields
 
-    from pspo_repro.training.train import TrainSettings
+    from pspo_repro.training.settings import TrainSettings
     from pspo_repro.training.trainer import PSPOGRPOConfig
 
     assert objectives.parameter_names() == (

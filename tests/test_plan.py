@@ -6,12 +6,12 @@ import pytest
 from typer.testing import CliRunner
 
 from pspo_repro.cli import app
-from pspo_repro.study import plan, runner
-from pspo_repro.training.train import TrainSettings
+from pspo_repro.study import plan, profiles, runner
+from pspo_repro.training.settings import TrainSettings
 
 
 def _paper(model: str, label: str) -> TrainSettings:
-    runs = runner.expand(runner.load_profile("paper"))
+    runs = profiles.expand(profiles.load_profile("paper"))
     return next(r.settings for r in runs if (r.model, r.label, r.seed) == (model, label, 0))
 
 

@@ -9,8 +9,9 @@ import pytest
 from pspo_repro.data import prompts
 from pspo_repro.data.problem import Problem
 from pspo_repro.evaluation import evaluate
-from pspo_repro.study import runner
-from pspo_repro.training.train import TrainSettings, to_dataset
+from pspo_repro.study import profiles, runner
+from pspo_repro.training.settings import TrainSettings
+from pspo_repro.training.train import to_dataset
 
 AUTHORS = (  # format_dataset in the authors' maths_dataset_loading.py, character for character
     "You are a careful math solver. Think through the solution and show the steps. Use English only. "
@@ -56,9 +57,9 @@ def test_a_run_is_evaluated_with_the_prompt_it_was_trained_with(tmp_path):
 
 
 def test_the_paper_profile_uses_the_authors_prompt_for_runs_and_starting_models(tmp_path):
-    paper = runner.expand(runner.load_profile("paper"))
+    paper = profiles.expand(profiles.load_profile("paper"))
     assert {r.settings.system_prompt for r in paper} == {"authors"}
     starts = [t for t in runner.tasks(paper, tmp_path, ["gsm8k"], {}, None) if t.kind == "base"]
     assert len(starts) == 3 and all(t.eval_options["system_prompt"] == "authors" for t in starts)
-    cpu = runner.expand(runner.load_profile("cpu"))
+    cpu = profiles.expand(profiles.load_profile("cpu"))
     assert {r.settings.system_prompt for r in cpu} == {"default"}

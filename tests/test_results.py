@@ -17,7 +17,7 @@ import pytest
 import yaml
 from scipy import stats
 
-from pspo_repro.analysis import figures, results, style
+from pspo_repro.analysis import aggregate, figures, results, style
 from pspo_repro.study import runner
 
 
@@ -146,7 +146,7 @@ def _raw_accuracy(run_dir, benchmark, metric):
 @pytest.mark.slow
 def test_main_table_is_the_mean_over_seeds_of_the_raw_records(mini):
     s = results.load("mini", mini / "runs", mini / "results")
-    table = results.accuracy_table(s.records(), s.metrics)
+    table = aggregate.accuracy_table(s.records(), s.metrics)
     assert len(table) == 3 * 2 * 4  # (start, clip, pspo) x benchmarks x metrics
     base = mini / "runs" / "mini" / "tiny-test"
     for row in table.itertuples():
@@ -161,7 +161,7 @@ def test_main_table_is_the_mean_over_seeds_of_the_raw_records(mini):
         assert row.mean == pytest.approx(np.mean(expected))
         if len(expected) == 2 and expected[0] != expected[1]:
             assert (row.ci_low, row.ci_high) == pytest.approx((min(expected), max(expected)))
-    wide = results.wide(table)
+    wide = aggregate.wide(table)
     assert list(wide.columns[:5]) == ["model", "label", "seeds", "synthetic paper", "synthetic strict"]
     assert (
         wide.loc[wide["label"] == "start", "synthetic strict"].item()
@@ -171,26 +171,26 @@ def test_main_table_is_the_mean_over_seeds_of_the_raw_records(mini):
 
 def test_seed_interval_is_scipys_bootstrap_and_one_seed_has_none():
     values = [0.61, 0.70, 0.66, 0.75, 0.58]
-    mean, low, high = results.seed_interval(values)
+    mean, low, high = aggregate.seed_interval(values)
     direct = stats.bootstrap(
         (np.array(values),), np.mean, method="percentile", n_resamples=9999, rng=np.random.default_rng(0)
     ).confidence_interval
     assert (mean, low, high) == pytest.approx((0.66, direct.low, direct.high))
     assert min(values) < low < mean < high < max(values)
-    one = results.seed_interval([0.4])
+    one = aggregate.seed_interval([0.4])
     assert one[0] == 0.4 and math.isnan(one[1]) and math.isnan(one[2])
-    assert results.format_interval(*one, seeds=1) == "40.0 (1 seed)"
-    assert results.format_interval(0.5, 0.4, 0.6, seeds=3) == "50.0 [40.0, 60.0]"
-    assert results.seed_interval([0.3, 0.3, 0.3]) == (0.3, 0.3, 0.3)
+    assert aggregate.format_interval(*one, seeds=1) == "40.0 (1 seed)"
+    assert aggregate.format_interval(0.5, 0.4, 0.6, seeds=3) == "50.0 [40.0, 60.0]"
+    assert aggregate.seed_interval([0.3, 0.3, 0.3]) == (0.3, 0.3, 0.3)
 
 
 @pytest.mark.slow
 def test_published_cells_are_never_invented(mini):
     s = results.load("mini", mini / "runs", mini / "results")
-    table = results.accuracy_table(s.records(), s.metrics)
-    pub = results.published()
+    table = aggregate.accuracy_table(s.records(), s.metrics)
+    pub = aggregate.published()
     assert len(pub) == 6 and set(pub["label"]) == {"pspo", "clip"}
-    comparison = results.with_published(table, "flexible")
+    comparison = aggregate.with_published(table, "flexible")
     ours = comparison[comparison["model"] == "tiny-test"]
     assert set(ours["published"]) == {"not reported"} and set(ours["difference"]) == {""}
     theirs = comparison[comparison["model"] != "tiny-test"]

@@ -5,16 +5,17 @@ from __future__ import annotations
 
 import pytest
 
-from pspo_repro.study import runner
+from pspo_repro.study import profiles
 from pspo_repro.training import rollouts
-from pspo_repro.training.train import TrainSettings, grpo_config, train
+from pspo_repro.training.settings import TrainSettings
+from pspo_repro.training.train import grpo_config, train
 
 VLLM_FIELDS = set(rollouts.GRPO_FIELDS)
 
 
 def test_the_faithful_paper_profile_generates_with_hf_and_paper_vllm_differs_only_in_rollouts():
-    paper = {r.name: r.settings.to_dict() for r in runner.expand(runner.load_profile("paper"))}
-    fast = {r.name: r.settings.to_dict() for r in runner.expand(runner.load_profile("paper-vllm"))}
+    paper = {r.name: r.settings.to_dict() for r in profiles.expand(profiles.load_profile("paper"))}
+    fast = {r.name: r.settings.to_dict() for r in profiles.expand(profiles.load_profile("paper-vllm"))}
     assert paper.keys() == fast.keys() and len(paper) == 85  # 75 + clip-eps0 at two sizes x 5 seeds
     assert not any(s["use_vllm"] for s in paper.values())
     for name, settings in fast.items():
@@ -26,7 +27,7 @@ def test_the_faithful_paper_profile_generates_with_hf_and_paper_vllm_differs_onl
 
 
 def test_paper_vllm_settings_reach_grpo_config(tmp_path):
-    run = runner.expand(runner.load_profile("paper-vllm"))[0]
+    run = profiles.expand(profiles.load_profile("paper-vllm"))[0]
     config = grpo_config(run.settings, tmp_path)
     assert config.use_vllm is True
     assert config.vllm_mode == "colocate"

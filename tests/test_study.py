@@ -8,12 +8,12 @@ import json
 import pytest
 import yaml
 
-from pspo_repro.study import runner
+from pspo_repro.study import profiles, runner
 
 
 def test_shipped_profiles_expand():
-    assert {"paper", "smoke", "cpu"} <= set(runner.profile_names())
-    paper = runner.expand(runner.load_profile("paper"))
+    assert {"paper", "smoke", "cpu"} <= set(profiles.profile_names())
+    paper = profiles.expand(profiles.load_profile("paper"))
     assert len(paper) == 3 * 5 * 5 + 2 * 5  # clip-eps0 at the two Qwen2.5 sizes
     by_key = {(r.model, r.label, r.seed): r.settings for r in paper}
     # the released script's clip: eps 0 and lr 5e-7 at both sizes, beside the intended eps
@@ -47,7 +47,7 @@ def test_labelled_variants_run_their_objective():
             "pspo-sgd": {"objective": "pspo", "optimizer": "sgd", "learning_rate": 0.5},
         },
     }
-    runs = {r.label: r for r in runner.expand(profile)}
+    runs = {r.label: r for r in profiles.expand(profile)}
     assert set(runs) == {"clip", "clip-shuffled", "pspo-sgd"}
     assert runs["clip-shuffled"].settings.objective == "clip"
     assert runs["clip-shuffled"].settings.shuffle_advantages is True
@@ -57,38 +57,38 @@ def test_labelled_variants_run_their_objective():
     assert runs["pspo-sgd"].name == "tiny-test/pspo-sgd/seed0"
     assert runs["pspo-sgd"].settings.label == "pspo-sgd"  # the label travels in config.json
     with pytest.raises(ValueError, match="'cilp'"):
-        runner.expand({**profile, "objectives": {"typo": {"objective": "cilp"}}})
+        profiles.expand({**profile, "objectives": {"typo": {"objective": "cilp"}}})
 
 
 def test_select_a_slice_of_a_profile():
-    runs = runner.expand(runner.load_profile("cpu"))
-    picked = runner.select(runs, models=["tiny-math-l"], objectives=["clip", "pspo"], seeds=[1])
+    runs = profiles.expand(profiles.load_profile("cpu"))
+    picked = profiles.select(runs, models=["tiny-math-l"], objectives=["clip", "pspo"], seeds=[1])
     assert [(r.model, r.label, r.seed) for r in picked] == [
         ("tiny-math-l", "clip", 1),
         ("tiny-math-l", "pspo", 1),
     ]
-    assert len(runner.select(runs, seeds=[0])) == len(runs) // 3
+    assert len(profiles.select(runs, seeds=[0])) == len(runs) // 3
     with pytest.raises(ValueError, match=r"model\(s\) \['tiny-nope'\] not in the profile"):
-        runner.select(runs, models=["tiny-nope"])
+        profiles.select(runs, models=["tiny-nope"])
 
 
 def test_bad_profiles_are_clear_errors(tmp_path):
     with pytest.raises(ValueError, match="unknown profile 'nope'; known profiles: .*paper"):
-        runner.load_profile("nope")
+        profiles.load_profile("nope")
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump({"models": ["tiny-test"], "objectives": {"clip": {}}, "trian": {}}))
     with pytest.raises(ValueError, match=r"unknown keys \['trian'\]"):
-        runner.load_profile(str(bad))
+        profiles.load_profile(str(bad))
     typo = {"models": ["tiny-test"], "objectives": {"clip": {"learning_rat": 1}}}
     with pytest.raises(ValueError, match=r"unknown setting\(s\) \['learning_rat'\]"):
-        runner.expand(typo)
+        profiles.expand(typo)
     cell = {
         "models": ["tiny-test"],
         "objectives": {"clip": {}},
         "cells": [{"model": "x", "objective": "clip"}],
     }
     with pytest.raises(ValueError, match=r"cell \('x', 'clip'\) names a model or objective"):
-        runner.expand(cell)
+        profiles.expand(cell)
 
 
 @pytest.mark.slow
@@ -143,15 +143,15 @@ def test_a_profile_extends_another(tmp_path):
             {"name": "child", "extends": "cpu", "seeds": [0, 1, 2, 3, 4], "train": {"max_steps": 7}}
         )
     )
-    profile = runner.load_profile(str(child))
-    base = runner.load_profile("cpu")
+    profile = profiles.load_profile(str(child))
+    base = profiles.load_profile("cpu")
     assert profile["seeds"] == [0, 1, 2, 3, 4] and profile["name"] == "child"
     assert profile["train"] == {**base["train"], "max_steps": 7}
     assert profile["objectives"] == base["objectives"] and profile["eval"] == base["eval"]
-    runs = runner.expand(profile)
-    assert len(runs) == len(runner.expand(base)) // 3 * 5
+    runs = profiles.expand(profile)
+    assert len(runs) == len(profiles.expand(base)) // 3 * 5
     assert {r.settings.max_steps for r in runs if r.label == "clip"} == {7}
-    full = runner.load_profile("cpu-full")
+    full = profiles.load_profile("cpu-full")
     assert full["seeds"] == [0, 1, 2, 3, 4] and "extends" not in full
 
 
@@ -196,7 +196,7 @@ def test_a_failing_run_fails_alone_and_the_study_exits_non_zero(tiny_model, tmp_
 def test_task_order_keeps_workers_busy_during_warm_starts(tmp_path):
     """Independent models' starts first (they build side by side), a continued model's start just before its
     parent's runs (the parent is built by then), and its own runs last."""
-    runs = runner.expand(runner.load_profile("cpu"))
+    runs = profiles.expand(profiles.load_profile("cpu"))
     names = [t.name for t in runner.tasks(runs, tmp_path, ["synthetic"], {}, None)]
     assert names[:2] == ["tiny-general-s/start", "tiny-general-l/start"]
     math_start = names.index("tiny-math-l/start")

@@ -16,9 +16,11 @@ import torch
 from transformers import TrainerCallback
 
 from pspo_repro.models import loading
-from pspo_repro.study import rundir
+from pspo_repro.study import profiles, rundir
+from pspo_repro.training import callbacks
 from pspo_repro.training import train as train_module
-from pspo_repro.training.train import TrainSettings, train
+from pspo_repro.training.settings import TrainSettings, read_run_settings
+from pspo_repro.training.train import train
 
 
 def tiny_settings(model_path, **overrides) -> TrainSettings:
@@ -437,15 +439,14 @@ def test_validation_is_greedy_or_sampled_with_the_training_sampler_by_default():
 def test_the_paper_profile_validates_as_the_authors_and_the_cpu_profiles_as_before():
     """The authors' TRL evaluation: T 0.8, top-p 0.9, 4 completions per prompt; smoke and cpu stay greedy,
     without trainer checkpoints."""
-    from pspo_repro.study import runner
 
-    paper = runner.expand(runner.load_profile("paper"))
+    paper = profiles.expand(profiles.load_profile("paper"))
     assert {str(r.settings.sampled_validation()) for r in paper} == {
         "{'temperature': 0.8, 'top_p': 0.9, 'n': 4}"
     }
     assert {r.settings.save_steps for r in paper} == {100}
     for name in ("smoke", "cpu"):
-        runs = runner.expand(runner.load_profile(name))
+        runs = profiles.expand(profiles.load_profile(name))
         assert {(r.settings.validation, r.settings.save_steps, r.settings.report_to) for r in runs} == {
             ("greedy", 0, "none")
         }
@@ -461,7 +462,7 @@ def test_sampled_validation_is_seeded_and_leaves_the_training_random_stream_alon
     options = {"temperature": 1.0, "top_p": 1.0, "top_k": 0, "eos_token_id": tokenizer.eos_token_id}
 
     def sample(seed):
-        return train_module.sampled_completions(model, tokenizer, texts, 24, 8, 4, seed, options)
+        return callbacks.sampled_completions(model, tokenizer, texts, 24, 8, 4, seed, options)
 
     torch.manual_seed(123)
     before = torch.get_rng_state()
@@ -473,7 +474,7 @@ def test_sampled_validation_is_seeded_and_leaves_the_training_random_stream_alon
     assert any(len(set(group)) > 1 for group in first)  # sampled, not four copies of the greedy answer
 
     settings = tiny_settings(tiny_model, validation="sampled", validation_generations=4, validation_limit=3)
-    validation = train_module.Validation(tmp_path, settings, problems, tokenizer)
+    validation = callbacks.Validation(tmp_path, settings, problems, tokenizer)
     record = validation.measure(model, 5)
     assert (record["n"], record["completions"]) == (3, 12)
     assert validation.measure(model, 5) == record
@@ -496,7 +497,7 @@ def test_max_prompt_length_is_gone_with_a_clear_error_and_old_run_configs_still_
         old.pop(name)  # settings added since
     old.pop("validation_temperature"), old.pop("validation_top_p"), old.pop("validation_generations")
     rundir.atomic_write_json(tmp_path / "config.json", old)
-    settings = train_module.read_run_settings(tmp_path)
+    settings = read_run_settings(tmp_path)
     assert (settings.objective, settings.epsilon, settings.save_steps) == ("clip", 0.0, 0)
 
 

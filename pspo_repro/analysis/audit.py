@@ -20,7 +20,7 @@ from typing import Any
 
 from pspo_repro.analysis import identities, tables
 from pspo_repro.study import rundir
-from pspo_repro.training.train import read_run_settings
+from pspo_repro.training.settings import read_run_settings
 
 SUPPORTED = "supported"
 NOT_SUPPORTED = "not supported"
@@ -1013,7 +1013,7 @@ def measure_identities(study_dir: Path, work_dir: Path, steps: int | None = None
     """The identities on real training batches of the runs labelled :data:`IDENTITY_LABELS` (lowest seed of
     each model): ``steps`` optimizer steps (default: two reuse cycles, at least 8, at most the run's length)
     of each run's settings, retrained from its starting model with the recording trainer."""
-    from pspo_repro.training.train import TrainSettings
+    from pspo_repro.training.settings import TrainSettings
 
     chosen: dict[tuple[str, str], Run] = {}
     for r in load_runs(study_dir):

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from pspo_repro.analysis import results, style
+from pspo_repro.analysis import aggregate, results, style
 
 PANEL_HEIGHT = 2.6
 METRIC_MARKERS = {"paper": "P", "strict": "o", "flexible": "s", "permissive": "^"}
@@ -60,7 +60,7 @@ def curves(
     for ax, model in zip(axes, models, strict=False):
         data = frame[frame["model"] == model]
         for label in _present(labels, data):
-            c = results.over_seeds(data[data["label"] == label], value, [x]).sort_values(x)
+            c = aggregate.over_seeds(data[data["label"] == label], value, [x]).sort_values(x)
             if c.empty:
                 continue
             st = style.arm_style(label)
@@ -84,7 +84,7 @@ def curves(
 def accuracy_points(table: pd.DataFrame, panels: Sequence[tuple[str, str]], labels: Sequence[str]) -> Any:
     """One panel per (benchmark, metric) of ``panels``: each arm's accuracy (percent), models along x, the
     mean over seeds with its 95% bootstrap interval as error bars (table from
-    :func:`pspo_repro.results.accuracy_table`)."""
+    :func:`pspo_repro.aggregate.accuracy_table`)."""
     models = list(dict.fromkeys(table["model"]))
     arms = _present(labels, table)
     fig, axes = _panels(len(panels), height=PANEL_HEIGHT + 0.4)

@@ -191,7 +191,7 @@ def measure(
     identity_alpha: float | None = None,
     states_per_batch: int = 64,
 ) -> list[dict[str, Any]]:
-    """Train ``steps`` optimizer steps of a run's settings (:class:`~pspo_repro.train.TrainSettings`) with
+    """Train ``steps`` optimizer steps of a run's settings (:class:`~pspo_repro.training.settings.TrainSettings`) with
     :class:`RecordingTrainer`, and return one record per micro-batch. ``identity_alpha`` defaults to the
     settings' alpha; the run's own objective drives the training (so pi_theta moves as it would)."""
     import dataclasses

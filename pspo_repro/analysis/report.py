@@ -57,7 +57,7 @@ def notebooks(folder: Path = NOTEBOOKS_DIR) -> list[Path]:
 def profile_name(profile: str) -> str:
     """The study's name: ``profile`` itself, or the ``name`` in a profile file (as ``pspo-repro study``)."""
     if Path(profile).suffix in (".yaml", ".yml"):
-        from pspo_repro.study.runner import load_profile
+        from pspo_repro.study.profiles import load_profile
 
         return load_profile(profile).get("name", Path(profile).stem)
     return profile

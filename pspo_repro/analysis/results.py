@@ -13,23 +13,19 @@ Frames hold the finished runs (``DONE``) only. Every run the profile expects tha
 Metrics are discovered from the data (the boolean grades of the per-problem records, the metrics of the
 summaries), in the order paper, strict, flexible, permissive, then any other.
 
-The statistics over seeds live here too: :func:`seed_interval` (scipy's bootstrap, percentile method) and
-:func:`accuracy_table`, the main table recomputed from the per-problem records.
+The statistics over seeds are in :mod:`pspo_repro.analysis.aggregate`.
 """
 
 from __future__ import annotations
 
 import json
-import math
 import warnings
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import cached_property
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 import yaml
 
@@ -46,13 +42,14 @@ CATEGORY_KEYS = evaluate.CATEGORY_KEYS  # metadata keys that name a problem's ca
 STATUSES = ("done", "partial", "failed", "missing")
 
 
-def _study_module() -> Any:
-    """pspo_repro.study.runner, imported without tqdm's notebook warning (it imports the trainer, whose progress
-    bar is never shown here)."""
+def _quiet_import(module: str) -> Any:
+    """A module of the package, imported without tqdm's notebook warning (the trainer's progress bar, which
+    some imports pull in, is never shown here)."""
+    import importlib
+
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="IProgress not found")
-        from pspo_repro.study import runner
-    return runner
+        return importlib.import_module(module)
 
 
 def order_metrics(names: Iterable[str]) -> list[str]:
@@ -92,11 +89,11 @@ class Study:
         """The runs the profile defines (empty without a profile)."""
         if self.spec is None:
             return pd.DataFrame(columns=["model", "label", "objective", "seed"])
-        runner = _study_module()
+        profiles = _quiet_import("pspo_repro.study.profiles")
 
         rows = [
             {"model": r.model, "label": r.label, "objective": r.settings.objective, "seed": r.seed}
-            for r in runner.expand(self.spec)
+            for r in profiles.expand(self.spec)
         ]
         return pd.DataFrame(rows, columns=["model", "label", "objective", "seed"])
 
@@ -108,7 +105,7 @@ class Study:
         """One row per run the profile expects or the study folder holds: coordinates, ``status`` (done,
         partial, failed, missing), ``evaluated`` (benchmarks with records), ``path``, and the settings
         that differ between runs."""
-        runner = _study_module()
+        profiles = _quiet_import("pspo_repro.study.profiles")
 
         found: dict[tuple[str, str, int], dict[str, Any]] = {}
         configs: dict[tuple[str, str, int], dict[str, Any]] = {}
@@ -138,7 +135,7 @@ class Study:
         for row in self.expected.itertuples(index=False):
             key = (row.model, row.label, int(row.seed))
             if key not in found:
-                folder = self.study_dir / runner.model_folder(row.model) / row.label / f"seed{row.seed}"
+                folder = self.study_dir / profiles.model_folder(row.model) / row.label / f"seed{row.seed}"
                 found[key] = {
                     **row._asdict(),
                     "seed": int(row.seed),
@@ -182,9 +179,7 @@ class Study:
     def benchmarks(self) -> list[str]:
         """The profile's evaluation benchmarks, else those found in the summaries."""
         if self.spec is not None and self.spec.get("eval", {}).get("benchmarks"):
-            _study_module()  # (imports the evaluation's dependencies quietly)
-            from pspo_repro.evaluation import evaluate
-
+            evaluate = _quiet_import("pspo_repro.evaluation.evaluate")
             return evaluate.parse_benchmarks(",".join(self.spec["eval"]["benchmarks"]))
         found = [b for ev in [*self.runs["evaluated"], *self.starts["evaluated"]] for b in ev.split(",") if b]
         return list(dict.fromkeys(found))
@@ -470,7 +465,7 @@ def _first_line(path: Path) -> str:
 
 def _read_config(folder: Path) -> dict[str, Any]:
     """A run's settings ({} without config.json), with earlier parameter names read as today's."""
-    from pspo_repro.training.train import read_run_settings
+    from pspo_repro.training.settings import read_run_settings
 
     return read_run_settings(folder).to_dict() if (folder / rundir.CONFIG).is_file() else {}
 
@@ -484,18 +479,18 @@ def load(profile: str, runs_dir: str | Path = "runs", results_dir: str | Path = 
     """The study ``profile`` (a name, or a profile YAML path whose ``name`` is used) from
     ``<runs_dir>/<name>/`` with the profile in ``<results_dir>/<name>/profile.yaml`` (the one the study
     used), else the packaged profile of that name, else none (only what is found is read)."""
-    runner = _study_module()
+    profiles = _quiet_import("pspo_repro.study.profiles")
 
     spec = None
     name = profile
     if Path(profile).suffix in (".yaml", ".yml"):
-        spec = runner.load_profile(profile)
+        spec = profiles.load_profile(profile)
         name = spec.get("name", Path(profile).stem)
     written = Path(results_dir) / name / "profile.yaml"
     if spec is None and written.is_file():
         spec = yaml.safe_load(written.read_text())
-    if spec is None and name in runner.profile_names():
-        spec = runner.load_profile(name)
+    if spec is None and name in profiles.profile_names():
+        spec = profiles.load_profile(name)
     study_dir = Path(runs_dir) / name
     if not study_dir.is_dir():
         raise FileNotFoundError(
@@ -506,180 +501,3 @@ def load(profile: str, runs_dir: str | Path = "runs", results_dir: str | Path = 
 
 
 # --- statistics over seeds --------------------------------------------------------------------------
-
-CONFIDENCE = 0.95
-N_RESAMPLES = 9999
-
-
-def seed_interval(values: Sequence[float], confidence: float = CONFIDENCE) -> tuple[float, float, float]:
-    """Mean and a ``confidence`` bootstrap interval of the mean over seeds (scipy.stats.bootstrap,
-    percentile method, fixed generator). With one value there is no interval (nan, nan); with values all
-    equal every resample has the same mean, so the interval is that value."""
-    x = np.asarray([v for v in values if v is not None and not pd.isna(v)], dtype=float)
-    if x.size == 0:
-        return math.nan, math.nan, math.nan
-    mean = float(x.mean())
-    if x.size == 1:
-        return mean, math.nan, math.nan
-    if np.all(x == x[0]):
-        return mean, mean, mean
-    from scipy import stats
-
-    res = stats.bootstrap(
-        (x,),
-        np.mean,
-        confidence_level=confidence,
-        n_resamples=N_RESAMPLES,
-        method="percentile",
-        rng=np.random.default_rng(0),
-    )
-    return mean, float(res.confidence_interval.low), float(res.confidence_interval.high)
-
-
-def over_seeds(frame: pd.DataFrame, value: str, by: Sequence[str]) -> pd.DataFrame:
-    """Mean of ``value`` over seeds with its 95% bootstrap interval (:func:`seed_interval`), per group
-    ``by``; a run with several rows in a group (e.g. several steps) counts once, by its mean. Columns:
-    ``by``, seeds, mean, ci_low, ci_high."""
-    cols = [*by, "seeds", "mean", "ci_low", "ci_high"]
-    data = frame.dropna(subset=[value])
-    if data.empty:
-        return pd.DataFrame(columns=cols)
-    per_run = data.groupby([*by, "seed"], sort=False, dropna=False)[value].mean().reset_index()
-    rows = []
-    for key, g in per_run.groupby(list(by), sort=False, dropna=False):
-        mean, low, high = seed_interval(g[value].tolist())
-        rows.append([*(key if isinstance(key, tuple) else (key,)), len(g), mean, low, high])
-    return pd.DataFrame(rows, columns=cols)
-
-
-def per_seed_accuracy(records: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
-    """Accuracy of each run (or start) on each benchmark under each metric, from per-problem records:
-    coordinates, benchmark, metric, accuracy, n."""
-    if records.empty:
-        return pd.DataFrame(
-            columns=["model", "label", "objective", "seed", "benchmark", "metric", "accuracy", "n"]
-        )
-    keys = [*KEYS, "benchmark"]
-    grouped = records.groupby(keys, dropna=False, sort=False)
-    wide = grouped[list(metrics)].mean().reset_index()
-    wide["n"] = grouped.size().to_numpy()
-    return wide.melt(id_vars=[*keys, "n"], value_vars=list(metrics), var_name="metric", value_name="accuracy")
-
-
-def accuracy_table(records: pd.DataFrame, metrics: Sequence[str]) -> pd.DataFrame:
-    """The main table: per (model, arm, benchmark, metric), the mean accuracy over seeds with a 95%
-    bootstrap interval (see :func:`seed_interval`), from the per-problem records. Columns: model, label,
-    benchmark, metric, seeds, n (problems per run), mean, ci_low, ci_high."""
-    per_seed = per_seed_accuracy(records, metrics)
-    rows = []
-    for (model, label, bench, metric), g in per_seed.groupby(
-        ["model", "label", "benchmark", "metric"], sort=False
-    ):
-        mean, low, high = seed_interval(g["accuracy"].tolist())
-        rows.append(
-            {
-                "model": model,
-                "label": label,
-                "benchmark": bench,
-                "metric": metric,
-                "seeds": 0 if label == START else len(g),
-                "n": int(g["n"].iloc[0]),
-                "mean": mean,
-                "ci_low": low,
-                "ci_high": high,
-            }
-        )
-    cols = ["model", "label", "benchmark", "metric", "seeds", "n", "mean", "ci_low", "ci_high"]
-    out = pd.DataFrame(rows, columns=cols)
-    # rows in the records' order of models, arms and benchmarks, metrics in their canonical order
-    rank = {
-        c: {v: i for i, v in enumerate(dict.fromkeys(records[c]))} for c in ("model", "label", "benchmark")
-    }
-    rank["metric"] = {m: i for i, m in enumerate(order_metrics(metrics))}
-    return out.sort_values(list(rank), key=lambda col: col.map(rank[col.name]), kind="stable").reset_index(
-        drop=True
-    )
-
-
-def format_interval(mean: float, low: float, high: float, seeds: int, scale: float = 100.0) -> str:
-    """``71.2 [70.1, 72.3]``; one seed says so (no interval); the starting model has no seeds."""
-    if pd.isna(mean):
-        return "-"
-    text = f"{scale * mean:.1f}"
-    if seeds == 0:
-        return text
-    if seeds == 1 or pd.isna(low):
-        return f"{text} (1 seed)"
-    return f"{text} [{scale * low:.1f}, {scale * high:.1f}]"
-
-
-def published() -> pd.DataFrame:
-    """The paper's reported accuracies (``pspo_repro/published.csv``): version, model, label, benchmark,
-    temperature, accuracy (percent), paper_method. Cells absent here are not reported by the paper."""
-    with resources.files("pspo_repro").joinpath("published.csv").open() as f:
-        return pd.read_csv(f, comment="#")
-
-
-def with_published(table: pd.DataFrame, metric: str, models: Iterable[str] | None = None) -> pd.DataFrame:
-    """Our accuracy under ``metric`` (percent: mean over seeds and interval) beside the published one, for
-    every (model, arm, benchmark) of ``table`` (from :func:`accuracy_table`) whose model is in ``models``
-    (default: every model), and every published cell besides: ``published`` is the paper's number or "not
-    reported", ``ours`` is "not run" for a published cell without runs, ``difference`` is ours minus
-    theirs where both exist."""
-    ours = table[table["metric"] == metric]
-    if models is not None:
-        ours = ours[ours["model"].isin(set(models))]
-    pub = published()
-    pub_key = {(r.model, r.label, r.benchmark): r for r in pub.itertuples(index=False)}
-    rows, seen = [], set()
-    for r in ours.itertuples(index=False):
-        key = (r.model, r.label, r.benchmark)
-        seen.add(key)
-        p = pub_key.get(key)
-        rows.append(
-            {
-                "model": r.model,
-                "label": r.label,
-                "benchmark": r.benchmark,
-                "ours": format_interval(r.mean, r.ci_low, r.ci_high, r.seeds),
-                "published": "not reported" if p is None else f"{p.accuracy:.1f} ({p.version})",
-                "difference": "" if p is None or pd.isna(r.mean) else f"{100 * r.mean - p.accuracy:+.1f}",
-            }
-        )
-    for key, p in pub_key.items():
-        if key not in seen:
-            rows.append(
-                {
-                    "model": p.model,
-                    "label": p.label,
-                    "benchmark": p.benchmark,
-                    "ours": "not run",
-                    "published": f"{p.accuracy:.1f} ({p.version})",
-                    "difference": "",
-                }
-            )
-    frame = pd.DataFrame(rows, columns=["model", "label", "benchmark", "ours", "published", "difference"])
-    return frame.assign(metric=metric)
-
-
-def headline_metric(metrics: Sequence[str]) -> str:
-    """The metric figures show when they show one: strict (the answer in the required format) if recorded."""
-    return "strict" if "strict" in metrics else order_metrics(metrics)[0]
-
-
-def wide(table: pd.DataFrame) -> pd.DataFrame:
-    """:func:`accuracy_table` for reading: one row per (model, arm), one column per (benchmark, metric),
-    cells in percent as ``mean [low, high]`` (see :func:`format_interval`)."""
-    cells = table.assign(
-        cell=[
-            format_interval(m, lo, hi, s)
-            for m, lo, hi, s in zip(
-                table["mean"], table["ci_low"], table["ci_high"], table["seeds"], strict=True
-            )
-        ],
-        column=table["benchmark"].astype(str) + " " + table["metric"].astype(str),
-    )
-    rows = cells.drop_duplicates(["model", "label"])[["model", "label", "seeds"]]
-    grid = cells.pivot(index=["model", "label"], columns="column", values="cell")
-    columns = list(dict.fromkeys(cells["column"]))  # the table's order: benchmarks, then metrics
-    return rows.join(grid[columns], on=["model", "label"]).reset_index(drop=True)

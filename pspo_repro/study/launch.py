@@ -205,7 +205,8 @@ def _phase(task: Task, phase: str, say: Callable[..., None], progress: bool) -> 
         say(phase="warm start")
         tiny.ensure(task.model, progress=progress)
     if phase == "train":
-        from pspo_repro.training.train import TrainSettings, train
+        from pspo_repro.training.settings import TrainSettings
+        from pspo_repro.training.train import train
 
         assert task.settings is not None
         settings = TrainSettings.from_dict(task.settings)

@@ -23,7 +23,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from pspo_repro.training.train import TrainSettings
+from pspo_repro.study import profiles
+from pspo_repro.training.settings import TrainSettings
 
 GSM8K_TRAIN, GSM8K_VALIDATION = 7000, 472  # the authors' split (see pspo_repro.data.loaders)
 # test set sizes of the benchmarks (the releases in the data folder); others are not estimated
@@ -184,10 +185,9 @@ def describe(
     """The dry-run report of a profile (or the runs selected): a table of runs and totals, and the
     assumptions of the estimate."""
     from pspo_repro.evaluation import evaluate
-    from pspo_repro.study import runner
 
-    profile = runner.load_profile(profile_name)
-    runs = runner.select(runner.expand(profile), models, objectives, seeds)
+    profile = profiles.load_profile(profile_name)
+    runs = profiles.select(profiles.expand(profile), models, objectives, seeds)
     eval_opts = dict(profile.get("eval", {}))
     benchmarks = evaluate.parse_benchmarks(",".join(eval_opts.pop("benchmarks", ["synthetic"])))
     settings = [r.settings.to_dict() for r in runs]

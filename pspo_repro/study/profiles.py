@@ -1,0 +1,168 @@
+"""Profiles: a study's YAML expanded into its runs (models x objectives x seeds), each with its fully resolved
+training settings.
+
+Profile format::
+
+    name: cpu
+    seeds: [0, 1]
+    train: {dataset: synthetic, learning_rate: 1.0e-4, ...}     # TrainSettings shared by every run
+    models:                                                     # model -> settings for that model
+      tiny-general-s: {}
+      tiny-math-l: {alpha: 0.4}
+    objectives:                                                 # objective -> settings for that objective
+      clip: {epsilon: 0.2}
+      pspo: {}
+      noclip: {num_iterations: 1}
+      clip-shuffled: {objective: clip, shuffle_advantages: true}  # a labelled variant (a control)
+      clip-stress: {objective: clip, learning_rate: 3.0e-4, models: [tiny-general-l]}  # on some models only
+    cells:                                                      # settings for one (model, objective)
+      - {model: tiny-general-s, objective: clip, set: {learning_rate: 2.0e-4}}
+    eval: {benchmarks: [synthetic, synthetic-svamp], limit: null, batch_size: 64}
+    slurm: {partition: gpu, time_min: 360, gpus_per_node: 1, mem_gb: 64}   # the slurm launcher's jobs
+
+A profile may start from another (``extends: cpu``): its ``train``, ``eval`` and ``slurm`` settings are
+merged key by key into the other's, and any other key it gives replaces the other's.
+
+Later layers win: train < models < objectives < cells. ``models`` may also be a plain list. An
+``objectives`` key is the run's label; an entry that sets ``objective`` runs that objective under the label,
+which is how controls (shuffled advantages, SGD) sit beside the objectives in one table; an entry's
+``models`` list restricts it to those models.
+
+Each model's starting point is evaluated once (``<runs>/<profile>/<model>/start/eval``), so the tables show
+what training added. Tables are written by :mod:`pspo_repro.analysis.tables`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from pspo_repro.training.settings import TrainSettings
+
+PROFILE_KEYS = {
+    "name",
+    "description",
+    "extends",
+    "models",
+    "seeds",
+    "train",
+    "objectives",
+    "cells",
+    "eval",
+    "slurm",
+}
+
+
+@dataclass(frozen=True)
+class Run:
+    """One cell of a study: where it lives and what it trains."""
+
+    model: str
+    label: str  # the profile's name for the arm: an objective, or a variant such as "clip-shuffled"
+    seed: int
+    settings: TrainSettings
+
+    @property
+    def name(self) -> str:
+        return f"{model_folder(self.model)}/{self.label}/seed{self.seed}"
+
+
+def model_folder(model: str) -> str:
+    """A model's folder name inside a study (hub ids have a slash)."""
+    return model.replace("/", "--")
+
+
+def profile_names() -> list[str]:
+    folder = resources.files("pspo_repro") / "profiles"
+    return sorted(p.name.removesuffix(".yaml") for p in folder.iterdir() if p.name.endswith(".yaml"))
+
+
+def load_profile(name_or_path: str) -> dict[str, Any]:
+    """A profile by name (pspo_repro/profiles/<name>.yaml) or by path to a YAML file."""
+    path = Path(name_or_path)
+    if path.suffix in (".yaml", ".yml"):
+        if not path.is_file():
+            raise FileNotFoundError(f"profile file {path} does not exist")
+        text = path.read_text()
+    elif name_or_path in profile_names():
+        text = (resources.files("pspo_repro") / "profiles" / f"{name_or_path}.yaml").read_text()
+    else:
+        raise ValueError(f"unknown profile {name_or_path!r}; known profiles: {', '.join(profile_names())}")
+    profile = yaml.safe_load(text)
+    unknown = sorted(set(profile) - PROFILE_KEYS)
+    if unknown:
+        raise ValueError(
+            f"profile {name_or_path!r} has unknown keys {unknown}; allowed: {sorted(PROFILE_KEYS)}"
+        )
+    if "extends" in profile:
+        base = load_profile(profile.pop("extends"))
+        base.pop("description", None)
+        # train, eval and slurm settings merge key by key; every other key (models, objectives, seeds) replaces
+        for key in ("train", "eval", "slurm"):
+            if key in profile:
+                profile[key] = {**base.get(key, {}), **profile[key]}
+        profile = {**base, **profile}
+    return profile
+
+
+def expand(profile: dict[str, Any]) -> list[Run]:
+    """Every (model, objective, seed) run of a profile, with its fully resolved settings."""
+    model_settings = profile["models"]
+    if isinstance(model_settings, list):
+        model_settings = {m: {} for m in model_settings}
+    cells: dict[tuple[str, str], dict] = {}
+    for cell in profile.get("cells", []):
+        key = (cell["model"], cell["objective"])
+        if cell["model"] not in model_settings or cell["objective"] not in profile["objectives"]:
+            raise ValueError(f"profile cell {key} names a model or objective the profile does not have")
+        cells[key] = cell.get("set", {})
+    arms = {label: dict(values or {}) for label, values in profile["objectives"].items()}
+    only = {label: arm.pop("models", None) for label, arm in arms.items()}
+    for label, wanted in only.items():
+        unknown = sorted(set(wanted or ()) - set(model_settings))
+        if unknown:
+            raise ValueError(f"objective {label!r} names models {unknown} that the profile does not have")
+    runs = []
+    for model, for_model in model_settings.items():
+        for label, for_label in arms.items():
+            if only[label] is not None and model not in only[label]:
+                continue
+            for seed in profile.get("seeds", [0]):
+                values = {
+                    **profile.get("train", {}),
+                    **(for_model or {}),
+                    **for_label,
+                    **cells.get((model, label), {}),
+                }
+                values.update(model=model, seed=seed, label=label)
+                values["objective"] = for_label.get("objective", label)
+                runs.append(Run(model, label, seed, TrainSettings.from_dict(values)))
+    return runs
+
+
+def select(
+    runs: list[Run],
+    models: list[str] | None = None,
+    objectives: list[str] | None = None,
+    seeds: list[int] | None = None,
+) -> list[Run]:
+    """The runs whose model, objective label and seed are among those given (None: any)."""
+    for kind, wanted, have in (
+        ("model", models, {r.model for r in runs}),
+        ("objective", objectives, {r.label for r in runs}),
+        ("seed", seeds, {r.seed for r in runs}),
+    ):
+        unknown = sorted(set(wanted or ()) - have, key=str)
+        if unknown:
+            raise ValueError(f"{kind}(s) {unknown} not in the profile; it has: {sorted(have, key=str)}")
+    return [
+        r
+        for r in runs
+        if (models is None or r.model in models)
+        and (objectives is None or r.label in objectives)
+        and (seeds is None or r.seed in seeds)
+    ]
