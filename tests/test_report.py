@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import shutil
+from pathlib import Path
 
 import matplotlib
 
@@ -36,6 +37,23 @@ FIGURES = [
 ]  # fmt: skip
 
 
+@pytest.mark.parametrize(
+    ("given", "recorded"),
+    [("runs", "runs"), (report.REPO_ROOT / "results" / "cpu", "results/cpu"), (report.REPO_ROOT.parent / "x", "../x")],
+)
+def test_notebook_paths_are_recorded_relative_to_the_repository(given, recorded, monkeypatch):
+    monkeypatch.chdir(report.REPO_ROOT)
+    assert report.relative_to_repo(given) == recorded
+    params = report.parameters("cpu", Path(given), Path("results"), Path("figures"))
+    assert params == {
+        "profile": "cpu",
+        "runs_dir": recorded,
+        "results_dir": "results",
+        "tables_dir": "results/cpu/tables",
+        "figures_dir": "figures/cpu",
+    }
+
+
 @pytest.fixture(scope="module")
 def smoke(tiny_model, tmp_path_factory):
     """The smoke profile studied, then reported (one papermill pass over every notebook)."""
@@ -54,7 +72,12 @@ def test_report_executes_every_notebook_and_writes_every_file(smoke):
     for e in executed:
         assert e.error is None
         nb = nbformat.read(e.output, as_version=4)
-        assert nb.metadata["papermill"]["parameters"]["profile"] == "smoke"
+        params = nb.metadata["papermill"]["parameters"]
+        assert params["profile"] == "smoke"
+        # recorded relative to the repository root (the kernel's folder), never as this machine's paths
+        assert not Path(params["runs_dir"]).is_absolute()
+        assert (report.REPO_ROOT / params["runs_dir"]).resolve() == (root / "runs").resolve()
+        assert str(report.REPO_ROOT) not in e.output.read_text()
         assert all(
             o.get("output_type") != "error"
             for c in nb.cells

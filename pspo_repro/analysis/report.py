@@ -17,6 +17,7 @@ cell and the error, and the executed copy (with the traceback in place) stays fo
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable, Iterator
@@ -63,15 +64,35 @@ def profile_name(profile: str) -> str:
     return profile
 
 
+def relative_to_repo(path: Path | str) -> str:
+    """``path`` (relative to this process's folder, or absolute) relative to the repository root, with ``..``
+    where it lies outside: the kernels run in the repository root, so an executed notebook names no folder
+    of the machine that ran it."""
+    return os.path.relpath(Path(path).resolve(), REPO_ROOT)
+
+
 def parameters(profile: str, runs_dir: Path, results_dir: Path, figures_dir: Path) -> dict[str, str]:
-    """The parameters every notebook may declare (absolute paths, so the kernel's folder does not matter)."""
+    """The parameters every notebook may declare: paths relative to the repository root, where the kernels
+    run (:func:`relative_to_repo`)."""
     return {
         "profile": profile,
-        "runs_dir": str(Path(runs_dir).resolve()),
-        "results_dir": str(Path(results_dir).resolve()),
-        "tables_dir": str((Path(results_dir) / profile / "tables").resolve()),
-        "figures_dir": str((Path(figures_dir) / profile).resolve()),
+        "runs_dir": relative_to_repo(runs_dir),
+        "results_dir": relative_to_repo(results_dir),
+        "tables_dir": relative_to_repo(Path(results_dir) / profile / "tables"),
+        "figures_dir": relative_to_repo(Path(figures_dir) / profile),
     }
+
+
+def strip_machine_paths(notebook: Path) -> None:
+    """Rewrite the repository's absolute path out of an executed notebook (papermill's input and output
+    paths, messages that print a path) so that it reads relative to the repository root."""
+    from pspo_repro.study import rundir
+
+    text = notebook.read_text()
+    root = json.dumps(str(REPO_ROOT))[1:-1]  # as the path appears inside JSON strings
+    cleaned = text.replace(root + "/", "").replace(f'"{root}"', '"."')
+    if cleaned != text:
+        rundir.atomic_write_text(notebook, cleaned)
 
 
 @contextmanager
@@ -138,13 +159,15 @@ def run_report(
                     kernel_name="python3",
                     progress_bar=False,
                     request_save_on_cell_execute=False,
-                    cwd=str(out_dir),
+                    cwd=str(REPO_ROOT),  # the parameters are relative to it
                     # the kernel's own log (transport warnings, the interrupt at shutdown) is noise here;
                     # a cell's error reaches us through papermill
                     extra_arguments=["--IPKernelApp.log_level=CRITICAL"],
                 )
             except Exception as err:  # any failure is reported by name; the other notebooks still run
                 error = _describe(path.stem, err)
+            if output.is_file():
+                strip_machine_paths(output)
             result = Executed(path.stem, output, time.monotonic() - started, error)
             done.append(result)
             if on_done is not None:
