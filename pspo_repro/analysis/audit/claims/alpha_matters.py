@@ -1,0 +1,205 @@
+"""Claim: PSPO's alpha changes training (PSPO against the unclipped surrogate with the same reuse and
+seeds), under Adam, which cancels a constant loss scale, and under SGD, which cannot."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from pspo_repro.analysis.audit.formatting import num, pct, pct_sd, table
+from pspo_repro.analysis.audit.runs import Run, accuracies, arm_name, by
+from pspo_repro.analysis.audit.section import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, Context, Section, Z
+from pspo_repro.analysis.audit.stats import mean, se_diff
+from pspo_repro.study import rundir
+
+TEST = (
+    "Per seed, the distance between each PSPO run's selected checkpoint and noclip's (same seed, same "
+    "checkpoint step), relative to how far noclip moved from the starting model; the largest difference "
+    "of their training rewards (logged once per generation); and test accuracy (strict), mean ± sd over seeds."
+)
+RULE = (
+    f"{SUPPORTED} if some alpha's test accuracy differs from noclip's by more than {Z:g} standard errors; "
+    f"{NOT_SUPPORTED} if every alpha's checkpoints lie within 1% (relative distance) of noclip's; "
+    f"{INCONCLUSIVE} otherwise."
+)
+
+
+def differs(diff: float, se: float) -> bool:
+    """An alpha's test accuracy differs from noclip's: by more than Z standard errors (never with a nan se)."""
+    return math.isfinite(se) and abs(diff) > Z * se
+
+
+def close(distance: float | None) -> bool:
+    """An alpha's checkpoints lie within 1% (relative distance) of noclip's (None: no distance measured)."""
+    return distance is not None and distance < 0.01
+
+
+def rule(comparisons: Sequence[tuple[float, float, float | None]]) -> str:
+    """The verdict from each alpha's (accuracy difference to noclip, its standard error, largest relative
+    checkpoint distance to noclip or None): a real accuracy difference shows that alpha matters; identical
+    checkpoints everywhere show that it does not; anything else is not enough to tell."""
+    if any(differs(diff, se) for diff, se, _ in comparisons):
+        return SUPPORTED
+    if all(close(distance) for _, _, distance in comparisons):
+        return NOT_SUPPORTED
+    return INCONCLUSIVE
+
+
+def param_distance(a: Path, b: Path) -> float | None:
+    """||theta_a - theta_b|| over the checkpoints' shared tensors (None when either is unreadable)."""
+    from safetensors.torch import load_file
+
+    fa, fb = sorted(a.glob("*.safetensors")), sorted(b.glob("*.safetensors"))
+    if not fa or not fb:
+        return None
+    ta, tb = {}, {}
+    for f in fa:
+        ta.update(load_file(f))
+    for f in fb:
+        tb.update(load_file(f))
+    total = 0.0
+    for k in sorted(set(ta) & set(tb)):
+        total += float((ta[k].double() - tb[k].double()).pow(2).sum())
+    return math.sqrt(total)
+
+
+def start_folder(run: Run) -> Path | None:
+    """The weights the run started from, when they are on this machine (never builds or downloads)."""
+    from pspo_repro.models import tiny
+
+    build = run.folder / "model_build.json"
+    if run.model in tiny.names():
+        if not build.is_file():
+            return None
+        path = tiny.cache_root() / "tiny" / rundir.read_json(build)["build"]
+        return path if path.is_dir() else None
+    path = Path(run.model).expanduser()
+    return path if path.is_dir() else None
+
+
+def rewards(run: Run) -> list[tuple[int, float]]:
+    """(step, training reward) of the logged steps that have one."""
+    return [(x["step"], x["reward"]) for x in run.train_log if x.get("reward") is not None]
+
+
+def alpha_matters(ctx: Context, optimizer: str) -> Section:
+    """The section for one optimizer: each alpha against noclip (checkpoints, rewards, accuracy), and the
+    verdict by :func:`rule`."""
+    scale = (
+        "a constant loss scale cannot cancel" if optimizer == "sgd" else "Adam cancels a constant loss scale"
+    )
+    s = Section(
+        f"Does alpha matter under {'SGD' if optimizer == 'sgd' else 'Adam'}?",
+        f"PSPO's alpha changes training: PSPO at alpha in {{0, 0.1, 0.4, 0.9}} trains differently from the "
+        f"unclipped surrogate (noclip) with the same reuse and seeds ({optimizer}; {scale}).",
+        TEST,
+        RULE,
+    )
+    runs = [
+        r
+        for r in ctx.runs
+        if r.objective in ("pspo", "noclip")
+        and not r.control
+        and r.config.get("optimizer", "adamw") == optimizer
+    ]
+    groups = {k: g for k, g in by(runs, lambda r: (r.model, r.arm)).items()}
+    usable = {
+        k: g
+        for k, g in groups.items()
+        if any(r.objective == "noclip" for r in g)
+        and len({r.config["alpha"] for r in g if r.objective == "pspo"}) >= 2
+    }
+    if not usable:
+        s.missing = (
+            f"needs, on one model and arm with optimizer {optimizer}, a noclip run and pspo runs at two or more "
+            f"alphas (the audit profile's {'noclip-sgd, pspo-sgd, pspo-a0.4-sgd' if optimizer == 'sgd' else 'noclip, pspo, pspo-a0.4'} ...)"
+        )
+        return s
+    rows = []
+    comparisons: list[tuple[float, float, float | None]] = []
+    curves: dict[str, list[tuple[int, float]]] = {}
+    for (model, arm), g in sorted(usable.items(), key=lambda kv: (kv[0][0], str(kv[0][1]))):
+        noclip = {r.config["seed"]: r for r in g if r.objective == "noclip"}
+        base = accuracies(list(noclip.values()), ctx.benchmark)
+        for alpha in sorted({r.config["alpha"] for r in g if r.objective == "pspo"}):
+            rs = [r for r in g if r.objective == "pspo" and r.config["alpha"] == alpha]
+            dists, reward_diffs = [], []
+            for r in rs:
+                ref = noclip.get(r.config["seed"])
+                if ref is None:
+                    continue
+                rr = [x.get("reward") for x in r.train_log]
+                nr = [x.get("reward") for x in ref.train_log]
+                diffs = [abs(a - b) for a, b in zip(rr, nr, strict=False) if a is not None and b is not None]
+                if diffs:
+                    reward_diffs.append(max(diffs))
+                same_step = r.done["validation_best"]["step"] == ref.done["validation_best"]["step"]
+                d = param_distance(r.folder / "checkpoint", ref.folder / "checkpoint") if same_step else None
+                start = start_folder(ref)
+                moved = param_distance(ref.folder / "checkpoint", start) if start is not None else None
+                if d is not None and moved:
+                    dists.append(d / moved)
+            accs = accuracies(rs, ctx.benchmark)
+            diff = mean(accs) - mean(base) if accs and base else float("nan")
+            se = se_diff(accs, base)
+            distance = max(dists) if dists else None
+            comparisons.append((diff, se, distance))
+            rows.append(
+                [
+                    model,
+                    arm_name(arm),
+                    f"{alpha:g}",
+                    str(len(rs)),
+                    num(distance, ".2e"),
+                    num(max(reward_diffs) if reward_diffs else None, ".2e"),
+                    pct_sd(accs),
+                    pct_sd(base),
+                    f"{pct(diff)} ({num(se * 100, '.1f')})",
+                    "yes" if differs(diff, se) else "no",
+                ]
+            )
+            seed0 = min(rs, key=lambda r: r.config["seed"])
+            curves[f"{model} alpha {alpha:g}"] = rewards(seed0)
+        ref0 = min(noclip.values(), key=lambda r: r.config["seed"])
+        curves[f"{model} noclip"] = rewards(ref0)
+        s.labels += sorted({r.label for r in g})
+    s.labels = sorted(set(s.labels))
+    s.verdict = rule(comparisons)
+    s.body = table(
+        [
+            "model",
+            "arm",
+            "alpha",
+            "seeds",
+            "checkpoint distance to noclip (relative, largest)",
+            "largest training-reward difference (per generation)",
+            "test strict %",
+            "noclip test strict %",
+            "difference (se), points",
+            f"beyond {Z:g} se",
+        ],
+        rows,
+    )
+
+    def draw(ax: Any) -> None:
+        for name, points in sorted(curves.items()):
+            xs, ys = [p[0] for p in points], [p[1] for p in points]
+            ax.plot(xs, ys, label=name, lw=1.2, marker=".", ls="--" if "noclip" in name else "-")
+        ax.set_xlabel("optimizer step")
+        ax.set_ylabel("training reward (seed 0)")
+        ax.set_title(f"PSPO alphas and noclip under {optimizer}")
+
+    s.figures = [f for f in [ctx.figure(f"alpha-{optimizer}", draw)] if f]
+    return s
+
+
+def alpha_matters_adam(ctx: Context) -> Section:
+    """The section under Adam (AdamW), which cancels PSPO's constant scale (1 - alpha)."""
+    return alpha_matters(ctx, "adamw")
+
+
+def alpha_matters_sgd(ctx: Context) -> Section:
+    """The section under SGD, where the scale (1 - alpha) cannot cancel."""
+    return alpha_matters(ctx, "sgd")

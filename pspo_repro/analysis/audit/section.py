@@ -1,0 +1,83 @@
+"""What every claim's section is made of: the verdicts, the thresholds the rules share, the section record
+and the context a section reads its runs from."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pspo_repro.analysis.audit.runs import Run
+
+SUPPORTED = "supported"
+NOT_SUPPORTED = "not supported"
+INCONCLUSIVE = "inconclusive at this scale"
+VERDICTS = (SUPPORTED, NOT_SUPPORTED, INCONCLUSIVE)
+
+BINDS = 0.01  # a clip "acts" where it zeroes at least 1% of token gradients
+SATURATED = 0.01  # a sigmoid weight below 1% of its value at ratio 1 (which is 1)
+COLLAPSE = 0.10  # a run collapses when its validation accuracy ends 10 points below its step-0 value
+Z = 3.0  # differences count when they exceed 3 standard errors
+
+
+@dataclass
+class Section:
+    """One claim as audit.md prints it: its texts, its numbers (``body``), its verdict or what is missing."""
+
+    title: str
+    claim: str
+    test: str
+    rule: str
+    labels: list[str] = field(default_factory=list)  # the run labels it reads (for the command)
+    body: str = ""
+    verdict: str | None = None
+    missing: str | None = None
+    figures: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Context:
+    """Everything a section reads: the study's finished runs, its starting models, the identities."""
+
+    study_dir: Path
+    out_dir: Path
+    profile: str
+    benchmark: str
+    runs: list[Run]
+    starts: dict[str, dict[str, Any]]
+    identities: dict[str, Any] | None
+    plot: bool = True
+
+    def figure(self, name: str, draw: Callable[[Any], None]) -> str | None:
+        """Draw a PNG with ``draw(axes)`` into the output folder; returns its file name."""
+        if not self.plot:
+            return None
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(6.4, 3.8), dpi=110)
+        draw(ax)
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = self.out_dir / f"audit-{name}.png"
+        tmp = path.with_name(f".{path.name}.tmp.png")
+        fig.savefig(tmp, metadata={"Software": None})
+        plt.close(fig)
+        tmp.replace(path)
+        return path.name
+
+    def start_accuracy(self, model: str, metric: str = "strict") -> float | None:
+        """The starting model's accuracy on the audited benchmark (None when it was not evaluated)."""
+        s = self.starts.get(model)
+        if s is None or self.benchmark not in s["benchmarks"]:
+            return None
+        return s["benchmarks"][self.benchmark]["metrics"][metric]["accuracy"]
+
+    def control_runs(self, model: str) -> list[Run]:
+        """The model's shuffled-advantage control runs (the noise floor)."""
+        return [r for r in self.runs if r.model == model and r.control]

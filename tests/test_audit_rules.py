@@ -1,0 +1,115 @@
+"""The audit's verdict rules as pure functions of numbers: constructed numbers give each verdict a rule
+can return. Four rules have two verdicts only: the rescaled surrogate and the soft trust region (exact
+identities: never inconclusive), the noise floor and sigmoid saturation (never not supported)."""
+
+from __future__ import annotations
+
+from pspo_repro.analysis import identities
+from pspo_repro.analysis.audit import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED
+from pspo_repro.analysis.audit.claims import (
+    alpha_matters,
+    clip_baseline,
+    gradient_preservation,
+    noise_floor,
+    permissive_inflation,
+    rescaled_surrogate,
+    sigmoid_saturation,
+    soft_trust_region,
+    topr_collapse,
+    trust_region_acts,
+)
+
+NAN = float("nan")
+
+
+def test_gradient_preservation():
+    rule = gradient_preservation.rule
+    assert rule(pspo_max=0.0, clip_max=0.05) == SUPPORTED
+    assert rule(pspo_max=0.25, clip_max=0.05) == NOT_SUPPORTED
+    assert rule(pspo_max=1e-6, clip_max=0.0) == NOT_SUPPORTED  # a zeroed PSPO gradient decides alone
+    assert rule(pspo_max=0.0, clip_max=0.0) == INCONCLUSIVE
+
+
+def test_rescaled_surrogate():
+    rule = rescaled_surrogate.rule
+    assert rule(1e-7) == SUPPORTED
+    assert rule(identities.GRAD_RTOL) == SUPPORTED  # at most the tolerance
+    assert rule(3e-3) == NOT_SUPPORTED
+    assert rule(NAN) == NOT_SUPPORTED
+
+
+def test_soft_trust_region():
+    rule = soft_trust_region.rule
+    assert rule(tv_error=1e-13, kl_excess=-1e-3) == SUPPORTED  # negative excess: the bound's slack
+    assert rule(tv_error=identities.DIST_ATOL, kl_excess=identities.DIST_ATOL) == SUPPORTED
+    assert rule(tv_error=1e-6, kl_excess=0.0) == NOT_SUPPORTED
+    assert rule(tv_error=0.0, kl_excess=1e-6) == NOT_SUPPORTED
+
+
+def test_alpha_matters():
+    rule = alpha_matters.rule
+    # (accuracy difference to noclip, its standard error, largest relative checkpoint distance)
+    assert rule([(0.2, 0.01, 0.5), (0.0, 0.01, None)]) == SUPPORTED  # 0.2 > 3 * 0.01
+    assert rule([(0.2, 0.01, 0.001)]) == SUPPORTED  # an accuracy difference outweighs close checkpoints
+    assert rule([(0.01, 0.01, 0.001), (0.0, NAN, 0.005)]) == NOT_SUPPORTED
+    assert rule([(0.01, 0.01, 0.001), (0.0, 0.01, 0.5)]) == INCONCLUSIVE
+    assert rule([(NAN, NAN, None)]) == INCONCLUSIVE  # nothing measured
+    assert not alpha_matters.differs(0.2, NAN)
+    assert not alpha_matters.close(None) and alpha_matters.close(0.009) and not alpha_matters.close(0.01)
+
+
+def test_clip_baseline():
+    assert clip_baseline.arm_verdict(0.1, 0.01) == SUPPORTED
+    assert clip_baseline.arm_verdict(-0.1, 0.01) == NOT_SUPPORTED
+    assert clip_baseline.arm_verdict(0.02, 0.01) == INCONCLUSIVE
+    assert clip_baseline.arm_verdict(0.1, NAN) == INCONCLUSIVE
+    rule = clip_baseline.rule
+    assert rule([(0.1, 0.01), (0.2, 0.05)]) == SUPPORTED
+    assert rule([(-0.1, 0.01), (-0.3, 0.02)]) == NOT_SUPPORTED
+    assert rule([(0.1, 0.01), (-0.1, 0.01)]) == INCONCLUSIVE  # the arms disagree
+    assert rule([(0.01, 0.01)]) == INCONCLUSIVE
+    assert rule([]) == INCONCLUSIVE
+
+
+def test_noise_floor():
+    rule = noise_floor.rule
+    # (difference of two objectives' mean accuracy, the control's standard error for it)
+    assert rule([(0.02, 0.01), (0.1, 0.01)]) == SUPPORTED
+    assert rule([(0.02, 0.01), (-0.029, 0.01)]) == INCONCLUSIVE
+    assert rule([]) == INCONCLUSIVE
+
+
+def test_trust_region_acts():
+    rule = trust_region_acts.rule
+    # the stalest steps' mean zero-gradient fraction of each (arm, eps > 0)
+    assert rule([0.02, 0.01]) == SUPPORTED  # at least 1% binds
+    assert rule([0.0, 0.005]) == NOT_SUPPORTED
+    assert rule([0.02, 0.0]) == INCONCLUSIVE
+    assert rule([]) == INCONCLUSIVE
+
+
+def test_sigmoid_saturation():
+    rule = sigmoid_saturation.rule
+    assert rule(0.05) == SUPPORTED
+    assert rule(0.01) == SUPPORTED
+    assert rule(0.001) == INCONCLUSIVE
+    assert rule(0.0) == INCONCLUSIVE
+
+
+def test_permissive_inflation():
+    rule = permissive_inflation.rule
+    assert rule(0.02) == SUPPORTED
+    assert rule(0.001) == NOT_SUPPORTED
+    assert rule(-0.01) == NOT_SUPPORTED
+    assert rule(0.005) == INCONCLUSIVE
+    assert rule(0.01) == INCONCLUSIVE and rule(0.0025) == INCONCLUSIVE  # both bounds are strict
+
+
+def test_topr_collapse():
+    rule = topr_collapse.rule
+    # (TOPR runs that collapse, of which those whose model's control does not)
+    assert rule(collapsed=2, unexplained=1) == SUPPORTED
+    assert rule(collapsed=0, unexplained=0) == NOT_SUPPORTED
+    assert rule(collapsed=2, unexplained=0) == INCONCLUSIVE
+    assert topr_collapse.collapses(first=0.5, last=0.3)
+    assert not topr_collapse.collapses(first=0.5, last=0.45)
