@@ -268,6 +268,14 @@ class PSPOGRPOTrainer(GRPOTrainer):
         if probe_cos:
             unclipped = self._noclip.loss_from_log_ratio(log_r, advantages, like=logps)
 
+        if (
+            self.use_vllm
+            and self.args.probes
+            and self.model.training
+            and "sampling_per_token_logps" in inputs
+        ):
+            # old_logps are the trainer's log-probabilities under the weights vLLM sampled with
+            self.probe_log.current.add_logp_diff(old_logps, inputs["sampling_per_token_logps"], mask)
         if self.use_vllm and self.vllm_importance_sampling_correction:
             per_token_loss = per_token_loss * inputs["importance_sampling_ratio"]
             if self.args.probes and self.model.training:
