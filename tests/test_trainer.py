@@ -315,3 +315,40 @@ def test_trl_weights_a_top_p_rollout_by_its_kept_mass_and_the_probes_record_that
     per_sequence = torch.tensor([sum(math.log(m) for m in k) for k in engine.kept])
     assert record["vllm_seq_logp_diff"]["mean"] == pytest.approx(float(per_sequence.mean()), rel=1e-3)
     assert "vllm_is_weight" not in record
+
+
+def test_a_probe_step_takes_one_cosine_on_its_first_micro_batch(model_and_tokenizer, train_dataset, tmp_path):
+    """The cosine to the unclipped gradient (two extra backward passes) is taken on the first micro-batch of a
+    probe step only: one value per step, the cosine of that micro-batch alone."""
+    model, tok = model_and_tokenizer
+    common = dict(objective="clip", epsilon=0.2, num_iterations=2, probe_every=1)
+    micro_batches = [fake_inputs(model, tok, seed=seed) for seed in range(4)]
+    model.train()
+    alone = make_trainer(PSPOGRPOTrainer, PSPOGRPOConfig, model, tok, train_dataset, tmp_path / "a", **common)
+    alone._compute_loss(model, micro_batches[0])
+    (expected,) = alone.probe_log.current.cosines
+
+    probes = tmp_path / "probes.jsonl"
+    trainer = make_trainer(
+        PSPOGRPOTrainer,
+        PSPOGRPOConfig,
+        model,
+        tok,
+        train_dataset,
+        tmp_path / "b",
+        gradient_accumulation_steps=4,
+        probes_file=str(probes),
+        **common,
+    )
+    trainer.current_gradient_accumulation_steps = 4
+    assert trainer._probe_step()
+    for inputs in micro_batches:
+        trainer._compute_loss(model, inputs).backward()
+    model.zero_grad()
+    assert trainer.probe_log.current.cosines == [pytest.approx(expected, rel=1e-6)]
+    assert -1 <= expected < 1 - 1e-4  # the clip binds on these stale ratios: not the unclipped direction
+    trainer._flush_probes(1)
+    (record,) = [json.loads(line) for line in probes.read_text().splitlines()]
+    assert record["cos_to_noclip"] == pytest.approx(expected, rel=1e-6)
+    assert record["n_tokens"] == sum(int(b["completion_mask"].sum()) for b in micro_batches)
+    assert len(record["samples"]) == min(256, record["n_tokens"])  # samples still drawn from the whole step

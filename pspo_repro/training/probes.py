@@ -21,7 +21,8 @@ One JSON line per optimizer step in ``probes.jsonl``:
   ``vllm_is_weight``, statistics of the correction's per-token weight (trainer over vLLM probability,
   truncated or masked), and ``vllm_is_zero_frac``, the fraction of tokens it masks out;
 - every ``probe_every`` steps: ``cos_to_noclip``, the cosine between this objective's parameter gradient and the
-  unclipped surrogate's on the same micro-batch, and ``samples``, (ratio, advantage, weight) triples.
+  unclipped surrogate's on the step's first micro-batch (each process's first, averaged over processes), and
+  ``samples``, (ratio, advantage, weight) triples drawn from all the step's tokens.
 """
 
 from __future__ import annotations

@@ -56,8 +56,8 @@ class PSPOGRPOConfig(GRPOConfig):
     probe_every: int = field(
         default=11,
         metadata={
-            "help": "Every K optimizer steps also record the gradient cosine to the unclipped surrogate and a "
-            "sample of (ratio, advantage, weight) triples; 0 turns these off. K must not be a multiple of the "
+            "help": "Every K optimizer steps also record the gradient cosine to the unclipped surrogate (on the "
+            "step's first micro-batch) and a sample of (ratio, advantage, weight) triples; 0 turns these off. K must not be a multiple of the "
             "optimizer steps per generation, or every probe lands on the same (freshest) step of the reuse "
             "cycle; the odd default never is for the usual even cycles."
         },
@@ -264,7 +264,14 @@ class PSPOGRPOTrainer(GRPOTrainer):
 
         log_r = objectives.log_ratio(logps, old_logps, self.importance_sampling_level, mask)
         per_token_loss = self.objective.loss_from_log_ratio(log_r, advantages, like=logps)
-        probe_cos = self.args.probes and self.model.training and self._probe_step()
+        # The cosine needs two extra backward passes: taken on the first micro-batch of a probe step only (the
+        # statistic it reports), not on every one of the step's grad_accum micro-batches.
+        probe_cos = (
+            self.args.probes
+            and self.model.training
+            and self._probe_step()
+            and not self.probe_log.current.cosines
+        )
         if probe_cos:
             unclipped = self._noclip.loss_from_log_ratio(log_r, advantages, like=logps)
 
