@@ -1,9 +1,9 @@
 """What a model costs in memory and on disk, from its shape alone (no weights loaded): its parameter count
 from its config, the bytes of its checkpoints, and how many sequences one ``generate`` call can hold.
 
-A shape comes from the model's config (a tiny model's recipe, a local folder, a run folder, or a hub id in the
-local hub cache; the parameters counted on the meta device) or, for the paper's hub models when they are not on
-disk, from :data:`KNOWN` (their published configs, whose counts these are)."""
+A shape comes from the model's config (a tiny model's recipe, a local folder, a run folder, or a hub id in
+the local hub cache; the parameters counted on the meta device) or, for the paper's hub models when they are
+not on disk, from :data:`KNOWN` (their published configs, whose counts these are)."""
 
 from __future__ import annotations
 

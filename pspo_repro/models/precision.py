@@ -38,7 +38,8 @@ class Precision:
 
     @property
     def vllm_dtype(self) -> str:
-        """vLLM's ``dtype``: the autocast dtype where there is one (matrix products run in it), else the weights'."""
+        """vLLM's ``dtype``: the autocast dtype where there is one (matrix products run in it), else the
+        weights'."""
         return self.autocast or self.weights
 
     @contextlib.contextmanager
@@ -58,7 +59,8 @@ class Precision:
 
 def for_device(device: str, bf16: bool | None = None) -> Precision:
     """The precision of forward passes on ``device`` ('cpu', 'cuda' or 'cuda:N'): float32 weights, with bf16
-    autocast on a GPU unless ``bf16`` says otherwise (a run's ``bf16`` setting; None: the device's default)."""
+    autocast on a GPU unless ``bf16`` says otherwise (a run's ``bf16`` setting; None: the device's
+    default)."""
     kind = device.split(":")[0]
     if kind not in DEVICES:
         raise ValueError(f"device must be 'cpu' or 'cuda' (or 'cuda:N'), got {device!r}")

@@ -57,9 +57,9 @@ class PSPOGRPOConfig(GRPOConfig):
         default=11,
         metadata={
             "help": "Every K optimizer steps also record the gradient cosine to the unclipped surrogate (on the "
-            "step's first micro-batch) and a sample of (ratio, advantage, weight) triples; 0 turns these off. K must not be a multiple of the "
-            "optimizer steps per generation, or every probe lands on the same (freshest) step of the reuse "
-            "cycle; the odd default never is for the usual even cycles."
+            "step's first micro-batch) and a sample of (ratio, advantage, weight) triples; 0 turns these off. "
+            "K must not be a multiple of the optimizer steps per generation, or every probe lands on the same "
+            "(freshest) step of the reuse cycle; the odd default never is for the usual even cycles."
         },
     )
     probe_samples: int = field(
