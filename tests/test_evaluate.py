@@ -451,3 +451,49 @@ def test_validation_evaluation_and_the_build_check_share_one_greedy_generation(m
     assert len({len(t) for t in evaluated}) > 1  # the completions differ, so the comparison means something
     correct = sum(grading.score(c, p.answer, p.kind).strict for c, p in zip(validated, problems, strict=True))
     assert tiny.greedy_accuracy(trainee, hf.tokenizer, problems, 24, batch_size=2) == correct / len(problems)
+
+
+# --------------------------------------------------------------------------- precision (validation = evaluation)
+
+
+def test_validation_and_evaluation_run_on_the_same_precision():
+    """Training keeps float32 master weights under bf16 autocast on a GPU, and validation runs on that model;
+    evaluation loads the checkpoint's float32 weights under the same autocast (float32 alone on a CPU, or
+    when the run turned bf16 off). vLLM, which has no autocast, is given bf16 explicitly."""
+    import torch
+
+    from pspo_repro.models import precision
+
+    on_gpu = precision.for_device("cuda")
+    assert (on_gpu.weights, on_gpu.autocast) == ("float32", "bfloat16")
+    assert on_gpu.weights_dtype is torch.float32  # never bf16 weights: the checkpoint's float32 ones
+    assert precision.for_device("cuda:1") == on_gpu
+    assert precision.for_device("cpu") == precision.Precision("float32", None)
+    assert precision.for_device("cuda", bf16=False) == precision.Precision("float32", None)
+    assert (
+        on_gpu.vllm_dtype == "bfloat16" and precision.for_device("cuda", bf16=False).vllm_dtype == "float32"
+    )
+    assert on_gpu.record() == {"weights": "float32", "autocast": "bfloat16"}
+    with pytest.raises(ValueError, match="device must be 'cpu' or 'cuda"):
+        precision.for_device("mps")
+
+
+def test_the_vllm_engine_gets_its_dtype_explicitly(tmp_path):
+    """vLLM's dtype 'auto' would follow each checkpoint's config (and pick float16 for a float32 checkpoint on
+    a GPU without bf16); the engine's arguments name the dtype. Built without importing vLLM."""
+    from pspo_repro.models import precision
+
+    source = loading.ModelSource(str(tmp_path))
+    kwargs = backends.vllm_llm_kwargs(source, seed=3, precision=precision.for_device("cuda"))
+    assert kwargs == {"model": str(tmp_path), "tokenizer": str(tmp_path), "seed": 3, "dtype": "bfloat16"}
+    gguf = loading.ModelSource(str(tmp_path), "m.gguf")
+    fp32 = backends.vllm_llm_kwargs(gguf, seed=0, precision=precision.for_device("cuda", bf16=False))
+    assert fp32["model"] == fp32["tokenizer"] == str(tmp_path / "m.gguf") and fp32["dtype"] == "float32"
+
+
+def test_the_evaluation_summary_records_its_precision(model, tmp_path):
+    summary = ev.evaluate(model, ["synthetic"], tmp_path, limit=2, progress=False)
+    expected = {"backend": "hf", "device": "cpu", "weights": "float32", "autocast": None}
+    assert summary["settings"]["precision"] == expected
+    assert summary["benchmarks"]["synthetic"]["precision"] == expected
+    assert rundir.read_json(tmp_path / "eval" / rundir.SUMMARY)["settings"]["precision"] == expected

@@ -86,7 +86,9 @@ def test_dry_run_of_the_paper_profile():
     by_key = {(r[0], r[1], r[2]): r for r in rows}
     clip = by_key[("Qwen/Qwen2.5-0.5B", "clip", "0")]
     # validation: 28 passes (step 0, every 100 of 2,622 steps, the last) x 472 prompts x 4 sampled completions
-    assert clip[3:] == ["epsilon=0.1", "learning_rate=1e-06", "2,622", "83,904", "52,864", "2.55"]
+    # GPU-hours with validation batched by memory (2 generate calls of 1,024 sequences per pass at 0.5B);
+    # disk at its peak: 2 x 1.98 GB best checkpoints + 2 x 5.93 GB trainer checkpoints (494,032,768 parameters)
+    assert clip[3:] == ["epsilon=0.1", "learning_rate=1e-06", "2,622", "83,904", "52,864", "1.86", "15.81"]
     assert by_key[("Qwen/Qwen2.5-1.5B", "clip-eps0", "4")][3:7] == ["epsilon=0", "2,622", "83,904", "52,864"]
     noclip = by_key[("Qwen/Qwen2-Math-1.5B", "noclip", "0")]
     assert noclip[3:9] == [
@@ -99,10 +101,34 @@ def test_dry_run_of_the_paper_profile():
     ]  # 15 passes
     assert by_key[("Qwen/Qwen2.5-1.5B", "pspo", "0")][3] == "-"  # the common settings exactly
     assert "total: 85 runs, 203,205 optimizer steps, 7,131,840 training completions" in result.output
-    assert "about 288 GPU-hours" in result.output
+    assert by_key[("Qwen/Qwen2.5-1.5B", "pspo", "0")][-1] == "49.40"  # 2 x 6.17 + 2 x 18.52
+    assert "about 230 GPU-hours" in result.output
     assert "0.025 s per decoding step of a batch for models <= 1B" in result.output
+    assert "Qwen/Qwen2.5-0.5B 1024, Qwen/Qwen2.5-1.5B 512, Qwen/Qwen2-Math-1.5B 512" in result.output
     assert "not measurements" in result.output
+    # what stays: one float32 best checkpoint per run, no trainer checkpoint (30 runs at 0.5B, 55 at 1.5B);
+    # a run in progress holds its best and one trainer checkpoint (weights + Adam's two moments)
+    kept = 30 * 4 * 494_032_768 + 55 * 4 * 1_543_714_304
+    assert round(kept / 1e9, 1) == 398.9
+    assert (
+        "disk: 398.9 GB stays after the runs finish (each run's best checkpoint); a run in progress holds up to "
+        "24.70 GB, 49.40 GB at its peak (Qwen/Qwen2.5-1.5B: best checkpoint 6.17 GB, trainer checkpoint 18.52 GB)"
+    ) in result.output
+    assert "Qwen/Qwen2.5-0.5B 494,032,768 (table of known counts: not on disk)" in result.output
+    assert "Qwen/Qwen2.5-1.5B 1,543,714,304 (table of known counts: not on disk)" in result.output
     assert not (Path("runs") / "paper").exists()  # nothing ran
+
+
+def test_the_disk_of_a_run_counts_one_trainer_checkpoint_whatever_the_number_of_saves():
+    q15 = _paper("Qwen/Qwen2.5-1.5B", "pspo")
+    n = 1_543_714_304
+    assert q15.save_steps == 100 and q15.save_total_limit == 1  # 26 saves over the run, one checkpoint kept
+    run = plan.disk(q15, n)
+    assert (run.best, run.trainer, run.trainer_kept) == (4 * n, 12 * n, 1)
+    assert run.peak == 2 * 4 * n + 2 * 12 * n  # a new best and the next trainer checkpoint beside the kept
+    assert plan.disk(TrainSettings(save_steps=0), n).peak == 2 * 4 * n  # no trainer checkpoints
+    assert plan.disk(TrainSettings(save_steps=100, save_total_limit=3), n).peak == 2 * 4 * n + 4 * 12 * n
+    assert plan.disk(TrainSettings(save_steps=100, optimizer="sgd"), n).trainer == 4 * n  # no optimizer state
 
 
 def test_dry_run_of_a_slice_and_unknown_sizes():
@@ -137,6 +163,7 @@ def test_dry_run_of_a_slice_and_unknown_sizes():
         "clip-stress-eps0.1",
     }
     # 20 steps of 64 completions; each generation of 128 serves 4 steps: 5 generations
-    assert rows["clip"][-4:] == ["20", "640", "768", "-"]
-    assert rows["noclip-onpolicy"][-4:-1] == ["20", "1,280", "768"]  # one generation of 64 per step
+    assert rows["clip"][-5:-1] == ["20", "640", "768", "-"]
+    assert rows["noclip-onpolicy"][-5:-2] == ["20", "1,280", "768"]  # one generation of 64 per step
+    assert float(rows["clip"][-1]) < 0.1  # a tiny model's best checkpoint, twice (no trainer checkpoints)
     assert "GPU-hours not estimated" in result.output

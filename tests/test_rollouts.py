@@ -4,6 +4,7 @@ and a clear early error where vLLM is not installed (vLLM itself is not needed b
 from __future__ import annotations
 
 import pytest
+import torch
 
 from pspo_repro.study import profiles
 from pspo_repro.training import rollouts
@@ -22,8 +23,9 @@ def test_the_faithful_paper_profile_generates_with_hf_and_paper_vllm_differs_onl
         assert settings["use_vllm"] is True
         assert settings["vllm_mode"] == "colocate"
         assert settings["vllm_gpu_memory_utilization"] == 0.3
+        assert settings["vllm_importance_sampling_correction"] is False  # see the top-p test below
         changed = {k for k in settings if settings[k] != paper[name][k]}
-        assert changed == {"use_vllm"}, name  # the other vLLM settings are TRL's defaults, stated
+        assert changed == {"use_vllm", "vllm_importance_sampling_correction"}, name
 
 
 def test_paper_vllm_settings_reach_grpo_config(tmp_path):
@@ -32,10 +34,8 @@ def test_paper_vllm_settings_reach_grpo_config(tmp_path):
     assert config.use_vllm is True
     assert config.vllm_mode == "colocate"
     assert config.vllm_gpu_memory_utilization == 0.3
-    assert config.vllm_importance_sampling_correction is True
-    assert config.vllm_importance_sampling_mode == "sequence_mask"
-    assert config.vllm_importance_sampling_clip_max == 3.0
-    assert config.vllm_importance_sampling_clip_min is None
+    assert config.vllm_importance_sampling_correction is False
+    assert config.top_p == 0.9
 
 
 def test_server_mode_and_the_correction_settings_reach_grpo_config(tmp_path):
@@ -44,6 +44,7 @@ def test_server_mode_and_the_correction_settings_reach_grpo_config(tmp_path):
             "model": "tiny-test",
             "dataset": "synthetic",
             "use_vllm": "true",
+            "top_p": "1.0",  # the correction is refused under top-p truncation (see below)
             "vllm_mode": "server",
             "vllm_server_host": "10.0.0.7",
             "vllm_server_port": "8123",
@@ -91,7 +92,9 @@ def test_bad_vllm_settings_are_clear_errors(values, message):
 
 @pytest.mark.skipif(rollouts.vllm_installed(), reason="vLLM is installed here")
 def test_asking_for_vllm_without_it_fails_before_the_run_folder_exists(tmp_path):
-    settings = TrainSettings(model="tiny-test", dataset="synthetic", use_vllm=True)
+    settings = TrainSettings(
+        model="tiny-test", dataset="synthetic", use_vllm=True, vllm_importance_sampling_correction=False
+    )
     with pytest.raises(ImportError, match=r"install the 'vllm' extra") as err:
         train(settings, tmp_path / "run", progress=False)
     assert "\n" not in str(err.value)
@@ -105,9 +108,46 @@ def test_the_cli_reports_missing_vllm_in_one_line(tmp_path):
     from pspo_repro.cli import app
 
     args = ["train", "--out", str(tmp_path / "run"), "--model", "tiny-test", "--dataset", "synthetic"]
-    result = CliRunner().invoke(app, [*args, "--set", "use_vllm=true", "--quiet"])
+    args += ["--set", "use_vllm=true", "--set", "vllm_importance_sampling_correction=false"]
+    result = CliRunner().invoke(app, [*args, "--quiet"])
     assert result.exit_code == 2
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error: use_vllm is set but vLLM is not installed")
     assert "'vllm' extra" in lines[0]
     assert not (tmp_path / "run").exists()
+
+
+def test_top_p_makes_each_tokens_importance_weight_its_kept_mass():
+    """A toy next-token distribution at the paper's T 0.8 and top-p 0.9. vLLM's processed log-probability of a
+    kept token is renormalised over the kept set, the trainer's is over the whole vocabulary, so TRL's weight
+    exp(trainer - vLLM) of that token is the kept mass (<= 1), whatever the token; over a 128-token completion
+    the sequence weight is the product, far below 1 and never above sequence_mask's 3."""
+    from vllm_sampler import kept_mass, processed_logprobs
+
+    logits = torch.tensor([3.0, 2.6, 2.2, 1.8, 1.0, 0.0, -1.0, -2.0])
+    full = torch.log_softmax(logits / 0.8, dim=-1)
+    vllm = processed_logprobs(logits, 0.8, 0.9)
+    kept = vllm.isfinite()
+    assert 1 < int(kept.sum()) < len(logits)  # top-p cut the tail
+    mass = float(kept_mass(logits, 0.8, 0.9))
+    assert 0.9 <= mass < 1
+    weights = torch.exp(full - vllm)[kept]
+    torch.testing.assert_close(weights, torch.full_like(weights, mass))
+    sequence_weight = mass**128
+    assert sequence_weight < 1e-2  # here 0.951^128 = 1.5e-3
+    assert not sequence_weight > 3.0  # sequence_mask drops only weights above 3: it keeps every such sequence
+
+
+@pytest.mark.parametrize("mode", ["colocate", "server"])
+def test_vllm_rollouts_with_top_p_below_1_and_the_correction_are_refused(mode):
+    base = dict(model="tiny-test", dataset="synthetic", use_vllm=True, vllm_mode=mode)
+    with pytest.raises(
+        ValueError, match=r"top_p=0.9 .*mass top-p kept.*set vllm_importance_sampling_correction=false"
+    ):
+        TrainSettings(**base, top_p=0.9)
+    # what may run: the correction off (the mismatch is recorded by the probes), or no top-p truncation
+    TrainSettings(**base, top_p=0.9, vllm_importance_sampling_correction=False)
+    TrainSettings(**base, top_p=1.0)
+    TrainSettings(
+        model="tiny-test", dataset="synthetic", top_p=0.9
+    )  # HF generate: no vLLM log-probs involved

@@ -518,3 +518,33 @@ def test_report_to_maps_to_transformers_trackers_and_is_off_by_default(tiny_mode
     ):
         train(settings, tmp_path / "run", progress=False)
     assert not (tmp_path / "run").exists()
+
+
+def test_a_validation_generate_call_holds_the_settings_batch_or_64_sequences_on_a_cpu(tiny_model, tmp_path):
+    """eval_batch_size, when set, is the sequences per validation generate call; unset, a GPU run sizes it by
+    memory (pspo_repro.models.footprint) and a CPU keeps 64. The batch is fixed for the run and recorded."""
+    from pspo_repro.data import loaders
+
+    assert TrainSettings().eval_batch_size is None
+    with pytest.raises(ValueError, match="eval_batch_size must be >= 1 .*, got 0"):
+        TrainSettings(eval_batch_size=0)
+    source = loading.resolve(str(tiny_model))
+    model, tokenizer = loading.load_model(source), loading.load_tokenizer(source)
+    problems = loaders.load("synthetic", "validation")[:3]
+    unset = callbacks.Validation(
+        tmp_path / "a", tiny_settings(tiny_model, eval_batch_size=None), problems, tokenizer
+    )
+    assert unset.generate_batch(model) == callbacks.CPU_VALIDATION_BATCH == 64
+    assert unset.measure(model, 1)["generate_batch"] == 64
+    given = callbacks.Validation(
+        tmp_path / "b", tiny_settings(tiny_model, eval_batch_size=8), problems, tokenizer
+    )
+    assert given.generate_batch(model) == 8
+    resumed = callbacks.Validation(
+        tmp_path / "c",
+        tiny_settings(tiny_model, eval_batch_size=None),
+        problems,
+        tokenizer,
+        history=[{"step": 10, "reward": 0.5, "generate_batch": 256}],
+    )
+    assert resumed.generate_batch(model) == 256  # as before the interruption: the same samples

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
 import torch
@@ -256,3 +257,98 @@ def test_a_resumed_epoch_keeps_the_order_it_would_have_had():
         resumed.set_epoch(epoch)
         assert list(resumed) == epochs[epoch]
         assert list(RepeatSampler(**args)) == epochs[0]  # what TRL's own sampler would give instead
+
+
+def _vllm_generation(model, tok, dataset, tmp_path, correction: bool):
+    """One generation batch (2 prompts x 4) through TRL's own ``_generate_and_score_completions`` with vLLM
+    rollouts at top-p 0.9; vLLM itself is replaced by a stand-in that samples with its rule and returns its
+    processed log-probabilities (see tests/vllm_sampler.py)."""
+    from vllm_sampler import StandInVLLM
+
+    trainer = make_trainer(
+        PSPOGRPOTrainer,
+        PSPOGRPOConfig,
+        model,
+        tok,
+        dataset,
+        tmp_path,
+        objective="pspo",
+        num_iterations=2,
+        temperature=0.8,
+        top_p=0.9,
+        probes_file=str(tmp_path / "probes.jsonl"),
+        probe_every=0,
+    )
+    trainer.use_vllm, trainer.vllm_importance_sampling_correction = True, correction
+    engine = StandInVLLM(model, 0.8, 0.9, trainer.max_completion_length, trainer.eos_token_ids)
+    trainer.vllm_generation, trainer._last_loaded_step = engine, trainer.state.global_step
+    model.train()
+    torch.manual_seed(0)
+    batch = trainer._generate_and_score_completions([dataset[i] for i in (0, 0, 0, 0, 1, 1, 1, 1)])
+    return trainer, engine, batch
+
+
+def test_trl_weights_a_top_p_rollout_by_its_kept_mass_and_the_probes_record_that_gap(
+    model_and_tokenizer, train_dataset, tmp_path
+):
+    """TRL 1.16 compares vLLM's log-probabilities after top-p renormalisation with the trainer's over the whole
+    vocabulary, so its importance-sampling weight of a sequence is the product of the mass top-p kept at each
+    token: below 1 for every completion, and never above ``sequence_mask``'s 3. With the correction off (the
+    paper-vllm profile) the loss has no such weight and the probes record the per-token log-probability gap
+    (trainer minus vLLM), which is the log of the kept mass."""
+    model, tok = model_and_tokenizer
+    _, engine, batch = _vllm_generation(model, tok, train_dataset, tmp_path / "on", correction=True)
+    expected = torch.tensor([math.prod(k) for k in engine.kept])
+    weights = batch["importance_sampling_ratio"].squeeze(1)  # sequence_mask: one weight per sequence
+    torch.testing.assert_close(weights, expected, rtol=1e-4, atol=0)
+    assert (weights < 1).all() and (weights > 0).all()  # each reweighted, none masked
+
+    trainer, engine, batch = _vllm_generation(model, tok, train_dataset, tmp_path / "off", correction=False)
+    assert "importance_sampling_ratio" not in batch
+    trainer._compute_loss(model, batch)
+    trainer._flush_probes(1)
+    (record,) = [json.loads(line) for line in (tmp_path / "off" / "probes.jsonl").read_text().splitlines()]
+    log_kept = torch.tensor([math.log(m) for k in engine.kept for m in k])
+    gap = record["vllm_logp_diff"]
+    assert gap["mean"] == pytest.approx(float(log_kept.mean()), rel=1e-3)
+    assert gap["max"] <= 1e-5 and gap["min"] == pytest.approx(float(log_kept.min()), rel=1e-3)
+    per_sequence = torch.tensor([sum(math.log(m) for m in k) for k in engine.kept])
+    assert record["vllm_seq_logp_diff"]["mean"] == pytest.approx(float(per_sequence.mean()), rel=1e-3)
+    assert "vllm_is_weight" not in record
+
+
+def test_a_probe_step_takes_one_cosine_on_its_first_micro_batch(model_and_tokenizer, train_dataset, tmp_path):
+    """The cosine to the unclipped gradient (two extra backward passes) is taken on the first micro-batch of a
+    probe step only: one value per step, the cosine of that micro-batch alone."""
+    model, tok = model_and_tokenizer
+    common = dict(objective="clip", epsilon=0.2, num_iterations=2, probe_every=1)
+    micro_batches = [fake_inputs(model, tok, seed=seed) for seed in range(4)]
+    model.train()
+    alone = make_trainer(PSPOGRPOTrainer, PSPOGRPOConfig, model, tok, train_dataset, tmp_path / "a", **common)
+    alone._compute_loss(model, micro_batches[0])
+    (expected,) = alone.probe_log.current.cosines
+
+    probes = tmp_path / "probes.jsonl"
+    trainer = make_trainer(
+        PSPOGRPOTrainer,
+        PSPOGRPOConfig,
+        model,
+        tok,
+        train_dataset,
+        tmp_path / "b",
+        gradient_accumulation_steps=4,
+        probes_file=str(probes),
+        **common,
+    )
+    trainer.current_gradient_accumulation_steps = 4
+    assert trainer._probe_step()
+    for inputs in micro_batches:
+        trainer._compute_loss(model, inputs).backward()
+    model.zero_grad()
+    assert trainer.probe_log.current.cosines == [pytest.approx(expected, rel=1e-6)]
+    assert -1 <= expected < 1 - 1e-4  # the clip binds on these stale ratios: not the unclipped direction
+    trainer._flush_probes(1)
+    (record,) = [json.loads(line) for line in probes.read_text().splitlines()]
+    assert record["cos_to_noclip"] == pytest.approx(expected, rel=1e-6)
+    assert record["n_tokens"] == sum(int(b["completion_mask"].sum()) for b in micro_batches)
+    assert len(record["samples"]) == min(256, record["n_tokens"])  # samples still drawn from the whole step

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from pspo_repro.data import loaders, prompts
-from pspo_repro.evaluation import grading
+from pspo_repro.evaluation import backends, grading
 from pspo_repro.evaluation.backends import BACKENDS, Backend, make_backend, require_vllm
 from pspo_repro.evaluation.stats import majority_vote, pass_at_k, wilson_interval
 from pspo_repro.models import loading
@@ -290,6 +290,9 @@ def evaluate(
         "system_prompt": system_prompt,
     }
 
+    # the precision the run was validated at (pspo_repro.models.precision), recorded in the summary
+    bf16 = run_bf16(model)
+    numerics = backends.precision_record(backend, bf16)
     engine: Backend | None = None
     entries: dict[str, dict] = {}
     for name in names:
@@ -300,7 +303,7 @@ def evaluate(
         todo = [p for p in problems[name] if p.id not in done]
         if todo:
             if engine is None:
-                engine = make_backend(backend, model, batch_size=batch_size, seed=seed)
+                engine = make_backend(backend, model, batch_size=batch_size, seed=seed, bf16=bf16)
             started = time.perf_counter()
             new = _run_benchmark(
                 engine, name, todo, bench_settings, path, progress, total=len(problems[name])
@@ -316,13 +319,14 @@ def evaluate(
             "settings": bench_settings,
             "generation_seconds": elapsed,
             "generated_problems": len(todo),
+            "precision": numerics,
         }
         rundir.atomic_write_json(  # benchmarks keep their order: it is the tables' row order
             summary_path,
-            _merged_summary(summary_path, settings, max_new_tokens, limit, entries),
+            _merged_summary(summary_path, settings, max_new_tokens, limit, entries, numerics),
             sort_keys=False,
         )
-    return _merged_summary(summary_path, settings, max_new_tokens, limit, entries)
+    return _merged_summary(summary_path, settings, max_new_tokens, limit, entries, numerics)
 
 
 def run_system_prompt(model: str | Path) -> str:
@@ -331,6 +335,14 @@ def run_system_prompt(model: str | Path) -> str:
     if (Path(model) / "checkpoint").is_dir() and config.is_file():
         return rundir.read_json(config).get("system_prompt", prompts.DEFAULT)
     return prompts.DEFAULT
+
+
+def run_bf16(model: str | Path) -> bool | None:
+    """A run directory's ``bf16`` setting (None: the device's default), else None."""
+    config = Path(model) / "config.json"
+    if (Path(model) / "checkpoint").is_dir() and config.is_file():
+        return rundir.read_json(config).get("bf16")
+    return None
 
 
 def _check_settings(
@@ -451,7 +463,12 @@ def _record(problem: loaders.Problem, prompt: str, generation: Generation, setti
 
 
 def _merged_summary(
-    path: Path, settings: dict, max_new_tokens: int | None, limit: int | None, entries: dict[str, dict]
+    path: Path,
+    settings: dict,
+    max_new_tokens: int | None,
+    limit: int | None,
+    entries: dict[str, dict],
+    numerics: dict,
 ) -> dict:
     """This call's benchmarks over those of earlier calls into the same folder (each keeps its settings)."""
     previous: dict[str, dict] = {}
@@ -461,7 +478,7 @@ def _merged_summary(
         except (json.JSONDecodeError, AttributeError):
             previous = {}
     return {
-        "settings": {**settings, "max_new_tokens": max_new_tokens, "limit": limit},
+        "settings": {**settings, "max_new_tokens": max_new_tokens, "limit": limit, "precision": numerics},
         "provenance": rundir.provenance(settings.get("seed")),
         "benchmarks": {**previous, **entries},
     }

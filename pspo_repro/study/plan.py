@@ -13,6 +13,13 @@ transformers' ``Trainer`` makes ``ceil(micro-batches / grad_accum)`` optimizer s
 
 The estimate is a first-principles order of magnitude, not a measurement: each assumption is printed with
 the table (see :data:`ASSUMPTIONS`).
+
+Disk (:func:`disk`), from the model's parameter count (:mod:`pspo_repro.models.footprint`: read from its config
+without loading weights, or for the paper's hub models not on disk from a table of their counts): a run keeps
+its best checkpoint (float32 weights, as training saves them); while it trains it also holds its trainer
+checkpoint (weights, Adam's two moments, kilobytes of scheduler and random states). Its peak comes while a new
+best and a new trainer checkpoint are written beside the ones they replace, which are removed only once the
+new ones are complete (a crash in between resumes from the old). Trainer checkpoints go when the run finishes.
 """
 
 from __future__ import annotations
@@ -21,8 +28,10 @@ import math
 import re
 from collections import Counter
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
+from pspo_repro.models import footprint
 from pspo_repro.study import profiles
 from pspo_repro.training.settings import TrainSettings
 
@@ -30,7 +39,7 @@ GSM8K_TRAIN, GSM8K_VALIDATION = 7000, 472  # the authors' split (see pspo_repro.
 # test set sizes of the benchmarks (the releases in the data folder); others are not estimated
 BENCHMARK_SIZES = {"gsm8k": 1319, "math": 5000, "math500": 500, "svamp": 1000, "asdiv": 2305}
 # parameters (billions) of the paper's models; other hub ids are read from their name (e.g. "-7B")
-PARAMETERS_B = {"Qwen/Qwen2.5-0.5B": 0.49, "Qwen/Qwen2.5-1.5B": 1.54, "Qwen/Qwen2-Math-1.5B": 1.54}
+PARAMETERS_B = {name: shape.parameters / 1e9 for name, shape in footprint.KNOWN.items()}
 
 # Throughput assumptions for one H100, stated as such (none is measured here).
 ASSUMPTIONS: dict[str, Any] = {
@@ -41,6 +50,10 @@ ASSUMPTIONS: dict[str, Any] = {
     "training_tflops": 100.0,  # achieved: bf16 autocast over fp32 weights, micro-batches of 4 sequences
     "vllm_tokens_per_s": {"<= 1B": 20000.0, "> 1B": 10000.0},  # greedy, whole benchmark in one batch
     "vllm_startup_s": 90.0,  # engine start and CUDA graph capture, per evaluation
+    # validation batches sized by memory (eval_batch_size unset): an 80 GB card less what training holds
+    # (float32 weights, gradients, Adam's two moments: 16 bytes per parameter) and a colocated vLLM's share
+    "gpu_memory_gb": 80.0,
+    "training_bytes_per_parameter": 16,
 }
 
 
@@ -103,6 +116,51 @@ def schedule(settings: TrainSettings, train_prompts: int | None, validation_prom
     )
 
 
+@cache
+def model_shape(model: str) -> tuple[footprint.Shape | None, str]:
+    """:func:`footprint.shape_of`, once per model of a plan."""
+    return footprint.shape_of(model)
+
+
+def validation_batch(settings: TrainSettings) -> int | None:
+    """Sequences per validation generate call on the assumed GPU: ``eval_batch_size``, or sized by memory
+    as the run will size it (:meth:`pspo_repro.training.callbacks.Validation.generate_batch`); None when the
+    model's shape is unknown."""
+    if settings.eval_batch_size is not None:
+        return settings.eval_batch_size
+    shape, _ = model_shape(settings.model)
+    if shape is None:
+        return None
+    a = ASSUMPTIONS
+    memory = a["gpu_memory_gb"] * footprint.GB
+    free = memory - a["training_bytes_per_parameter"] * shape.parameters
+    if settings.use_vllm and settings.vllm_mode == "colocate":
+        free -= settings.vllm_gpu_memory_utilization * memory
+    return footprint.generation_batch(shape, a["prompt_tokens"], settings.max_completion_length, free)
+
+
+@dataclass(frozen=True)
+class Disk:
+    """Bytes on disk of one run: its best checkpoint (kept) and one trainer checkpoint (while it trains),
+    ``trainer_kept`` of them (``save_total_limit``; none without ``save_steps``)."""
+
+    best: int
+    trainer: int
+    trainer_kept: int
+
+    @property
+    def peak(self) -> int:
+        """A new best beside the kept one, and a new trainer checkpoint beside the kept ones, at once."""
+        return 2 * self.best + (self.trainer_kept + 1) * self.trainer if self.trainer_kept else 2 * self.best
+
+
+def disk(settings: TrainSettings, parameters: int) -> Disk:
+    """The disk one run needs, from its model's parameter count (see the module)."""
+    kept = settings.save_total_limit if settings.save_steps else 0
+    trainer = footprint.trainer_checkpoint_bytes(parameters, settings.optimizer)
+    return Disk(footprint.weights_bytes(parameters), trainer, kept)
+
+
 def _tier(table: dict[str, float], params: float) -> float:
     return table["<= 1B"] if params <= 1.0 else table["> 1B"]
 
@@ -128,7 +186,9 @@ def gpu_hours(
     if settings.num_iterations > 1 or spg > settings.grad_accum:  # TRL's old-policy forward pass
         flops += 2 * params * 1e9 * tokens * plan.completions
     updates = flops / (a["training_tflops"] * 1e12)
-    batches = math.ceil(plan.validation_completions / plan.validations / settings.eval_batch_size)
+    per_prompt = (settings.sampled_validation() or {"n": 1})["n"]
+    prompts_per_call = max(1, (validation_batch(settings) or 1) // per_prompt)
+    batches = math.ceil(validation_prompts / prompts_per_call)
     validation = plan.validations * batches * settings.max_completion_length * decode
     return (rollouts + updates + validation + evaluation_seconds(params, benchmarks, eval_options)) / 3600
 
@@ -196,14 +256,31 @@ def describe(
         for key in settings[0]
         if key not in SHOWN_APART
     }
-    header = ("model", "label", "seed", "differs from common", "steps", "completions", "val. compl.", "GPU-h")
+    header = (
+        "model",
+        "label",
+        "seed",
+        "differs from common",
+        "steps",
+        "completions",
+        "val. compl.",
+        "GPU-h",
+        "peak GB",
+    )
     rows = []
     total_hours: float | None = 0.0
     total_steps = total_completions = 0
+    kept: int | None = 0  # bytes that stay after every run has finished
+    peaks: dict[str, Disk] = {}  # per model: the disk of its runs at their peak
     for run, values in zip(runs, settings, strict=True):
         train_prompts, validation_prompts = _prompt_counts(run.settings)
         plan = schedule(run.settings, train_prompts, validation_prompts)
         hours = gpu_hours(run.settings, plan, validation_prompts, benchmarks, eval_opts)
+        shape, _ = model_shape(run.model)
+        run_disk = None if shape is None else disk(run.settings, shape.parameters)
+        if run_disk is not None and (run.model not in peaks or run_disk.peak > peaks[run.model].peak):
+            peaks[run.model] = run_disk
+        kept = None if run_disk is None or kept is None else kept + run_disk.best
         differs = " ".join(
             f"{k}={_short(v)}" for k, v in values.items() if k in common and repr(v) != common[k]
         )
@@ -217,6 +294,7 @@ def describe(
                 f"{plan.completions:,}",
                 f"{plan.validation_completions:,}",
                 "-" if hours is None else f"{hours:.2f}",
+                "-" if run_disk is None else f"{run_disk.peak / footprint.GB:.2f}",
             )
         )
         total_steps += plan.optimizer_steps
@@ -250,6 +328,7 @@ def describe(
             if total_hours is None
             else f"about {total_hours:,.0f} GPU-hours (runs and starting-model evaluations)"
         ),
+        _disk_line(kept, peaks),
         "",
         "counted as TRL 1.16's GRPOTrainer on one process per run: steps = ceil(epochs x ceil(micro-batches "
         "per epoch / grad_accum)), micro-batches per epoch = full prompt groups x num_iterations x "
@@ -263,9 +342,46 @@ def describe(
         f"are reused) at {ASSUMPTIONS['training_tflops']:g} TFLOP/s achieved",
         f"  - evaluation with vLLM: {_tiers(ASSUMPTIONS['vllm_tokens_per_s'], 'tokens/s')}, "
         f"{ASSUMPTIONS['vllm_startup_s']:g} s to start the engine; with hf: the decoding-step time above",
-        "  - parameters: " + ", ".join(f"{m} {p:g}B" for m, p in PARAMETERS_B.items()),
+        "  - validation: sequences per generate call as set (eval_batch_size), else as many as fit in half of "
+        f"a {ASSUMPTIONS['gpu_memory_gb']:g} GB card's memory less training's "
+        f"{ASSUMPTIONS['training_bytes_per_parameter']} bytes per parameter (and a colocated vLLM's share), "
+        "a power of two, at the decoding-step time above: "
+        + ", ".join(f"{m} {validation_batch(r.settings)}" for m, r in _first_run_per_model(runs).items()),
+        "disk: a run keeps its best checkpoint (float32 weights, 4 bytes per parameter); while it trains it also "
+        "holds save_total_limit trainer checkpoints (weights and Adam's two moments, 12 bytes per parameter); its "
+        "peak comes when a new best is staged beside the kept one and the next trainer checkpoint is written "
+        "beside the kept ones (the older goes once the newer is complete); trainer checkpoints go at the end",
+        "parameters (GPU-hours and disk): " + ", ".join(_parameters(m) for m in starts),
     ]
     return "\n".join(out)
+
+
+def _first_run_per_model(runs: list[Any]) -> dict[str, Any]:
+    first: dict[str, Any] = {}
+    for run in runs:
+        first.setdefault(run.model, run)
+    return first
+
+
+def _parameters(model: str) -> str:
+    shape, source = model_shape(model)
+    if shape is None:
+        return f"{model} unknown"
+    where = "its config" if source == "config" else "table of known counts: not on disk"
+    return f"{model} {shape.parameters:,} ({where})"
+
+
+def _disk_line(kept: int | None, peaks: dict[str, Disk]) -> str:
+    if kept is None:
+        return "disk: not estimated (a model of unknown size)"
+    model, run = max(peaks.items(), key=lambda item: item[1].peak)
+    held = run.best + run.trainer_kept * run.trainer
+    return (
+        f"disk: {kept / footprint.GB:,.1f} GB stays after the runs finish (each run's best checkpoint); a run in "
+        f"progress holds up to {held / footprint.GB:.2f} GB, {run.peak / footprint.GB:.2f} GB at its peak "
+        f"({model}: best checkpoint {run.best / footprint.GB:.2f} GB, trainer checkpoint "
+        f"{run.trainer / footprint.GB:.2f} GB)"
+    )
 
 
 def _varying(settings: list[dict[str, Any]]) -> set[str]:

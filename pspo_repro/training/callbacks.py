@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 from transformers import TrainerCallback
 
 from pspo_repro.data import loaders, prompts
+from pspo_repro.models import footprint, precision
 from pspo_repro.models.generation import generate_batch, greedy_completions
 from pspo_repro.study import rundir
 from pspo_repro.training import distributed, rewards
@@ -21,6 +22,7 @@ from pspo_repro.training.settings import TrainSettings
 
 STAGED_BEST = "checkpoint.next"  # a new best checkpoint awaiting its trainer checkpoint (see Validation)
 LOGS = (rundir.TRAIN_LOG, rundir.PROBES, rundir.VALIDATION)  # one record per step (or logging step)
+CPU_VALIDATION_BATCH = 64  # sequences per validation generate call on a CPU when eval_batch_size is unset
 
 
 # --- validation and the best checkpoint ---------------------------------------------------------
@@ -105,6 +107,39 @@ class Validation(TrainerCallback):
             "eos_token_id": tokenizer.eos_token_id,
         }
         self.last: dict[str, Any] = history[-1] if history else {}
+        # Sequences per generate call, fixed for the run (sampled completions depend on how they are batched):
+        # a resumed run keeps the batch it validated with before.
+        self.batch: int | None = next(
+            (r["generate_batch"] for r in reversed(history) if "generate_batch" in r), None
+        )
+        self.optimizer: Any = None  # the trainer's (on_train_begin): its state counts against a GPU's memory
+
+    def generate_batch(self, model: Any) -> int:
+        """Sequences per validation generate call: ``eval_batch_size`` when set; else, on a GPU, as many as fit
+        in half the memory left free (:func:`footprint.generation_batch`), on a CPU 64."""
+        if self.settings.eval_batch_size is not None:
+            return self.settings.eval_batch_size
+        if self.batch is None:
+            self.batch = self._batch_by_memory(model)
+        return self.batch
+
+    def _batch_by_memory(self, model: Any) -> int:
+        if model.device.type != "cuda":
+            return CPU_VALIDATION_BATCH
+        s = self.settings
+        shape = footprint.Shape.of_model(model)
+        prompt = max(len(ids) for ids in self.tokenizer(self.texts, add_special_tokens=False)["input_ids"])
+        # at step 0 Adam's moments do not exist yet: leave room for them
+        state = shape.parameters * footprint.ADAM_STATE if s.optimizer == "adamw" else 0
+        held = sum(
+            t.numel() * t.element_size()
+            for st in (self.optimizer.state.values() if self.optimizer is not None else ())
+            for t in st.values()
+            if torch.is_tensor(t)
+        )
+        free = footprint.free_cuda_bytes(model.device, max(0, state - held))
+        bf16 = precision.for_device("cuda", s.bf16).autocast is not None
+        return footprint.generation_batch(shape, prompt, s.max_completion_length, free, 2 if bf16 else 4)
 
     def measure(self, model: Any, step: int) -> dict[str, Any]:
         """Validation reward and accuracy of ``model`` (logged by :meth:`validate`): of one greedy completion
@@ -114,9 +149,10 @@ class Validation(TrainerCallback):
 
         s = self.settings
         sampled = s.sampled_validation()
+        batch = self.generate_batch(model)
         if sampled is None:
             completions = greedy_completions(
-                model, self.tokenizer, self.texts, s.max_completion_length, s.eval_batch_size
+                model, self.tokenizer, self.texts, s.max_completion_length, batch
             )
             n = 1
         else:
@@ -132,7 +168,7 @@ class Validation(TrainerCallback):
                 self.tokenizer,
                 self.texts,
                 s.max_completion_length,
-                s.eval_batch_size,
+                batch,
                 n,
                 seed,
                 options,
@@ -149,6 +185,7 @@ class Validation(TrainerCallback):
             "strict": sum(g.strict for g in grades) / len(grades),
             "flexible": sum(g.flexible for g in grades) / len(grades),
             "n": len(self.problems),
+            "generate_batch": batch,
         }
         if sampled is not None:
             record["completions"] = len(completions)
@@ -197,7 +234,8 @@ class Validation(TrainerCallback):
     def on_train_end(self, args, state, control, **kwargs):
         self.promote()
 
-    def on_train_begin(self, args, state, control, model=None, **kwargs):
+    def on_train_begin(self, args, state, control, model=None, optimizer=None, **kwargs):
+        self.optimizer = optimizer
         if state.global_step == 0:
             self.validate(model, 0)
 

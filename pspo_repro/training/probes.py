@@ -12,11 +12,17 @@ One JSON line per optimizer step in ``probes.jsonl``:
   of each reuse cycle, where every ratio is 1);
 - ``kl_old_theta`` (the k3 estimate of KL(pi_old || pi_theta) on the sampled tokens), ``mean_abs_r_minus_1``,
   ``entropy``;
-- with vLLM rollouts and TRL's importance-sampling correction (:mod:`pspo_repro.training.rollouts`):
+- with vLLM rollouts (:mod:`pspo_repro.training.rollouts`): ``vllm_logp_diff``, statistics of the per-token
+  gap between the trainer's log-probability of each sampled token and vLLM's (trainer minus vLLM, both for
+  the weights that generated the rollout), and ``vllm_seq_logp_diff``, of its sum per completion (the log of
+  the sequence-level weight TRL's correction would apply). Under top-p < 1 vLLM's log-probabilities are
+  renormalised over the kept tokens, so a token's gap is the log of the mass top-p kept (<= 0) plus the
+  engines' numerical difference. With TRL's importance-sampling correction on (top_p = 1 only):
   ``vllm_is_weight``, statistics of the correction's per-token weight (trainer over vLLM probability,
   truncated or masked), and ``vllm_is_zero_frac``, the fraction of tokens it masks out;
 - every ``probe_every`` steps: ``cos_to_noclip``, the cosine between this objective's parameter gradient and the
-  unclipped surrogate's on the same micro-batch, and ``samples``, (ratio, advantage, weight) triples.
+  unclipped surrogate's on the step's first micro-batch (each process's first, averaged over processes), and
+  ``samples``, (ratio, advantage, weight) triples drawn from all the step's tokens.
 """
 
 from __future__ import annotations
@@ -99,6 +105,8 @@ class StepProbe:
         self.weight: list[torch.Tensor] = []
         self.entropy: list[torch.Tensor] = []
         self.is_weight: list[torch.Tensor] = []
+        self.logp_diff: list[torch.Tensor] = []
+        self.seq_logp_diff: list[torch.Tensor] = []
         self.cosines: list[float] = []
         self.grad_norm: float | None = None
         self.grad_norm_groups: dict[str, float] = {}
@@ -109,7 +117,16 @@ class StepProbe:
         gradient norms are the first's, since the processes' gradients are averaged before the norms)."""
         out = cls()
         for part in parts:
-            for name in ("ratio", "adv", "weight", "entropy", "is_weight", "cosines"):
+            for name in (
+                "ratio",
+                "adv",
+                "weight",
+                "entropy",
+                "is_weight",
+                "logp_diff",
+                "seq_logp_diff",
+                "cosines",
+            ):
                 getattr(out, name).extend(getattr(part, name))
         out.grad_norm, out.grad_norm_groups = parts[0].grad_norm, parts[0].grad_norm_groups
         return out
@@ -136,6 +153,17 @@ class StepProbe:
     def add_is_weights(self, weight: torch.Tensor, mask: torch.Tensor) -> None:
         """Keep vLLM's importance-sampling weights of the completion tokens ((B, T), or (B, 1) per sequence)."""
         self.is_weight.append(weight.expand(mask.shape)[mask.bool()].float().cpu())
+
+    @torch.no_grad()
+    def add_logp_diff(
+        self, trainer_logps: torch.Tensor, vllm_logps: torch.Tensor, mask: torch.Tensor
+    ) -> None:
+        """Keep the trainer-minus-vLLM log-probability gap of the completion tokens ((B, T)), per token and
+        summed per completion. Tokens vLLM could not score (NaN) are left out, as TRL leaves them out."""
+        diff = (trainer_logps - vllm_logps).float()
+        keep = mask.bool() & ~diff.isnan()
+        self.logp_diff.append(diff[keep].cpu())
+        self.seq_logp_diff.append(diff.masked_fill(~keep, 0.0).sum(-1).cpu())
 
     def summary(self, eps_low: float, eps_high: float, n_samples: int, generator: torch.Generator) -> dict:
         """The probe record of the step (see the module docstring)."""
@@ -169,6 +197,9 @@ class StepProbe:
             is_w = torch.cat(self.is_weight)
             rec["vllm_is_weight"] = _summary(is_w)
             rec["vllm_is_zero_frac"] = float((is_w == 0).float().mean()) if is_w.numel() else None
+        if self.logp_diff:
+            rec["vllm_logp_diff"] = _summary(torch.cat(self.logp_diff))
+            rec["vllm_seq_logp_diff"] = _summary(torch.cat(self.seq_logp_diff))
         finite = [c for c in self.cosines if math.isfinite(c)]  # nan: a zero gradient has no direction
         if self.cosines:
             rec["cos_to_noclip"] = sum(finite) / len(finite) if finite else None

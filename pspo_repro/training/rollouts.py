@@ -13,6 +13,18 @@ TRL corrects for this with importance-sampling weights (trainer log-prob over vL
 masked outside [``clip_min``, ``clip_max``], per token or per sequence) that multiply the per-token loss;
 their summary is recorded in each step's probe record (``vllm_is_weight``, see :mod:`pspo_repro.training.probes`).
 
+That correction is biased under top-p < 1 (TRL issue #6789, open in 1.16): TRL asks vLLM for
+``logprobs_mode="processed_logprobs"`` (``trl/generation/vllm_generation.py``, ``VLLMGeneration``), which
+vLLM computes after temperature *and* top-p truncation with renormalisation over the kept tokens
+(``vllm/v1/sample/sampler.py``, ``Sampler.sample`` -> ``ops/topk_topp_sampler.py``, ``forward_native``:
+``apply_top_k_top_p`` then ``log_softmax``), while the trainer's log-probabilities are over the whole
+vocabulary (``GRPOTrainer._get_per_token_logps_and_entropies``). Each token's weight is then the probability
+mass top-p kept (<= 1), and ``_generate_and_score_completions`` multiplies them over a sequence: a change
+of objective, not a correction. So :func:`check_settings` refuses the correction with top_p < 1; the
+``paper-vllm`` profile turns it off, which leaves the objective the ``paper`` profile's (only the sampler
+differs), and the probes record the raw mismatch instead (``vllm_logp_diff``: trainer minus vLLM
+log-probability per token).
+
 vLLM is imported only by TRL when training starts; :func:`require_vllm` fails before that, with one line.
 """
 
@@ -61,6 +73,14 @@ def check_settings(settings: Any) -> None:
     if low is not None and high is not None and low >= high:
         raise ValueError(
             f"vllm_importance_sampling_clip_min ({low}) must be below vllm_importance_sampling_clip_max ({high})"
+        )
+    if s.use_vllm and s.vllm_importance_sampling_correction and s.top_p < 1.0:
+        raise ValueError(
+            f"vllm_importance_sampling_correction with top_p={s.top_p} (< 1) changes the objective: TRL 1.16 "
+            "divides the trainer's full-vocabulary token probability by vLLM's after top-p truncation and "
+            "renormalisation, so each token's weight is the probability mass top-p kept (<= 1) and a sequence's "
+            "their product (TRL issue #6789); set vllm_importance_sampling_correction=false (the probes then "
+            "record the trainer-vLLM log-probability gap, vllm_logp_diff) or top_p=1.0"
         )
     if (
         s.vllm_importance_sampling_correction

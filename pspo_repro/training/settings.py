@@ -70,7 +70,13 @@ class TrainSettings:
     )
     eval_every: int = field(default=100, metadata={"help": "validation every N optimizer steps"})
     validation_limit: int | None = field(default=None, metadata={"help": "first N validation problems"})
-    eval_batch_size: int = field(default=64, metadata={"help": "completions per validation generate call"})
+    eval_batch_size: int | None = field(
+        default=None,
+        metadata={
+            "help": "sequences per validation generate call; default: as many as fit in the GPU's free "
+            "memory (pspo_repro.models.footprint), 64 on a CPU"
+        },
+    )
     # validation: greedy, or sampled as TRL's evaluation in the authors' runs (mean reward of sampled completions)
     validation: str = field(default="greedy", metadata={"help": "greedy or sampled"})
     validation_temperature: float | None = field(
@@ -167,6 +173,10 @@ class TrainSettings:
         given = [k for k, v in sampled.items() if v is not None]
         if self.validation == "greedy" and given:
             raise ValueError(f"{', '.join(given)} apply to validation: sampled only (validation is greedy)")
+        if self.eval_batch_size is not None and self.eval_batch_size < 1:
+            raise ValueError(
+                f"eval_batch_size must be >= 1 (or unset: sized by memory), got {self.eval_batch_size}"
+            )
         if self.validation_generations is not None and self.validation_generations < 1:
             raise ValueError(f"validation_generations must be >= 1, got {self.validation_generations}")
 

@@ -15,7 +15,7 @@ from transformers import TrainerCallback
 from transformers.trainer_callback import PrinterCallback
 
 from pspo_repro.data import loaders, prompts
-from pspo_repro.models import loading
+from pspo_repro.models import loading, precision
 from pspo_repro.study import rundir
 from pspo_repro.training import distributed, objectives, rewards, rollouts
 from pspo_repro.training.callbacks import LOGS, STAGED_BEST, RunLog, Validation
@@ -98,7 +98,7 @@ def grpo_config(settings: TrainSettings, run_dir: Path) -> Any:
         weight_decay=s.weight_decay,
         gradient_checkpointing=s.gradient_checkpointing,
         **rollouts.grpo_kwargs(s),  # GPU options: vLLM rollouts
-        bf16=gpu if s.bf16 is None else s.bf16,
+        bf16=precision.for_device("cuda" if gpu else "cpu", s.bf16).autocast == "bfloat16",
         logging_steps=s.logging_steps,
         save_strategy="steps" if s.save_steps else "no",
         save_steps=s.save_steps or 500,  # unused without a save strategy; transformers wants a positive value

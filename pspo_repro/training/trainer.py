@@ -56,10 +56,10 @@ class PSPOGRPOConfig(GRPOConfig):
     probe_every: int = field(
         default=11,
         metadata={
-            "help": "Every K optimizer steps also record the gradient cosine to the unclipped surrogate and a "
-            "sample of (ratio, advantage, weight) triples; 0 turns these off. K must not be a multiple of the "
-            "optimizer steps per generation, or every probe lands on the same (freshest) step of the reuse "
-            "cycle; the odd default never is for the usual even cycles."
+            "help": "Every K optimizer steps also record the gradient cosine to the unclipped surrogate (on the "
+            "step's first micro-batch) and a sample of (ratio, advantage, weight) triples; 0 turns these off. "
+            "K must not be a multiple of the optimizer steps per generation, or every probe lands on the same "
+            "(freshest) step of the reuse cycle; the odd default never is for the usual even cycles."
         },
     )
     probe_samples: int = field(
@@ -264,10 +264,25 @@ class PSPOGRPOTrainer(GRPOTrainer):
 
         log_r = objectives.log_ratio(logps, old_logps, self.importance_sampling_level, mask)
         per_token_loss = self.objective.loss_from_log_ratio(log_r, advantages, like=logps)
-        probe_cos = self.args.probes and self.model.training and self._probe_step()
+        # The cosine needs two extra backward passes: taken on the first micro-batch of a probe step only (the
+        # statistic it reports), not on every one of the step's grad_accum micro-batches.
+        probe_cos = (
+            self.args.probes
+            and self.model.training
+            and self._probe_step()
+            and not self.probe_log.current.cosines
+        )
         if probe_cos:
             unclipped = self._noclip.loss_from_log_ratio(log_r, advantages, like=logps)
 
+        if (
+            self.use_vllm
+            and self.args.probes
+            and self.model.training
+            and "sampling_per_token_logps" in inputs
+        ):
+            # old_logps are the trainer's log-probabilities under the weights vLLM sampled with
+            self.probe_log.current.add_logp_diff(old_logps, inputs["sampling_per_token_logps"], mask)
         if self.use_vllm and self.vllm_importance_sampling_correction:
             per_token_loss = per_token_loss * inputs["importance_sampling_ratio"]
             if self.args.probes and self.model.training:
