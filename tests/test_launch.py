@@ -218,3 +218,45 @@ def test_a_killed_worker_costs_only_its_task(tiny_model, tmp_path):
     assert (tasks[0].folder / rundir.FAILED).read_text().strip() == reason
     assert launch.is_finished(tasks[1]) and launch.is_finished(tasks[2])
     assert killed[0] not in {m["pid"] for m in seen if m["task"] != tasks[0].name}
+
+
+# --- GPUs for the worker slots ------------------------------------------------------------------------
+
+
+def _gpus(monkeypatch, count: int, visible: str | None) -> None:
+    """This process sees ``count`` CUDA devices, selected by ``visible`` (None: CUDA_VISIBLE_DEVICES unset)."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+    if visible is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+
+
+@pytest.mark.parametrize(
+    ("visible", "count", "workers", "expected"),
+    [
+        ("4,5,6,7", 4, 4, ["4", "5", "6", "7"]),  # a study given the second half of an 8-GPU machine
+        (None, 4, 4, ["0", "1", "2", "3"]),
+        (" 2, 3 ", 2, 2, ["2", "3"]),  # spaces around entries, as CUDA reads them
+        ("GPU-abc,GPU-def", 2, 2, ["GPU-abc", "GPU-def"]),  # UUIDs go on as they are
+        ("MIG-1a2b", 1, 1, ["MIG-1a2b"]),
+        ("6,7", 2, 4, ["6", "7", "6", "7"]),  # more workers than GPUs: round robin
+        ("0,1,2,3,4,5,6,7", 4, 4, ["0", "1", "2", "3"]),  # entries past the devices that exist: not used
+    ],
+)
+def test_worker_slots_get_this_processs_gpus(monkeypatch, visible, count, workers, expected):
+    _gpus(monkeypatch, count, visible)
+    envs = launch.slot_environments(workers)
+    assert [env["CUDA_VISIBLE_DEVICES"] for env in envs] == expected
+
+
+@pytest.mark.parametrize(
+    ("visible", "bad"), [("4,x,6", "'x'"), ("4,,6", "''"), ("3,3", "'3' twice"), ("-1,2", "'-1'")]
+)
+def test_a_bad_cuda_visible_devices_entry_is_a_clear_error(monkeypatch, visible, bad):
+    _gpus(monkeypatch, 2, visible)
+    with pytest.raises(ValueError, match=rf"CUDA_VISIBLE_DEVICES.*{bad}.*device index"):
+        launch.slot_environments(2)

@@ -426,13 +426,40 @@ def _worker_main(conn: Any, env: dict[str, str]) -> None:
 # --- scheduling ------------------------------------------------------------------------------------------
 
 
+def visible_gpus(visible: str | None, count: int) -> list[str]:
+    """The ``CUDA_VISIBLE_DEVICES`` entries of the ``count`` devices this process sees, each as a child must
+    be given it to see that same device: an index of the physical GPU or a ``GPU-``/``MIG-`` UUID. ``visible``
+    is this process's ``CUDA_VISIBLE_DEVICES`` (None: unset, devices 0..count-1); entries are stripped of
+    spaces, as CUDA reads them, and those past ``count`` name no device."""
+    if visible is None:
+        return [str(i) for i in range(count)]
+    entries: list[str] = []
+    for raw in visible.split(","):
+        entry = raw.strip()
+        if not (entry.isdigit() or entry.startswith(("GPU-", "MIG-"))):
+            # CUDA silently drops this entry and all after it: a typo would idle GPUs, so it is an error
+            raise ValueError(
+                f"CUDA_VISIBLE_DEVICES={visible!r} has the entry {entry!r}: each entry must be a device index "
+                f"(0, 1, ...) or a GPU UUID (GPU-..., MIG-...)"
+            )
+        if entry in entries:
+            raise ValueError(
+                f"CUDA_VISIBLE_DEVICES={visible!r} names {entry!r} twice: each entry must be a device index "
+                f"or a GPU UUID, once (CUDA shows no device at all then)"
+            )
+        entries.append(entry)
+    return entries[:count]
+
+
 def slot_environments(workers: int) -> list[dict[str, str]]:
-    """The environment of each worker slot: one GPU each (``CUDA_VISIBLE_DEVICES``, round robin) when CUDA
-    is available, else single-threaded torch."""
+    """The environment of each worker slot: one GPU each (``CUDA_VISIBLE_DEVICES``, round robin over the
+    GPUs this process sees, named as they are in its own ``CUDA_VISIBLE_DEVICES``) when CUDA is available,
+    else single-threaded torch."""
     import torch
 
     if torch.cuda.is_available():
-        gpus = [str(i) for i in range(torch.cuda.device_count())]
+        # "0" in a child is physical GPU 0, not this process's first device: hand on our own entries
+        gpus = visible_gpus(os.environ.get("CUDA_VISIBLE_DEVICES"), torch.cuda.device_count())
         threads = max(1, (os.cpu_count() or 1) // workers)
         return [
             {"CUDA_VISIBLE_DEVICES": gpus[i % len(gpus)], THREADS_ENV: str(threads)} for i in range(workers)
