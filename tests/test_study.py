@@ -269,3 +269,30 @@ def test_bad_launcher_settings_are_clear_errors(tmp_path):
     result = CliRunner().invoke(app, [*base, "--launcher", "pbs"])
     assert result.exit_code == 2 and "launcher must be one of local, slurm, got 'pbs'" in result.output
     assert not (tmp_path / "smoke").exists()
+
+
+def test_time_limits_come_from_the_profile_and_the_command_line(tmp_path):
+    """Each task carries its phases' time limits: the defaults, then the profile's ``limits`` (merged key by
+    key through ``extends``), then the command line's; a bad one stops the study before any run folder."""
+    from typer.testing import CliRunner
+
+    from pspo_repro.cli import app
+    from pspo_repro.study import launch
+
+    assert profiles.load_profile("cpu")["limits"] == profiles.load_profile("cpu-full")["limits"]
+    child = tmp_path / "child.yaml"
+    child.write_text(yaml.safe_dump({"name": "child", "extends": "smoke", "limits": {"eval": None}}))
+    profile = profiles.load_profile(str(child))
+    assert profile["limits"] == {**profiles.load_profile("smoke")["limits"], "eval": None}
+    limits = launch.time_limits(profile.get("limits"), {"train": 90})
+    tasks = runner.tasks(profiles.expand(profile), tmp_path, ["synthetic"], {}, None, limits)
+    assert {(t.kind, t.time_limits["train"], t.time_limits["eval"]) for t in tasks} == {
+        ("base", 90.0, None),
+        ("train", 90.0, None),
+    }
+    base = ["study", "--profile", "smoke", "--runs", str(tmp_path), "--results", str(tmp_path)]
+    result = CliRunner().invoke(app, [*base, "--time-limit", "eval=-1"])
+    assert result.exit_code == 2 and "time limit of eval is -1" in result.output, result.output
+    result = CliRunner().invoke(app, [*base, "--time-limit", "evaluation=60"])
+    assert result.exit_code == 2 and "unknown phase(s) ['evaluation']" in result.output
+    assert not (tmp_path / "smoke").exists()
