@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from typer.testing import CliRunner
 
 from pspo_repro.cli import app
-from pspo_repro.study import plan, profiles, runner
+from pspo_repro.study import plan, profiles
 from pspo_repro.training.settings import TrainSettings
 
 
@@ -100,7 +102,7 @@ def test_dry_run_of_the_paper_profile():
     assert "about 288 GPU-hours" in result.output
     assert "0.025 s per decoding step of a batch for models <= 1B" in result.output
     assert "not measurements" in result.output
-    assert not (runner.Path("runs") / "paper").exists()  # nothing ran
+    assert not (Path("runs") / "paper").exists()  # nothing ran
 
 
 def test_dry_run_of_a_slice_and_unknown_sizes():

@@ -7,6 +7,7 @@ import json
 import math
 import shutil
 import warnings
+from importlib import resources
 
 import matplotlib
 
@@ -26,7 +27,7 @@ def mini(tiny_model, tmp_path_factory):
     """A study of tiny-test x (clip, pspo) x seeds 0 and 1, every run trained and evaluated, and the
     profile written beside its tables."""
     root = tmp_path_factory.mktemp("mini-study")
-    profile = yaml.safe_load((runner.resources.files("pspo_repro") / "profiles" / "smoke.yaml").read_text())
+    profile = yaml.safe_load((resources.files("pspo_repro") / "profiles" / "smoke.yaml").read_text())
     profile.update(name="mini", seeds=[0, 1])
     profile["objectives"] = {"clip": {"epsilon": 0.2}, "pspo": {"alpha": 0.1}}
     profile["train"].update(max_steps=2, validation_limit=8, batch_size=8, eval_every=1)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from importlib import resources
 
 import pytest
 import yaml
@@ -93,7 +94,7 @@ def test_bad_profiles_are_clear_errors(tmp_path):
 
 @pytest.mark.slow
 def test_small_study_end_to_end(tiny_model, tmp_path):
-    profile = yaml.safe_load((runner.resources.files("pspo_repro") / "profiles" / "smoke.yaml").read_text())
+    profile = yaml.safe_load((resources.files("pspo_repro") / "profiles" / "smoke.yaml").read_text())
     profile["objectives"] = {"clip": {"epsilon": 0.2}, "pspo": {"alpha": 0.1}}
     profile["train"].update(max_steps=2, validation_limit=8, batch_size=8)
     profile["eval"].update(benchmarks=["synthetic", "synthetic-asdiv"], limit=6)
@@ -163,7 +164,7 @@ def test_a_failing_run_fails_alone_and_the_study_exits_non_zero(tiny_model, tmp_
 
     from pspo_repro.cli import app
 
-    profile = yaml.safe_load((runner.resources.files("pspo_repro") / "profiles" / "smoke.yaml").read_text())
+    profile = yaml.safe_load((resources.files("pspo_repro") / "profiles" / "smoke.yaml").read_text())
     profile.update(
         name="mixed", models=["tiny-test", "nobody/no-such-model"], objectives={"clip": {"epsilon": 0.2}}
     )
@@ -220,7 +221,7 @@ def test_slurm_launcher_submits_one_job_per_run_under_the_locks(tiny_model, tmp_
 
     from pspo_repro.cli import app
 
-    profile = yaml.safe_load((runner.resources.files("pspo_repro") / "profiles" / "smoke.yaml").read_text())
+    profile = yaml.safe_load((resources.files("pspo_repro") / "profiles" / "smoke.yaml").read_text())
     profile["objectives"] = {"clip": {"epsilon": 0.2}}
     profile["train"].update(max_steps=1, validation_limit=4, batch_size=8)
     profile["eval"].update(benchmarks=["synthetic"], limit=4)
