@@ -239,7 +239,7 @@ def study(
             slurm_settings=parse_overrides(slurm_set or []),
             time_limits=parse_overrides(time_limit or []),
         )
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, ImportError) as err:  # ImportError: vLLM missing, in one line
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None
     if result.table is not None:

@@ -297,3 +297,48 @@ def test_time_limits_come_from_the_profile_and_the_command_line(tmp_path):
     result = CliRunner().invoke(app, [*base, "--time-limit", "evaluation=60"])
     assert result.exit_code == 2 and "unknown phase(s) ['evaluation']" in result.output
     assert not (tmp_path / "smoke").exists()
+
+
+@pytest.mark.skipif(
+    __import__("importlib").util.find_spec("vllm") is not None, reason="vLLM is installed here"
+)
+def test_a_profile_that_needs_vllm_fails_before_any_run_where_it_is_missing(tmp_path):
+    """The paper profile evaluates with vLLM: without vLLM the study stops at once, naming the profile and
+    the fix, and creates no run folder (rather than failing at the first evaluation, after hours)."""
+    from typer.testing import CliRunner
+
+    from pspo_repro.cli import app
+
+    with pytest.raises(
+        ImportError, match=r"profile 'paper' needs vLLM \(its evaluation backend is vllm\)"
+    ) as err:
+        runner.run_study("paper", tmp_path / "runs", tmp_path / "results", progress=False)
+    assert "pip install -e '.[vllm]'" in str(err.value) and "scripts/setup_env.sh" in str(err.value)
+    with pytest.raises(ImportError, match=r"profile 'paper-vllm' needs vLLM \(.*rollouts use vLLM"):
+        runner.run_study("paper-vllm", tmp_path / "runs", tmp_path / "results", progress=False)
+    args = [
+        "study",
+        "--profile",
+        "paper",
+        "--runs",
+        str(tmp_path / "runs"),
+        "--results",
+        str(tmp_path / "res"),
+    ]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: profile 'paper' needs vLLM"), result.output
+    # a Slurm job checks on its node, whose environment may not be this one, and fails before any work
+    from pspo_repro.study import slurm
+
+    task = runner.tasks(
+        profiles.expand(profiles.load_profile("paper")),
+        tmp_path / "runs",
+        ["gsm8k"],
+        {"backend": "vllm"},
+        None,
+    )[0]
+    outcome = slurm.run_job(task)
+    assert outcome.status == "failed" and outcome.error.startswith(f"run {task.name} needs vLLM")
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "res").exists()

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from pspo_repro.analysis import tables
-from pspo_repro.study import launch
+from pspo_repro.study import environment, launch
 from pspo_repro.study.profiles import Run, expand, load_profile, model_folder, select
 
 BASE = tables.START  # the folder, beside a model's runs, that holds its starting model's evaluation
@@ -115,6 +115,8 @@ def run_study(
     study_dir = runs_root / name
     planned = tasks(runs, study_dir, benchmarks, eval_opts, data_dir, limits)
     todo = [t for t in planned if not launch.is_finished(t)]
+    if launcher == "local":  # Slurm jobs check on their nodes, whose environment may differ from this one
+        environment.require_vllm(f"profile {name!r}", todo)  # before any run folder, not after training
     display = StudyProgress(len(todo), desc=name, enabled=progress)
     outcomes: list[launch.Outcome] = []
 
