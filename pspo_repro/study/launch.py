@@ -364,7 +364,7 @@ def _messages(fd: int, child: subprocess.Popen, deadline: float | None = None) -
             if deadline is not None and time.monotonic() > deadline:
                 kill_tree(child.pid)
                 yield {"timed_out": True}
-                break
+                return  # what it wrote before is moot: the timeout is why it failed
             ready, _, _ = select.select([fd], [], [], 0.5)
             if ready:
                 chunk = os.read(fd, 65536)
