@@ -179,6 +179,14 @@ def study(
             "mem_gb, account, qos, constraint, cluster, poll_s); repeatable; overrides the profile's.",
         ),
     ] = None,
+    time_limit: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--time-limit",
+            help="Seconds a task's phase may take before its process is killed and the run fails, as "
+            "phase=seconds (train, eval; 'none': no limit); repeatable; overrides the profile's limits.",
+        ),
+    ] = None,
     dry_run: Annotated[
         bool,
         typer.Option(help="Print the runs, their optimizer steps, completions and GPU-hours; run nothing."),
@@ -229,8 +237,9 @@ def study(
             isolate=isolate,
             launcher=launcher,
             slurm_settings=parse_overrides(slurm_set or []),
+            time_limits=parse_overrides(time_limit or []),
         )
-    except (ValueError, FileNotFoundError) as err:
+    except (ValueError, FileNotFoundError, ImportError) as err:  # ImportError: vLLM missing, in one line
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None
     if result.table is not None:

@@ -203,3 +203,79 @@ def test_two_processes_train_one_run_and_only_rank_0_writes_it(tiny_model, tmp_p
         "train_log.jsonl",
         "validation.jsonl",
     ]
+
+
+# --- a failure on the main process reaches the others ---------------------------------------------------
+
+VALIDATE_ON_RANK = """
+import json, os, sys, time
+from datetime import timedelta
+from pathlib import Path
+
+import torch.distributed as dist
+from accelerate import PartialState
+
+from pspo_repro.data import synthetic
+from pspo_repro.models import loading
+from pspo_repro.training.callbacks import Validation
+from pspo_repro.training.settings import TrainSettings
+
+model_dir, run_dir, out = sys.argv[1:4]
+PartialState(cpu=True, timeout=timedelta(seconds=120))  # as the trainer's Accelerator sets it up on CPUs (gloo)
+settings = TrainSettings(model=model_dir, dataset="synthetic", max_completion_length=8)
+tokenizer = loading.load_tokenizer(loading.resolve(model_dir))
+validation = Validation(Path(run_dir), settings, synthetic.generate("validation", n=2, seed=0), tokenizer)
+started = time.monotonic()
+try:
+    validation.validate(model=None, step=5)  # on rank 0, measuring without a model raises
+    outcome = "returned"
+except Exception as err:
+    outcome = f"{type(err).__name__}: {err}"
+Path(out).write_text(json.dumps({"outcome": outcome, "seconds": time.monotonic() - started}))
+if dist.get_rank() == 0:
+    time.sleep(600)  # the failed main process lives on (its error still being handled), as under NCCL
+"""
+
+
+@pytest.mark.slow
+def test_a_validation_that_fails_on_the_main_process_stops_every_process_at_once(tiny_model, tmp_path):
+    """Two processes over gloo: validation raises on rank 0, and rank 1, instead of waiting for rank 0 in a
+    barrier until the collective's timeout, raises at once with rank 0's error."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    script = tmp_path / "validate.py"
+    script.write_text(VALIDATE_ON_RANK)
+    procs = []
+    for rank in (0, 1):
+        env = {
+            **os.environ,
+            "OMP_NUM_THREADS": "1",
+            "PYTHONPATH": str(REPO),
+            "RANK": str(rank),
+            "WORLD_SIZE": "2",
+            "LOCAL_RANK": str(rank),
+            "MASTER_ADDR": "127.0.0.1",
+            "MASTER_PORT": str(port),
+        }
+        out = tmp_path / f"rank{rank}.json"
+        args = [sys.executable, str(script), str(tiny_model), str(tmp_path / "run"), str(out)]
+        procs.append(subprocess.Popen(args, env=env, stderr=subprocess.PIPE, text=True))
+    try:
+        try:
+            procs[1].wait(timeout=90)
+        except subprocess.TimeoutExpired:
+            pytest.fail("rank 1 still waits for rank 0 after 90 s (a barrier that only the timeout ends)")
+        assert procs[1].returncode == 0, procs[1].stderr.read()[-3000:]
+        main = json.loads((tmp_path / "rank0.json").read_text())
+        other = json.loads((tmp_path / "rank1.json").read_text())
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+    assert main["outcome"].startswith("AttributeError")
+    assert other["outcome"].startswith("MainProcessFailed: validation at step 5 failed on the main process")
+    assert main["outcome"] in other["outcome"]  # rank 0's own error, word for word
+    assert other["seconds"] < 60

@@ -218,3 +218,125 @@ def test_a_killed_worker_costs_only_its_task(tiny_model, tmp_path):
     assert (tasks[0].folder / rundir.FAILED).read_text().strip() == reason
     assert launch.is_finished(tasks[1]) and launch.is_finished(tasks[2])
     assert killed[0] not in {m["pid"] for m in seen if m["task"] != tasks[0].name}
+
+
+# --- GPUs for the worker slots ------------------------------------------------------------------------
+
+
+def _gpus(monkeypatch, count: int, visible: str | None) -> None:
+    """This process sees ``count`` CUDA devices, selected by ``visible`` (None: CUDA_VISIBLE_DEVICES unset)."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+    if visible is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", visible)
+
+
+@pytest.mark.parametrize(
+    ("visible", "count", "workers", "expected"),
+    [
+        ("4,5,6,7", 4, 4, ["4", "5", "6", "7"]),  # a study given the second half of an 8-GPU machine
+        (None, 4, 4, ["0", "1", "2", "3"]),
+        (" 2, 3 ", 2, 2, ["2", "3"]),  # spaces around entries, as CUDA reads them
+        ("GPU-abc,GPU-def", 2, 2, ["GPU-abc", "GPU-def"]),  # UUIDs go on as they are
+        ("MIG-1a2b", 1, 1, ["MIG-1a2b"]),
+        ("6,7", 2, 4, ["6", "7", "6", "7"]),  # more workers than GPUs: round robin
+        ("0,1,2,3,4,5,6,7", 4, 4, ["0", "1", "2", "3"]),  # entries past the devices that exist: not used
+    ],
+)
+def test_worker_slots_get_this_processs_gpus(monkeypatch, visible, count, workers, expected):
+    _gpus(monkeypatch, count, visible)
+    envs = launch.slot_environments(workers)
+    assert [env["CUDA_VISIBLE_DEVICES"] for env in envs] == expected
+
+
+@pytest.mark.parametrize(
+    ("visible", "bad"), [("4,x,6", "'x'"), ("4,,6", "''"), ("3,3", "'3' twice"), ("-1,2", "'-1'")]
+)
+def test_a_bad_cuda_visible_devices_entry_is_a_clear_error(monkeypatch, visible, bad):
+    _gpus(monkeypatch, 2, visible)
+    with pytest.raises(ValueError, match=rf"CUDA_VISIBLE_DEVICES.*{bad}.*device index"):
+        launch.slot_environments(2)
+
+
+# --- time limits -----------------------------------------------------------------------------------------
+
+
+def _freezer(victim: str, frozen: list[int]):
+    """A progress callback that stops the process working on ``victim`` at its first message (SIGSTOP: it
+    sleeps for good, as a process stuck in a collective or on a dead file system does)."""
+    import os
+    import signal
+
+    def report(message: dict) -> None:
+        if message["task"] == victim and not frozen and message["pid"] != os.getpid():
+            frozen.append(message["pid"])
+            os.kill(message["pid"], signal.SIGSTOP)
+
+    return report
+
+
+def _base(folder: Path, name: str, **limits) -> launch.Task:
+    """The evaluation of the starting model tiny-test on four synthetic problems."""
+    return launch.Task(
+        name,
+        "base",
+        folder,
+        "tiny-test",
+        ("synthetic",),
+        {"limit": 4, "batch_size": 4},
+        time_limits={**launch.DEFAULT_TIME_LIMITS, **limits},
+    )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("isolate", [True, False])
+def test_a_phase_past_its_time_limit_is_killed_and_the_study_goes_on(tiny_model, tmp_path, isolate):
+    """A task whose process sleeps for good (stopped at its first message, or still starting when its 4 s
+    are up: either way it cannot finish) holds its slot only for its phase's time limit: the process is
+    killed, FAILED says it timed out, and the next task in the same slot runs. With one worker and no
+    isolation the task still runs in a worker process, since a limit needs a process to kill."""
+    import re
+
+    import psutil
+
+    hung = _base(tmp_path / "hung", "tiny-test/hung", eval=4)
+    good = _base(tmp_path / "good", "tiny-test/good")
+    frozen: list[int] = []
+    outcomes: list[launch.Outcome] = []
+    started = time.monotonic()
+    launch.run_tasks([hung, good], 1, _freezer(hung.name, frozen), outcomes.append, isolate=isolate)
+    assert [(o.name, o.status) for o in outcomes] == [(hung.name, "failed"), (good.name, "done")]
+    error = outcomes[0].error
+    assert "eval" in error and "timed out after 4 s" in error, error
+    assert (hung.folder / rundir.FAILED).read_text().strip() == error
+    pid = int(re.search(r"pid (\d+)", error).group(1))  # the killed process: the child, or the worker
+    assert frozen in ([], [pid])
+    assert not psutil.pid_exists(pid) or psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    assert launch.is_finished(good) and not launch.is_finished(hung)
+    assert time.monotonic() - started < 120
+
+
+def test_time_limits_come_from_defaults_profile_and_command_line():
+    assert launch.time_limits() == launch.DEFAULT_TIME_LIMITS
+    assert all(v is not None and v > 0 for v in launch.DEFAULT_TIME_LIMITS.values())
+    limits = launch.time_limits({"train": 3600}, {"eval": "none"})
+    assert limits == {"train": 3600.0, "eval": None}  # none: no limit, said explicitly
+    assert launch.time_limits({"eval": None})["eval"] is None
+
+
+@pytest.mark.parametrize(
+    ("layer", "message"),
+    [
+        ({"evaluation": 60}, r"unknown phase\(s\) \['evaluation'\].*train, eval"),
+        ({"train": 0}, r"train.*0.*positive number of seconds or none"),
+        ({"eval": -5}, r"eval.*-5.*positive number of seconds or none"),
+        ({"train": "soon"}, r"train.*'soon'.*positive number of seconds or none"),
+    ],
+)
+def test_bad_time_limits_are_clear_errors(layer, message):
+    with pytest.raises(ValueError, match=message):
+        launch.time_limits(layer)

@@ -270,3 +270,75 @@ def test_bad_launcher_settings_are_clear_errors(tmp_path):
     result = CliRunner().invoke(app, [*base, "--launcher", "pbs"])
     assert result.exit_code == 2 and "launcher must be one of local, slurm, got 'pbs'" in result.output
     assert not (tmp_path / "smoke").exists()
+
+
+def test_time_limits_come_from_the_profile_and_the_command_line(tmp_path):
+    """Each task carries its phases' time limits: the defaults, then the profile's ``limits`` (merged key by
+    key through ``extends``), then the command line's; a bad one stops the study before any run folder."""
+    from typer.testing import CliRunner
+
+    from pspo_repro.cli import app
+    from pspo_repro.study import launch
+
+    assert profiles.load_profile("cpu")["limits"] == profiles.load_profile("cpu-full")["limits"]
+    child = tmp_path / "child.yaml"
+    child.write_text(yaml.safe_dump({"name": "child", "extends": "smoke", "limits": {"eval": None}}))
+    profile = profiles.load_profile(str(child))
+    assert profile["limits"] == {**profiles.load_profile("smoke")["limits"], "eval": None}
+    limits = launch.time_limits(profile.get("limits"), {"train": 90})
+    tasks = runner.tasks(profiles.expand(profile), tmp_path, ["synthetic"], {}, None, limits)
+    assert {(t.kind, t.time_limits["train"], t.time_limits["eval"]) for t in tasks} == {
+        ("base", 90.0, None),
+        ("train", 90.0, None),
+    }
+    base = ["study", "--profile", "smoke", "--runs", str(tmp_path), "--results", str(tmp_path)]
+    result = CliRunner().invoke(app, [*base, "--time-limit", "eval=-1"])
+    assert result.exit_code == 2 and "time limit of eval is -1" in result.output, result.output
+    result = CliRunner().invoke(app, [*base, "--time-limit", "evaluation=60"])
+    assert result.exit_code == 2 and "unknown phase(s) ['evaluation']" in result.output
+    assert not (tmp_path / "smoke").exists()
+
+
+@pytest.mark.skipif(
+    __import__("importlib").util.find_spec("vllm") is not None, reason="vLLM is installed here"
+)
+def test_a_profile_that_needs_vllm_fails_before_any_run_where_it_is_missing(tmp_path):
+    """The paper profile evaluates with vLLM: without vLLM the study stops at once, naming the profile and
+    the fix, and creates no run folder (rather than failing at the first evaluation, after hours)."""
+    from typer.testing import CliRunner
+
+    from pspo_repro.cli import app
+
+    with pytest.raises(
+        ImportError, match=r"profile 'paper' needs vLLM \(its evaluation backend is vllm\)"
+    ) as err:
+        runner.run_study("paper", tmp_path / "runs", tmp_path / "results", progress=False)
+    assert "pip install -e '.[vllm]'" in str(err.value) and "scripts/setup_env.sh" in str(err.value)
+    with pytest.raises(ImportError, match=r"profile 'paper-vllm' needs vLLM \(.*rollouts use vLLM"):
+        runner.run_study("paper-vllm", tmp_path / "runs", tmp_path / "results", progress=False)
+    args = [
+        "study",
+        "--profile",
+        "paper",
+        "--runs",
+        str(tmp_path / "runs"),
+        "--results",
+        str(tmp_path / "res"),
+    ]
+    result = CliRunner().invoke(app, args)
+    assert result.exit_code == 2
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: profile 'paper' needs vLLM"), result.output
+    # a Slurm job checks on its node, whose environment may not be this one, and fails before any work
+    from pspo_repro.study import slurm
+
+    task = runner.tasks(
+        profiles.expand(profiles.load_profile("paper")),
+        tmp_path / "runs",
+        ["gsm8k"],
+        {"backend": "vllm"},
+        None,
+    )[0]
+    outcome = slurm.run_job(task)
+    assert outcome.status == "failed" and outcome.error.startswith(f"run {task.name} needs vLLM")
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "res").exists()

@@ -18,6 +18,13 @@ A task that raises fails alone: its traceback is recorded (``<folder>/FAILED``) 
 goes on. A process that dies hard (killed, out of memory, a segfault) costs only the task it was running:
 the task is recorded as failed and the next task gets a fresh process.
 
+Time limits. Each phase of a task (``train``: a tiny model's warm start if needed, then the training;
+``eval``: the evaluation) has a time limit (:data:`DEFAULT_TIME_LIMITS`, a profile's ``limits``, the
+command line). A process that hangs (a dead file system, a collective whose peer is gone) would hold its
+worker slot for ever; past the limit it is killed with everything it started, the task fails saying it
+timed out, and the slot takes the next task. A limit needs a process to kill, so tasks with a limit never
+run in the study's own process; None (said explicitly) is no limit.
+
 Results of a tiny model are tied to its build: each task folder records the model's fingerprinted cache
 folder (``model_build.json``), and after a recipe change the task counts as unfinished and is redone from
 scratch, so a resumed study never mixes runs of two builds.
@@ -40,9 +47,10 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 import traceback
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -52,6 +60,36 @@ from pspo_repro.study import rundir
 THREADS_ENV = "PSPO_TORCH_THREADS"  # torch threads of a worker or child process
 
 Report = Callable[[dict[str, Any]], None]
+
+PHASES = ("train", "eval")
+# seconds per phase; generous beside the paper profile's largest run (about 4 GPU-hours estimated by
+# ``study --dry-run``), small beside a slot lost for good. Profiles set their own (``limits:``).
+DEFAULT_TIME_LIMITS: dict[str, float | None] = {"train": 12 * 3600.0, "eval": 4 * 3600.0}
+
+
+def time_limits(*layers: Mapping[str, Any] | None) -> dict[str, float | None]:
+    """Each phase's time limit in seconds: :data:`DEFAULT_TIME_LIMITS` updated by each layer in turn (a
+    profile's ``limits``, the command line); None or ``"none"`` is no limit. Bad phases or values are clear
+    errors."""
+    merged = dict(DEFAULT_TIME_LIMITS)
+    for layer in layers:
+        unknown = sorted(set(layer or {}) - set(PHASES))
+        if unknown:
+            raise ValueError(f"unknown phase(s) {unknown} in time limits; allowed: {', '.join(PHASES)}")
+        for phase, value in (layer or {}).items():
+            if value is None or (isinstance(value, str) and value.strip().lower() == "none"):
+                merged[phase] = None
+            elif isinstance(value, int | float) and not isinstance(value, bool) and value > 0:
+                merged[phase] = float(value)
+            else:
+                raise ValueError(
+                    f"time limit of {phase} is {value!r}: it must be a positive number of seconds or none"
+                )
+    return merged
+
+
+def _seconds(value: float) -> str:
+    return f"{value:.0f}" if value == int(value) else f"{value}"
 
 
 @dataclass(frozen=True)
@@ -67,6 +105,13 @@ class Task:
     eval_options: dict[str, Any] = field(default_factory=dict)
     settings: dict[str, Any] | None = None
     data_dir: str | None = None
+    # seconds each phase may take (see :func:`time_limits`); None: no limit
+    time_limits: dict[str, float | None] = field(default_factory=lambda: dict(DEFAULT_TIME_LIMITS))
+
+    def deadline(self, phase: str) -> tuple[float | None, float | None]:
+        """The time limit of ``phase`` and the monotonic time it ends, starting now (None: no limit)."""
+        limit = self.time_limits.get(phase)
+        return limit, None if limit is None else time.monotonic() + limit
 
 
 @dataclass(frozen=True)
@@ -290,8 +335,15 @@ def _run_child(
         child.stdin.write(payload)
         child.stdin.close()
     failure: tuple[str, str] | None = None
-    for message in _messages(read_end, child):
-        if "error" in message:
+    limit, deadline = task.deadline(phase)
+    for message in _messages(read_end, child, deadline):
+        if "timed_out" in message:
+            reason = (
+                f"the {phase} process of {task.name} (pid {child.pid}) timed out after {_seconds(limit)} s "
+                f"and was killed"
+            )
+            failure = (reason, reason + "\n")
+        elif "error" in message:
             failure = (message["error"], message["traceback"])
         else:
             say(**{k: v for k, v in message.items() if k != "task"})
@@ -302,12 +354,17 @@ def _run_child(
     return failure
 
 
-def _messages(fd: int, child: subprocess.Popen) -> Iterator[dict[str, Any]]:
+def _messages(fd: int, child: subprocess.Popen, deadline: float | None = None) -> Iterator[dict[str, Any]]:
     """JSON lines from ``fd`` until the pipe closes, or the child has exited (a grandchild that inherited
-    the pipe and lingers does not keep this waiting)."""
+    the pipe and lingers does not keep this waiting), or ``deadline`` (monotonic) has passed: then the child
+    and its descendants are killed and ``{"timed_out": True}`` is yielded."""
     buffer = b""
     try:
         while True:
+            if deadline is not None and time.monotonic() > deadline:
+                kill_tree(child.pid)
+                yield {"timed_out": True}
+                return  # what it wrote before is moot: the timeout is why it failed
             ready, _, _ = select.select([fd], [], [], 0.5)
             if ready:
                 chunk = os.read(fd, 65536)
@@ -325,6 +382,23 @@ def _messages(fd: int, child: subprocess.Popen) -> Iterator[dict[str, Any]]:
         yield from (json.loads(line) for line in buffer.split(b"\n") if line.strip())
     finally:
         os.close(fd)
+
+
+def kill_tree(pid: int) -> None:
+    """SIGKILL process ``pid`` and every process it started (vLLM's engine, data loader workers), which would
+    otherwise outlive it holding GPU memory and the run's lock. ``pid`` itself is left for its parent to reap,
+    so that its exit status stays readable."""
+    import psutil
+
+    try:
+        root = psutil.Process(pid)
+        descendants = root.children(recursive=True)  # before the kill: orphans are reparented and lost
+    except psutil.NoSuchProcess:
+        return
+    for process in (root, *descendants):  # the root first, so it starts nothing more
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
+    psutil.wait_procs(descendants, timeout=10)
 
 
 def _child_main() -> None:
@@ -386,21 +460,40 @@ class _Worker:
     def run(self, task: Task, report: Report) -> Outcome:
         if self.process is None or not self.process.is_alive():
             self._start()
+        # the worker runs both phases: the clock restarts when its messages say the evaluation began
+        phase = "train" if task.kind == "train" else "eval"
+        limit, deadline = task.deadline(phase)
         try:
             self.conn.send(task)
             while True:
+                wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+                if not self.conn.poll(wait):
+                    kill_tree(self.process.pid)
+                    self.process.join()
+                    reason = (
+                        f"the {phase} phase of {task.name} timed out after {_seconds(limit)} s: its worker "
+                        f"(pid {self.process.pid}) was killed"
+                    )
+                    return self._lost(task, reason)
                 kind, value = self.conn.recv()
                 if kind == "outcome":
                     return value
+                if phase == "train" and value.get("phase") == "eval":
+                    phase = "eval"
+                    limit, deadline = task.deadline(phase)
                 report(value)
         except (EOFError, OSError):
             self.process.join()
             reason = _died(f"the worker running {task.name}", self.process.pid, self.process.exitcode)
-            self.process = None
-            with _locked(task.folder) as lock:  # the dead worker's lock is free; someone else may own it now
-                if lock is not None:
-                    rundir.atomic_write_text(task.folder / rundir.FAILED, reason + "\n")
-            return Outcome(task.name, "failed", reason)
+            return self._lost(task, reason)
+
+    def _lost(self, task: Task, reason: str) -> Outcome:
+        """The task whose worker died or was killed fails with ``reason``; the next task gets a new worker."""
+        self.process = None
+        with _locked(task.folder) as lock:  # the dead worker's lock is free; someone else may own it now
+            if lock is not None:
+                rundir.atomic_write_text(task.folder / rundir.FAILED, reason + "\n")
+        return Outcome(task.name, "failed", reason)
 
     def close(self) -> None:
         if self.process is not None and self.process.is_alive():
@@ -426,13 +519,40 @@ def _worker_main(conn: Any, env: dict[str, str]) -> None:
 # --- scheduling ------------------------------------------------------------------------------------------
 
 
+def visible_gpus(visible: str | None, count: int) -> list[str]:
+    """The ``CUDA_VISIBLE_DEVICES`` entries of the ``count`` devices this process sees, each as a child must
+    be given it to see that same device: an index of the physical GPU or a ``GPU-``/``MIG-`` UUID. ``visible``
+    is this process's ``CUDA_VISIBLE_DEVICES`` (None: unset, devices 0..count-1); entries are stripped of
+    spaces, as CUDA reads them, and those past ``count`` name no device."""
+    if visible is None:
+        return [str(i) for i in range(count)]
+    entries: list[str] = []
+    for raw in visible.split(","):
+        entry = raw.strip()
+        if not (entry.isdigit() or entry.startswith(("GPU-", "MIG-"))):
+            # CUDA silently drops this entry and all after it: a typo would idle GPUs, so it is an error
+            raise ValueError(
+                f"CUDA_VISIBLE_DEVICES={visible!r} has the entry {entry!r}: each entry must be a device index "
+                f"(0, 1, ...) or a GPU UUID (GPU-..., MIG-...)"
+            )
+        if entry in entries:
+            raise ValueError(
+                f"CUDA_VISIBLE_DEVICES={visible!r} names {entry!r} twice: each entry must be a device index "
+                f"or a GPU UUID, once (CUDA shows no device at all then)"
+            )
+        entries.append(entry)
+    return entries[:count]
+
+
 def slot_environments(workers: int) -> list[dict[str, str]]:
-    """The environment of each worker slot: one GPU each (``CUDA_VISIBLE_DEVICES``, round robin) when CUDA
-    is available, else single-threaded torch."""
+    """The environment of each worker slot: one GPU each (``CUDA_VISIBLE_DEVICES``, round robin over the
+    GPUs this process sees, named as they are in its own ``CUDA_VISIBLE_DEVICES``) when CUDA is available,
+    else single-threaded torch."""
     import torch
 
     if torch.cuda.is_available():
-        gpus = [str(i) for i in range(torch.cuda.device_count())]
+        # "0" in a child is physical GPU 0, not this process's first device: hand on our own entries
+        gpus = visible_gpus(os.environ.get("CUDA_VISIBLE_DEVICES"), torch.cuda.device_count())
         threads = max(1, (os.cpu_count() or 1) // workers)
         return [
             {"CUDA_VISIBLE_DEVICES": gpus[i % len(gpus)], THREADS_ENV: str(threads)} for i in range(workers)
@@ -451,11 +571,13 @@ def run_tasks(
     outcome to ``on_outcome`` as it arrives (both called in this thread).
 
     ``isolate`` (None: :func:`default_isolate`): each training and each evaluation in a fresh process; else
-    reused worker processes, or this process when ``workers`` is 1."""
+    reused worker processes, or this process when ``workers`` is 1 and no task has a time limit (a limit
+    needs a process to kill)."""
     if workers < 1:
         raise ValueError(f"workers must be >= 1, got {workers}")
     isolate = default_isolate() if isolate is None else isolate
-    if workers == 1 and not isolate:
+    unlimited = all(limit is None for task in tasks for limit in task.time_limits.values())
+    if workers == 1 and not isolate and unlimited:
         for task in tasks:
             on_outcome(execute(task, report=report))
         return

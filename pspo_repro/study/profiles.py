@@ -19,9 +19,10 @@ Profile format::
       - {model: tiny-general-s, objective: clip, set: {learning_rate: 2.0e-4}}
     eval: {benchmarks: [synthetic, synthetic-svamp], limit: null, batch_size: 64}
     slurm: {partition: gpu, time_min: 360, gpus_per_node: 1, mem_gb: 64}   # the slurm launcher's jobs
+    limits: {train: 3600, eval: 1800}   # seconds a task's phase may take before it is killed (none: no limit)
 
-A profile may start from another (``extends: cpu``): its ``train``, ``eval`` and ``slurm`` settings are
-merged key by key into the other's, and any other key it gives replaces the other's.
+A profile may start from another (``extends: cpu``): its ``train``, ``eval``, ``slurm`` and ``limits``
+settings are merged key by key into the other's, and any other key it gives replaces the other's.
 
 Later layers win: train < models < objectives < cells. ``models`` may also be a plain list. An
 ``objectives`` key is the run's label; an entry that sets ``objective`` runs that objective under the label,
@@ -54,6 +55,7 @@ PROFILE_KEYS = {
     "cells",
     "eval",
     "slurm",
+    "limits",
 }
 
 
@@ -101,8 +103,8 @@ def load_profile(name_or_path: str) -> dict[str, Any]:
     if "extends" in profile:
         base = load_profile(profile.pop("extends"))
         base.pop("description", None)
-        # train, eval and slurm settings merge key by key; every other key (models, objectives, seeds) replaces
-        for key in ("train", "eval", "slurm"):
+        # train, eval, slurm and limits merge key by key; every other key (models, objectives, seeds) replaces
+        for key in ("train", "eval", "slurm", "limits"):
             if key in profile:
                 profile[key] = {**base.get(key, {}), **profile[key]}
         profile = {**base, **profile}

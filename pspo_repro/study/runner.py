@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from pspo_repro.analysis import tables
-from pspo_repro.study import launch
+from pspo_repro.study import environment, launch
 from pspo_repro.study.profiles import Run, expand, load_profile, model_folder, select
 
 BASE = tables.START  # the folder, beside a model's runs, that holds its starting model's evaluation
@@ -23,8 +23,10 @@ def tasks(
     benchmarks: list[str],
     eval_options: dict[str, Any],
     data_dir: str | None,
+    time_limits: dict[str, float | None] | None = None,
 ) -> list[launch.Task]:
-    """The study's tasks in the order they should start.
+    """The study's tasks in the order they should start, each with ``time_limits`` (None:
+    :data:`pspo_repro.study.launch.DEFAULT_TIME_LIMITS`).
 
     A model's first task warm-starts it when it is a tiny model that is not built yet, so the evaluations
     of the starting models come first, those of independent models side by side (one worker each), then
@@ -37,19 +39,21 @@ def tasks(
     for run in runs:
         by_model.setdefault(run.model, []).append(run)
     bench = tuple(benchmarks)
+    limits = launch.time_limits(time_limits)
 
     def start(model: str) -> launch.Task:
         folder = study_dir / model_folder(model) / BASE
         # the starting model is evaluated with the system prompt its runs train with
         options = {"system_prompt": by_model[model][0].settings.system_prompt, **eval_options}
-        return launch.Task(f"{model}/{BASE}", "base", folder, model, bench, options, None, data_dir)
+        return launch.Task(f"{model}/{BASE}", "base", folder, model, bench, options, None, data_dir, limits)
 
     def trained(run: Run) -> launch.Task:
         settings = run.settings.to_dict()
         if data_dir and settings["data_dir"] is None:
             settings["data_dir"] = data_dir
+        folder = study_dir / run.name
         return launch.Task(
-            run.name, "train", study_dir / run.name, run.model, bench, eval_options, settings, data_dir
+            run.name, "train", folder, run.model, bench, eval_options, settings, data_dir, limits
         )
 
     parent = {m: tiny.RECIPES[m].init_from for m in by_model if m in tiny.names()}
@@ -78,6 +82,7 @@ def run_study(
     isolate: bool | None = None,
     launcher: str = "local",
     slurm_settings: dict[str, Any] | None = None,
+    time_limits: dict[str, Any] | None = None,
 ) -> StudyResult:
     """Train and evaluate the runs of a profile (all, or those selected), then write the tables from every
     finished run of the study. A failing run fails alone: the others go on, and the result lists the
@@ -86,7 +91,11 @@ def run_study(
     ``launcher``: ``local`` runs ``workers`` tasks at once on this machine (``isolate``: training and
     evaluation each in a fresh process; None: whenever CUDA is available, see :mod:`pspo_repro.study.launch`);
     ``slurm`` submits one job per task (:mod:`pspo_repro.study.slurm`, with the profile's ``slurm`` settings
-    updated by ``slurm_settings``) and waits for them."""
+    updated by ``slurm_settings``) and waits for them.
+
+    ``time_limits``: seconds each phase of a task (``train``, ``eval``) may take before its process is killed
+    and the task fails (None: no limit), over the profile's ``limits`` (see
+    :func:`pspo_repro.study.launch.time_limits`)."""
     from pspo_repro.evaluation import evaluate
     from pspo_repro.study.console import StudyProgress
 
@@ -99,11 +108,15 @@ def run_study(
         from pspo_repro.study import slurm
 
         slurm_options = slurm.options(profile.get("slurm"), slurm_settings)  # bad settings fail before work
+    limits = launch.time_limits(profile.get("limits"), time_limits)  # bad limits fail before work
     eval_opts = dict(profile.get("eval", {}))
     benchmarks = evaluate.parse_benchmarks(",".join(eval_opts.pop("benchmarks", ["synthetic"])))
     runs = select(expand(profile), models, objectives, seeds)
     study_dir = runs_root / name
-    todo = [t for t in tasks(runs, study_dir, benchmarks, eval_opts, data_dir) if not launch.is_finished(t)]
+    planned = tasks(runs, study_dir, benchmarks, eval_opts, data_dir, limits)
+    todo = [t for t in planned if not launch.is_finished(t)]
+    if launcher == "local":  # Slurm jobs check on their nodes, whose environment may differ from this one
+        environment.require_vllm(f"profile {name!r}", todo)  # before any run folder, not after training
     display = StudyProgress(len(todo), desc=name, enabled=progress)
     outcomes: list[launch.Outcome] = []
 

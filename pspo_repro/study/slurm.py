@@ -32,7 +32,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from pspo_repro.study import launch, rundir
+from pspo_repro.study import environment, launch, rundir
 
 DEFAULTS: dict[str, Any] = {
     "partition": None,
@@ -78,7 +78,10 @@ def options(*layers: dict[str, Any] | None) -> dict[str, Any]:
 
 def run_job(task: launch.Task) -> launch.Outcome:
     """What one job runs on its node: the task under its lock, training and evaluation in fresh processes
-    when CUDA is available."""
+    when CUDA is available; a task that needs vLLM where the node has none fails at once, before training."""
+    missing = environment.missing_vllm(f"run {task.name}", [task])
+    if missing is not None:
+        return launch.Outcome(task.name, "failed", missing)
     return launch.execute(task, isolate=launch.default_isolate())
 
 

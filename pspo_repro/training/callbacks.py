@@ -192,9 +192,12 @@ class Validation(TrainerCallback):
         return record
 
     def validate(self, model: Any, step: int) -> dict[str, Any]:
-        if not distributed.is_main_process():  # GPU options: one process validates, the others wait
-            distributed.wait_for_everyone()
-            return {}
+        """Validate on the main process (the others wait, and raise with it when it fails: see
+        :func:`pspo_repro.training.distributed.on_main`); the record there, {} on the others."""
+        record = distributed.on_main(lambda: self._validate_here(model, step), f"validation at step {step}")
+        return record if record is not None else {}
+
+    def _validate_here(self, model: Any, step: int) -> dict[str, Any]:
         if step == 0 and self.initial is not None:
             record = {**self.initial, "step": 0}
         else:
@@ -205,7 +208,6 @@ class Validation(TrainerCallback):
             self._save_checkpoint(model, step)
         rundir.append_jsonl(self.run_dir / rundir.VALIDATION, record)
         self.last = record
-        distributed.wait_for_everyone()
         return record
 
     def _save_checkpoint(self, model: Any, step: int) -> None:

@@ -9,13 +9,21 @@ per-process numbers that keep them.
 
 The world size and rank are read from the variables every launcher sets (``accelerate launch``,
 ``torchrun``), so nothing here starts a process group; a plain ``python`` process is rank 0 of 1.
+
+Work done by the main process alone while the others wait (validation, finishing the run) goes through
+:func:`on_main`: the others wait in a broadcast of its outcome rather than in a barrier, so an error on the
+main process stops every process at once instead of leaving them in the barrier until the collective's
+timeout (30 minutes under NCCL).
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 def world_size() -> int:
@@ -33,12 +41,36 @@ def is_main_process() -> bool:
     return rank() == 0
 
 
-def wait_for_everyone() -> None:
-    """A barrier across the run's processes; nothing to wait for in a single process."""
-    if world_size() > 1:
-        from accelerate import PartialState
+class MainProcessFailed(RuntimeError):
+    """Raised on the other processes when work done by the main process alone raised there."""
 
-        PartialState().wait_for_everyone()
+
+def on_main(work: Callable[[], T], what: str) -> T | None:
+    """Run ``work`` on the main process while the others wait; its result on the main process, None on the
+    others. When ``work`` raises on the main process, its error is sent to the others, which raise
+    :class:`MainProcessFailed` with it, and the main process re-raises: every process stops together."""
+    if world_size() == 1:
+        return work() if is_main_process() else None
+    import torch.distributed as dist
+    from accelerate import PartialState
+
+    PartialState()  # the process group the trainer set up (or, before it, one set up from the environment)
+    if is_main_process():
+        try:
+            result = work()
+        except BaseException as err:
+            # the others wait in this broadcast, not in a barrier: they learn of the error and stop too
+            dist.broadcast_object_list([{"error": f"{type(err).__name__}: {err}"}], src=0)
+            raise
+        dist.broadcast_object_list([{"error": None}], src=0)
+        return result
+    message: list[Any] = [None]
+    dist.broadcast_object_list(message, src=0)
+    if message[0]["error"] is not None:
+        raise MainProcessFailed(
+            f"{what} failed on the main process (rank 0), so rank {rank()} stops too: {message[0]['error']}"
+        )
+    return None
 
 
 @dataclass(frozen=True)

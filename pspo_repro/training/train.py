@@ -293,29 +293,31 @@ def train(
         trainer.train(resume_from_checkpoint=str(resume[1]) if resume else None)
         steps = trainer.state.global_step
     seconds = time.time() - started
-    if not distributed.is_main_process():  # GPU options: the main process finishes the run
-        distributed.wait_for_everyone()
-        return run_dir
-    shutil.rmtree(run_dir / rundir.TRAINER_OUTPUT, ignore_errors=True)
 
-    prov = rundir.read_json(run_dir / rundir.PROVENANCE)
-    prov.update(finished=rundir.now(), train_seconds=seconds, steps=steps)
-    rundir.atomic_write_json(run_dir / rundir.PROVENANCE, prov)
-    history = rundir.read_jsonl(run_dir / rundir.VALIDATION)
-    if cache is not None and initial is None:
-        rundir.atomic_write_json(cache, {k: v for k, v in history[0].items() if k != "best"})
-    # The best checkpoint is chosen among the steps after 0 (see Validation).
-    best = max([r for r in history if r["step"] > 0] or history, key=lambda r: r["reward"])
-    rundir.mark_done(
-        run_dir,
-        {
-            "steps": steps,
-            "seconds": seconds,
-            "seconds_per_step": seconds / max(steps, 1),
-            "validation_first": history[0],
-            "validation_last": history[-1],
-            "validation_best": best,
-        },
-    )
-    distributed.wait_for_everyone()  # GPU options: the other processes return once DONE is written
+    def finish() -> None:
+        shutil.rmtree(run_dir / rundir.TRAINER_OUTPUT, ignore_errors=True)
+
+        prov = rundir.read_json(run_dir / rundir.PROVENANCE)
+        prov.update(finished=rundir.now(), train_seconds=seconds, steps=steps)
+        rundir.atomic_write_json(run_dir / rundir.PROVENANCE, prov)
+        history = rundir.read_jsonl(run_dir / rundir.VALIDATION)
+        if cache is not None and initial is None:
+            rundir.atomic_write_json(cache, {k: v for k, v in history[0].items() if k != "best"})
+        # The best checkpoint is chosen among the steps after 0 (see Validation).
+        best = max([r for r in history if r["step"] > 0] or history, key=lambda r: r["reward"])
+        rundir.mark_done(
+            run_dir,
+            {
+                "steps": steps,
+                "seconds": seconds,
+                "seconds_per_step": seconds / max(steps, 1),
+                "validation_first": history[0],
+                "validation_last": history[-1],
+                "validation_best": best,
+            },
+        )
+
+    # GPU options: the main process finishes the run; the others return once DONE is written, or raise
+    # with the main process when finishing fails there
+    distributed.on_main(finish, "finishing the run")
     return run_dir
