@@ -45,7 +45,10 @@ def train(
     out: Annotated[Path, typer.Option(help="Run directory to write.")],
     config: Annotated[Path | None, typer.Option(help="YAML file of settings (see TrainSettings).")] = None,
     model: Annotated[str | None, typer.Option(help="Hub id, local folder or tiny model name.")] = None,
-    objective: Annotated[str | None, typer.Option(help="clip, pspo, sigmoid, topr or noclip.")] = None,
+    objective: Annotated[
+        str | None,
+        typer.Option(help="clip, pspo, sigmoid, topr, noclip, dualclip, gspo, cispo or vespo."),
+    ] = None,
     dataset: Annotated[str | None, typer.Option(help="gsm8k or synthetic.")] = None,
     seed: Annotated[
         int | None, typer.Option(help="Run seed (data split, sampling, init of nothing).")

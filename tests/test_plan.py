@@ -167,3 +167,28 @@ def test_dry_run_of_a_slice_and_unknown_sizes():
     assert rows["noclip-onpolicy"][-5:-2] == ["20", "1,280", "768"]  # one generation of 64 per step
     assert float(rows["clip"][-1]) < 0.1  # a tiny model's best checkpoint, twice (no trainer checkpoints)
     assert "GPU-hours not estimated" in result.output
+
+
+def test_dry_run_and_train_command_take_the_new_objectives(tmp_path):
+    result = CliRunner().invoke(
+        app,
+        [
+            "study",
+            "--profile",
+            "field",
+            "--dry-run",
+            "--objectives",
+            "gspo,clip-higher,vespo",
+            "--seeds",
+            "0",
+        ],
+    )
+    assert result.exit_code == 0, result.output
+    rows = {line.split()[1]: line for line in result.output.splitlines() if line.startswith("tiny-")}
+    assert set(rows) == {"gspo", "clip-higher", "vespo"}
+    assert "loss_type=grpo" in rows["gspo"]  # the settings that set a run apart (common: the slice's)
+    # a GSPO run under a token-sum aggregation is refused before anything is written
+    out = tmp_path / "run"
+    bad = CliRunner().invoke(app, ["train", "--out", str(out), "--model", "tiny-test", "--objective", "gspo"])
+    assert bad.exit_code != 0 and "objective 'gspo' needs loss_type 'grpo'" in bad.output
+    assert not out.exists()

@@ -38,6 +38,36 @@ def test_shipped_profiles_expand():
     assert by_key[("Qwen/Qwen2.5-0.5B", "pspo", 0)].grad_accum == 16
 
 
+def test_the_field_profile_runs_each_objective_as_its_paper_does():
+    """The field's objectives beside PSPO on tiny-general-l; clip-higher is a label over the clip."""
+    from pspo_repro.training import objectives
+
+    runs = profiles.expand(profiles.load_profile("field"))
+    by_label = {r.label: r.settings for r in runs if r.seed == 0}
+    assert {r.model for r in runs} == {"tiny-general-l"} and len(runs) == 17 * 3
+    assert {s.objective for s in by_label.values()} == {
+        "clip",
+        "dualclip",
+        "gspo",
+        "cispo",
+        "vespo",
+        "pspo",
+        "noclip",
+    }
+    higher = by_label["clip-higher"]
+    assert (higher.objective, higher.epsilon, higher.epsilon_high) == ("clip", 0.2, 0.28)
+    gspo = by_label["gspo"]
+    assert (gspo.epsilon, gspo.epsilon_high, gspo.loss_type) == (3e-4, 4e-4, "grpo")
+    assert objectives.level_of(gspo.objective, gspo.ratio_level) == "sequence"
+    assert by_label["cispo"].objective_params() == {"epsilon_high": 5.0}
+    assert by_label["dualclip"].objective_params() == {"epsilon": 0.2, "clip_ratio_c": 3.0}
+    stress = by_label["gspo-stress"]
+    assert (stress.objective, stress.loss_type, stress.num_iterations) == ("gspo", "grpo", 4)
+    # the cpu profile's runs are not touched by it
+    cpu = {r.label for r in profiles.expand(profiles.load_profile("cpu"))}
+    assert not cpu & {"clip-higher", "dualclip", "gspo", "cispo", "vespo"}
+
+
 def test_labelled_variants_run_their_objective():
     profile = {
         "models": ["tiny-test"],

@@ -17,7 +17,7 @@ from transformers import TrainerCallback
 
 from pspo_repro.models import loading
 from pspo_repro.study import profiles, rundir
-from pspo_repro.training import callbacks
+from pspo_repro.training import callbacks, objectives
 from pspo_repro.training import train as train_module
 from pspo_repro.training.settings import TrainSettings, read_run_settings
 from pspo_repro.training.train import train
@@ -62,11 +62,18 @@ def rms_change(trained, start) -> float:
 MOVED = 1e-4
 
 
+# settings an objective needs beyond the defaults: GSPO averages per sequence, over its paper's clip range
+OBJECTIVE_SETTINGS = {"gspo": {"loss_type": "grpo", "epsilon": 3e-4, "epsilon_high": 4e-4}}
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize("objective", ["clip", "pspo", "sigmoid", "topr", "noclip"])
+@pytest.mark.parametrize("objective", objectives.names())
 def test_every_objective_trains_and_changes_parameters(objective, tiny_model, tmp_path):
+    extra = OBJECTIVE_SETTINGS.get(objective, {})
     run = train(
-        tiny_settings(tiny_model, objective=objective, eval_every=3), tmp_path / objective, progress=False
+        tiny_settings(tiny_model, objective=objective, eval_every=3, **extra),
+        tmp_path / objective,
+        progress=False,
     )
     done = json.loads((run / "DONE").read_text())
     assert done["steps"] == 3
@@ -75,6 +82,8 @@ def test_every_objective_trains_and_changes_parameters(objective, tiny_model, tm
     assert all(p["grad_norm"] > 0 for p in probes)
     # reused rollouts: after the first update on a batch, ratios leave 1
     assert max(p["mean_abs_r_minus_1"] for p in probes) > 0
+    # objectives that read a sequence ratio record it per sequence
+    assert all(("seq_ratio" in p) == (objective in ("gspo", "vespo")) for p in probes)
     # the checkpoint is the best validation step; a step-3 model differs from the start
     from transformers import AutoModelForCausalLM
 

@@ -163,6 +163,177 @@ def test_pspo_gradient_is_one_minus_alpha_times_noclip(
         assert_gradients_close(grads["pspo"], expected)
 
 
+def assert_matches_stock(ours, stock, model, inputs, ulps: float | None = None):
+    """Our trainer's loss and gradient against stock TRL's on the same batch: the loss to 1e-6 and to float32
+    rounding, the whole gradient to float32 rounding (tests/numerics.py)."""
+    loss_ours, grads_ours = loss_and_grads(ours, model, inputs)
+    loss_stock, grads_stock = loss_and_grads(stock, model, inputs)
+    assert loss_ours.abs() > 1e-4  # a loss that says something
+    assert abs(float(loss_ours) - float(loss_stock)) <= 1e-6
+    assert_losses_close(loss_ours, loss_stock)
+    assert_gradients_close(grads_ours, grads_stock)
+
+
+def trl_metric(trainer, model, name: str) -> float:
+    """The last value stock TRL logged for ``name`` (its own count of clipped tokens or sequences)."""
+    return trainer._metrics["train" if model.training else "eval"][name][-1]
+
+
+def field_trainers(model, tok, dataset, tmp_path, ours: dict, stock: dict, **common):
+    """Our trainer and stock TRL's, built on the same model with the settings given to each."""
+    a = make_trainer(PSPOGRPOTrainer, PSPOGRPOConfig, model, tok, dataset, tmp_path / "a", **common, **ours)
+    b = make_trainer(GRPOTrainer, GRPOConfig, model, tok, dataset, tmp_path / "b", **common, **stock)
+    return a, b
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("cap", [5.0, 1.5])
+def test_cispo_equals_stock_cispo(cap, model_and_tokenizer, train_dataset, tmp_path):
+    """TRL's cispo: -sg(min(r, epsilon_high)) A log pi, aggregated as dapo; a cap of 1.5 binds on this batch."""
+    model, tok = model_and_tokenizer
+    ours, stock = field_trainers(
+        model,
+        tok,
+        train_dataset,
+        tmp_path,
+        ours=dict(objective="cispo", loss_type="dapo"),
+        stock=dict(loss_type="cispo"),
+        epsilon_high=cap,
+        num_iterations=2,
+    )
+    assert_matches_stock(ours, stock, model, fake_inputs(model, tok, seed=3))
+    capped = trl_metric(stock, model, "cispo_clip_ratio")  # TRL's share of A > 0 tokens with r > cap
+    assert capped > 0 if cap < 5 else capped == 0
+
+
+def test_cispo_cap_reaches_trl_as_epsilon_high(tmp_path):
+    """TRL falls back to epsilon (0.2) for an unset epsilon_high, which as CISPO's cap would scale every weight
+    to at most 0.2; our config writes CISPO's default cap (5) under epsilon_high, where TRL's trainer reads it."""
+    from pspo_repro.training.settings import TrainSettings
+    from pspo_repro.training.train import grpo_config
+
+    config = PSPOGRPOConfig(output_dir=str(tmp_path), objective="cispo", use_cpu=True, report_to="none")
+    assert config.epsilon_high == 5.0 and config.build_objective().params == {"epsilon_high": 5.0}
+    settings = TrainSettings(objective="cispo", epsilon_high=None)
+    assert grpo_config(settings, tmp_path).epsilon_high == 5.0
+    assert grpo_config(TrainSettings(objective="cispo", epsilon_high=8.0), tmp_path).epsilon_high == 8.0
+    with pytest.raises(ValueError, match="cispo: epsilon_high is the absolute cap on the ratio"):
+        PSPOGRPOConfig(
+            output_dir=str(tmp_path), objective="cispo", epsilon_high=0.28, use_cpu=True, report_to="none"
+        )
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(("epsilon", "epsilon_high"), [(3e-4, 4e-4), (0.2, 0.28)])
+def test_gspo_equals_stock_sequence_level_clip(
+    epsilon, epsilon_high, model_and_tokenizer, train_dataset, tmp_path
+):
+    """GSPO in TRL: the clip loss at importance_sampling_level "sequence", aggregated as grpo; the GSPO paper's
+    range and a wider one, where some sequences are clipped and others kept."""
+    model, tok = model_and_tokenizer
+    ours, stock = field_trainers(
+        model,
+        tok,
+        train_dataset,
+        tmp_path,
+        ours=dict(objective="gspo"),
+        stock=dict(importance_sampling_level="sequence"),
+        loss_type="grpo",
+        epsilon=epsilon,
+        epsilon_high=epsilon_high,
+        num_iterations=2,
+    )
+    assert ours.args.importance_sampling_level == "sequence"  # the objective's own level, passed on to TRL
+    assert_matches_stock(ours, stock, model, fake_inputs(model, tok, seed=2))
+    assert 0 < trl_metric(stock, model, "clip_ratio/region_mean") < 1  # sequences clipped and kept
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "shape",
+    [{}, dict(vespo_k_pos=1.0, vespo_lambda_pos=0.5, vespo_k_neg=4.0, vespo_lambda_neg=3.0)],
+    ids=["trl-defaults", "other-shape"],
+)
+def test_vespo_equals_stock_vespo(shape, model_and_tokenizer, train_dataset, tmp_path):
+    model, tok = model_and_tokenizer
+    ours, stock = field_trainers(
+        model,
+        tok,
+        train_dataset,
+        tmp_path,
+        ours=dict(objective="vespo", loss_type="dapo"),
+        stock=dict(loss_type="vespo"),
+        num_iterations=2,
+        **shape,
+    )
+    assert_matches_stock(ours, stock, model, fake_inputs(model, tok, seed=5))
+
+
+@pytest.mark.slow
+def test_vespo_folds_vllm_token_weights_into_its_sequence_weight_as_trl(
+    model_and_tokenizer, train_dataset, tmp_path
+):
+    """With vLLM rollouts TRL's vespo multiplies the token importance-sampling ratios into W instead of into
+    the loss; ours does the same (the trainers are told their batch came from vLLM, as above)."""
+    model, tok = model_and_tokenizer
+    ours, stock = field_trainers(
+        model,
+        tok,
+        train_dataset,
+        tmp_path,
+        ours=dict(objective="vespo", loss_type="dapo"),
+        stock=dict(loss_type="vespo"),
+        num_iterations=2,
+        vllm_importance_sampling_mode="token_truncate",
+    )
+    for trainer in (ours, stock):
+        trainer.use_vllm = True
+    inputs = fake_inputs(model, tok, seed=6)
+    g = torch.Generator().manual_seed(6)
+    inputs["importance_sampling_ratio"] = torch.exp(0.3 * torch.randn(8, 10, generator=g)).clamp(max=3.0)
+    assert_matches_stock(ours, stock, model, inputs)
+
+
+@pytest.mark.slow
+def test_clip_higher_equals_stock_epsilon_high(model_and_tokenizer, train_dataset, tmp_path):
+    """Clip-higher is the clip with DAPO's asymmetric range (epsilon 0.2, epsilon_high 0.28)."""
+    model, tok = model_and_tokenizer
+    ours, stock = field_trainers(
+        model,
+        tok,
+        train_dataset,
+        tmp_path,
+        ours=dict(objective="clip"),
+        stock={},
+        loss_type="dapo",
+        epsilon=0.2,
+        epsilon_high=0.28,
+        num_iterations=2,
+    )
+    assert_matches_stock(ours, stock, model, fake_inputs(model, tok, seed=7))
+
+
+def test_vespo_weight_is_trls_gamma_weight():
+    """The closed-form weight against TRL's own function, on sequences from W near 0 to beyond e^20."""
+    g = torch.Generator().manual_seed(8)
+    log_r = 1.5 * torch.randn(16, 12, generator=g)
+    log_r[0] = 5.0  # W = e^60, clamped at e^20
+    log_r[1] = -5.0  # W = e^-60, floored at 1e-8
+    mask = torch.ones(16, 12, dtype=torch.long)
+    for i in range(16):
+        mask[i, 3 + i % 9 :] = 0
+    adv = torch.randn(16, 1, generator=g)
+    is_ratio = torch.exp(0.2 * torch.randn(16, 12, generator=g))
+    from pspo_repro.training import objectives
+
+    shape = dict(k_pos=1.5, lambda_pos=2.5, k_neg=3.0, lambda_neg=2.0)
+    obj = objectives.get("vespo", **{f"vespo_{k}": v for k, v in shape.items()})
+    for extra in (None, is_ratio):
+        trl = GRPOTrainer.get_gamma_weights(adv, log_r, mask, extra, **shape)
+        ours = obj.token_weight(log_r, adv, mask, extra)
+        assert torch.equal(ours, trl.expand_as(ours))
+
+
 def test_unsupported_aggregation_and_objective_are_clear_errors(tmp_path):
     with pytest.raises(
         ValueError, match="loss_type 'sapo' is not an aggregation.*allowed: grpo, bnpo, dr_grpo, dapo"
@@ -172,6 +343,26 @@ def test_unsupported_aggregation_and_objective_are_clear_errors(tmp_path):
         PSPOGRPOConfig(output_dir=str(tmp_path), objective="ppo", use_cpu=True, report_to="none")
     with pytest.raises(ValueError, match=r"alpha must be in \[0, 1\], got 2.0"):
         PSPOGRPOConfig(output_dir=str(tmp_path), objective="pspo", alpha=2.0, use_cpu=True, report_to="none")
+    with pytest.raises(ValueError, match="objective 'gspo' needs loss_type 'grpo'.*got 'dapo'"):
+        PSPOGRPOConfig(output_dir=str(tmp_path), objective="gspo", use_cpu=True, report_to="none")
+    with pytest.raises(ValueError, match="objective 'gspo' runs at ratio level 'sequence'"):
+        PSPOGRPOConfig(
+            output_dir=str(tmp_path),
+            objective="gspo",
+            loss_type="grpo",
+            importance_sampling_level="token",
+            use_cpu=True,
+            report_to="none",
+        )
+    with pytest.raises(ValueError, match="'vespo' folds vLLM's token importance-sampling ratios"):
+        PSPOGRPOConfig(
+            output_dir=str(tmp_path),
+            objective="vespo",
+            use_vllm=True,
+            vllm_importance_sampling_mode="sequence_mask",
+            use_cpu=True,
+            report_to="none",
+        )
 
 
 def test_probe_interval_must_not_alias_with_the_reuse_cycle(tmp_path):
@@ -235,6 +426,91 @@ def test_vllm_importance_sampling_weights_scale_the_loss_as_in_trl_and_reach_the
     assert (record["vllm_is_weight"]["min"], record["vllm_is_weight"]["max"]) == (0.0, 2.0)
     assert record["vllm_is_zero_frac"] == pytest.approx(float((per_token == 0).float().mean()))
     assert record["n_tokens"] == int(inputs["completion_mask"].sum())
+
+
+def probe_record(objective: str, model, tok, dataset, tmp_path, inputs, **settings) -> dict:
+    """The probe record of one optimizer step of ``objective`` on ``inputs`` (training mode)."""
+    probes = tmp_path / f"{objective}.jsonl"
+    trainer = make_trainer(
+        PSPOGRPOTrainer,
+        PSPOGRPOConfig,
+        model,
+        tok,
+        dataset,
+        tmp_path / objective,
+        objective=objective,
+        probes_file=str(probes),
+        probe_every=0,
+        num_iterations=2,
+        **settings,
+    )
+    model.train()
+    loss_and_grads(trainer, model, inputs)
+    trainer._flush_probes(1)
+    (record,) = [json.loads(line) for line in probes.read_text().splitlines()]
+    return record
+
+
+def test_probes_record_the_sequences_a_sequence_level_objective_drops(
+    model_and_tokenizer, train_dataset, tmp_path
+):
+    """GSPO's probe record: the fractions of sequences and of tokens whose gradient is zeroed and the sequence
+    ratio's statistics, checked by hand and against TRL's own count of clipped sequences; a token-level
+    objective's record keeps exactly its earlier fields."""
+    model, tok = model_and_tokenizer
+    inputs = fake_inputs(model, tok, seed=2)
+    mask = inputs["completion_mask"]
+    gspo = dict(loss_type="grpo", epsilon=3e-4, epsilon_high=4e-4)
+    record = probe_record("gspo", model, tok, train_dataset, tmp_path, inputs, **gspo)
+    ids = torch.cat([inputs["prompt_ids"], inputs["completion_ids"]], 1)
+    attention = torch.cat([inputs["prompt_mask"], mask], 1)
+    stock = make_trainer(
+        GRPOTrainer,
+        GRPOConfig,
+        model,
+        tok,
+        train_dataset,
+        tmp_path / "stock",
+        importance_sampling_level="sequence",
+        **gspo,
+    )
+    with torch.no_grad():
+        logps = stock._get_per_token_logps_and_entropies(model, ids, attention, mask.size(1))[0]
+    s = torch.exp(((logps - inputs["old_per_token_logps"]) * mask).sum(-1) / mask.sum(-1))
+    adv = inputs["advantages"]
+    dropped = ((adv > 0) & (s > 1 + 4e-4)) | ((adv < 0) & (s < 1 - 3e-4))
+    assert 0 < int(dropped.sum()) < len(s)
+    assert record["n_sequences"] == len(s)
+    assert record["seq_zero_weight_frac"] == pytest.approx(float(dropped.float().mean()))
+    assert record["seq_zero_weight_frac_pos"] == pytest.approx(float(dropped[adv > 0].float().mean()))
+    assert record["seq_zero_weight_frac_neg"] == pytest.approx(float(dropped[adv < 0].float().mean()))
+    tokens = mask.sum(-1)
+    assert record["zero_weight_frac"] == pytest.approx(float((dropped * tokens).sum() / tokens.sum()))
+    assert record["seq_ratio"]["min"] == pytest.approx(float(s.min()), rel=1e-6)
+    assert record["seq_ratio"]["max"] == pytest.approx(float(s.max()), rel=1e-6)
+    assert record["seq_ratio"]["mean"] == pytest.approx(float(s.mean()), rel=1e-6)
+    assert record["seq_mean_abs_s_minus_1"] == pytest.approx(float((s - 1).abs().mean()), rel=1e-5)
+    # TRL's clip_ratio/region_mean counts clipped sequences at sequence level: the same set (no A is 0 here)
+    model.train()
+    loss_and_grads(stock, model, inputs)
+    assert record["seq_zero_weight_frac"] == pytest.approx(trl_metric(stock, model, "clip_ratio/region_mean"))
+
+    clip = probe_record("clip", model, tok, train_dataset, tmp_path, inputs, epsilon=0.2)
+    assert not any(k.startswith("seq_") or k == "n_sequences" for k in clip)
+    assert set(record) - set(clip) == {
+        "n_sequences",
+        "seq_ratio",
+        "seq_mean_abs_s_minus_1",
+        "seq_zero_weight_frac",
+        "seq_zero_weight_frac_pos",
+        "seq_zero_weight_frac_neg",
+    }
+
+    # VESPO reads its sequence's product ratio W: recorded per sequence, and every token carries phi(W) > 0
+    vespo = probe_record("vespo", model, tok, train_dataset, tmp_path, inputs)
+    big_w = torch.exp(((logps - inputs["old_per_token_logps"]) * mask).sum(-1))
+    assert vespo["seq_ratio"]["max"] == pytest.approx(float(big_w.max()), rel=1e-5)
+    assert vespo["seq_zero_weight_frac"] == 0 and vespo["zero_weight_frac"] == 0
 
 
 def test_a_resumed_epoch_keeps_the_order_it_would_have_had():

@@ -3,11 +3,18 @@
 One JSON line per optimizer step in ``probes.jsonl``:
 
 - ``grad_norm`` (global, before clipping) and ``grad_norm_groups`` (embeddings, attention, mlp, norms, head);
-- ``ratio``: statistics of the per-token importance ratio r = pi_theta / pi_old over completion tokens,
-  and ``ratio_outside``, the fraction outside [1 - eps_low, 1 + eps_high];
+- ``ratio``: statistics of the per-token importance ratio r = pi_theta / pi_old over completion tokens (at
+  sequence level, each token's sequence ratio s), and ``ratio_outside``, the fraction outside the objective's
+  range (the clip's [1 - eps_low, 1 + eps_high], CISPO's r <= epsilon_max; TRL's clip range for objectives
+  without one);
 - ``weight``: statistics of the objective's per-token gradient weight w (d loss / d log r = -w A), and
   ``zero_weight_frac`` (all tokens with A != 0) / ``zero_weight_frac_pos`` / ``zero_weight_frac_neg``:
   the fraction of tokens whose gradient the objective zeroes, by advantage sign;
+- for objectives that read a sequence ratio (any objective at sequence level, such as GSPO's s, the
+  geometric mean of the token ratios; VESPO's product W of them): ``n_sequences``, ``seq_ratio``
+  (statistics over sequences, one value each), ``seq_mean_abs_s_minus_1`` (mean |s - 1| over sequences)
+  and ``seq_zero_weight_frac`` / ``_pos`` / ``_neg``: the fraction of sequences with A != 0 whose every
+  token's gradient is zeroed (a sequence dropped whole);
 - ``staleness``: optimizer updates made since this step's rollouts were generated (0 on the first step
   of each reuse cycle, where every ratio is 1);
 - ``kl_old_theta`` (the k3 estimate of KL(pi_old || pi_theta) on the sampled tokens), ``mean_abs_r_minus_1``,
@@ -22,7 +29,8 @@ One JSON line per optimizer step in ``probes.jsonl``:
   truncated or masked), and ``vllm_is_zero_frac``, the fraction of tokens it masks out;
 - every ``probe_every`` steps: ``cos_to_noclip``, the cosine between this objective's parameter gradient and the
   unclipped surrogate's on the step's first micro-batch (each process's first, averaged over processes), and
-  ``samples``, (ratio, advantage, weight) triples drawn from all the step's tokens.
+  ``samples``, (ratio, advantage, weight) triples drawn from all the step's tokens, the ratio being the one the
+  weight is a function of (VESPO's: the sequence's W).
 """
 
 from __future__ import annotations
@@ -38,6 +46,21 @@ import torch
 from pspo_repro.study import rundir
 
 QUANTILES = (0.01, 0.05, 0.5, 0.95, 0.99)
+# what a step's probe accumulates over its micro-batches (and pools over processes)
+ACCUMULATED = (
+    "ratio",
+    "adv",
+    "weight",
+    "entropy",
+    "is_weight",
+    "logp_diff",
+    "seq_logp_diff",
+    "read",
+    "seq_ratio",
+    "seq_adv",
+    "seq_zero",
+    "cosines",
+)
 
 
 def param_group(name: str) -> str:
@@ -107,6 +130,12 @@ class StepProbe:
         self.is_weight: list[torch.Tensor] = []
         self.logp_diff: list[torch.Tensor] = []
         self.seq_logp_diff: list[torch.Tensor] = []
+        self.read: list[
+            torch.Tensor
+        ] = []  # per token: the sequence ratio its weight reads (sequence objectives)
+        self.seq_ratio: list[torch.Tensor] = []  # per sequence
+        self.seq_adv: list[torch.Tensor] = []
+        self.seq_zero: list[torch.Tensor] = []
         self.cosines: list[float] = []
         self.grad_norm: float | None = None
         self.grad_norm_groups: dict[str, float] = {}
@@ -117,16 +146,7 @@ class StepProbe:
         gradient norms are the first's, since the processes' gradients are averaged before the norms)."""
         out = cls()
         for part in parts:
-            for name in (
-                "ratio",
-                "adv",
-                "weight",
-                "entropy",
-                "is_weight",
-                "logp_diff",
-                "seq_logp_diff",
-                "cosines",
-            ):
+            for name in ACCUMULATED:
                 getattr(out, name).extend(getattr(part, name))
         out.grad_norm, out.grad_norm_groups = parts[0].grad_norm, parts[0].grad_norm_groups
         return out
@@ -139,8 +159,10 @@ class StepProbe:
         weight: torch.Tensor,
         mask: torch.Tensor,
         entropy: torch.Tensor | None,
+        seq_ratio: torch.Tensor | None = None,
     ) -> None:
-        """Keep the completion tokens (mask > 0) of one micro-batch; all inputs broadcast to (B, T)."""
+        """Keep the completion tokens (mask > 0) of one micro-batch; all inputs broadcast to (B, T).
+        ``seq_ratio`` (B, 1): the sequence ratio the objective's weight reads, for objectives that read one."""
         keep = mask.bool()
         shape = mask.shape
         self.ratio.append(ratio.expand(shape)[keep].float().cpu())
@@ -148,6 +170,14 @@ class StepProbe:
         self.weight.append(weight.expand(shape)[keep].float().cpu())
         if entropy is not None:
             self.entropy.append(entropy[keep].float().cpu())
+        if seq_ratio is not None:
+            self.read.append(seq_ratio.expand(shape)[keep].float().cpu())
+            seqs = keep.any(-1)  # sequences with at least one completion token
+            adv = (advantages.expand(shape) * mask).sum(-1) / mask.sum(-1).clamp(min=1)
+            dropped = ((weight.expand(shape) == 0) | ~keep).all(-1)  # every token's gradient zeroed
+            self.seq_ratio.append(seq_ratio.reshape(-1)[seqs].float().cpu())
+            self.seq_adv.append(adv[seqs].float().cpu())
+            self.seq_zero.append(dropped[seqs].cpu())
 
     @torch.no_grad()
     def add_is_weights(self, weight: torch.Tensor, mask: torch.Tensor) -> None:
@@ -165,8 +195,8 @@ class StepProbe:
         self.logp_diff.append(diff[keep].cpu())
         self.seq_logp_diff.append(diff.masked_fill(~keep, 0.0).sum(-1).cpu())
 
-    def summary(self, eps_low: float, eps_high: float, n_samples: int, generator: torch.Generator) -> dict:
-        """The probe record of the step (see the module docstring)."""
+    def summary(self, lo: float, hi: float, n_samples: int, generator: torch.Generator) -> dict:
+        """The probe record of the step (see the module docstring); ``[lo, hi]``: the objective's ratio range."""
         rec: dict[str, Any] = {"grad_norm": self.grad_norm, "grad_norm_groups": self.grad_norm_groups}
         if not self.ratio:
             return rec
@@ -183,7 +213,7 @@ class StepProbe:
             n_tokens=int(r.numel()),
             adv_zero_frac=float((~nonzero).float().mean()),
             ratio=_summary(r),
-            ratio_outside=float(((r < 1 - eps_low) | (r > 1 + eps_high)).float().mean()),
+            ratio_outside=float(((r < lo) | (r > hi)).float().mean()),
             weight=_summary(w.abs()),
             zero_weight_frac=frac(nonzero),
             zero_weight_frac_pos=frac(pos),
@@ -193,6 +223,8 @@ class StepProbe:
         )
         if self.entropy:
             rec["entropy"] = float(torch.cat(self.entropy).mean())
+        if self.seq_ratio:
+            rec.update(self._sequence_summary())
         if self.is_weight:
             is_w = torch.cat(self.is_weight)
             rec["vllm_is_weight"] = _summary(is_w)
@@ -204,9 +236,27 @@ class StepProbe:
         if self.cosines:
             rec["cos_to_noclip"] = sum(finite) / len(finite) if finite else None
         if n_samples > 0:
+            read = torch.cat(self.read) if self.read else r
             idx = torch.randperm(r.numel(), generator=generator)[:n_samples]
-            rec["samples"] = torch.stack([r[idx], a[idx], w[idx]], dim=1).tolist()
+            rec["samples"] = torch.stack([read[idx], a[idx], w[idx]], dim=1).tolist()
         return rec
+
+    def _sequence_summary(self) -> dict[str, Any]:
+        """Per-sequence fields: the sequence ratio's statistics and the sequences dropped whole."""
+        s, a, dropped = torch.cat(self.seq_ratio), torch.cat(self.seq_adv), torch.cat(self.seq_zero)
+
+        def frac(sel: torch.Tensor) -> float | None:
+            n = int(sel.sum())
+            return float((dropped & sel).sum()) / n if n else None
+
+        return {
+            "n_sequences": int(s.numel()),
+            "seq_ratio": _summary(s),
+            "seq_mean_abs_s_minus_1": float((s - 1).abs().mean()),
+            "seq_zero_weight_frac": frac(a != 0),
+            "seq_zero_weight_frac_pos": frac(a > 0),
+            "seq_zero_weight_frac_neg": frac(a < 0),
+        }
 
 
 class ProbeLog:

@@ -29,17 +29,36 @@ class TrainSettings:
     """Everything that defines a run. Defaults are the authors' script for Qwen2.5-0.5B with PSPO."""
 
     model: str = field(default="Qwen/Qwen2.5-0.5B", metadata={"help": "hub id, local folder or tiny name"})
-    objective: str = field(default="pspo", metadata={"help": "clip, pspo, sigmoid, topr or noclip"})
+    objective: str = field(
+        default="pspo",
+        metadata={
+            "help": "clip, pspo, sigmoid, topr, noclip, dualclip, gspo, cispo or vespo (objectives.py)"
+        },
+    )
     label: str | None = field(
         default=None, metadata={"help": "the run's name in a study (e.g. clip-shuffled); default: objective"}
     )
     # objective parameters (objectives.PARAMS), under GRPOConfig's names where TRL has the setting
     alpha: float = field(default=0.1, metadata={"help": "PSPO smoothing in [0, 1]"})
     epsilon: float = field(default=0.1, metadata={"help": "clip range (the authors intended 0.1 at 0.5B)"})
-    epsilon_high: float | None = field(default=None, metadata={"help": "upper clip range; default epsilon"})
+    epsilon_high: float | None = field(
+        default=None,
+        metadata={"help": "upper clip range, default epsilon; cispo: the cap on r, default 5 (ScaleRL's)"},
+    )
     sapo_temperature_pos: float = field(default=1.0, metadata={"help": "sigmoid temperature for A > 0"})
     sapo_temperature_neg: float = field(default=1.05, metadata={"help": "sigmoid temperature for A <= 0"})
-    ratio_level: str = field(default="token", metadata={"help": "importance ratio per 'token' or 'sequence'"})
+    clip_ratio_c: float = field(default=3.0, metadata={"help": "dualclip: loss cap -c A for A < 0 (> 1)"})
+    # VESPO's gamma weight phi(W) = e^lambda W^k e^(-lambda W) of the sequence ratio W; TRL's defaults
+    vespo_k_pos: float = field(default=2.0, metadata={"help": "vespo: k for A >= 0"})
+    vespo_lambda_pos: float = field(default=3.0, metadata={"help": "vespo: lambda for A >= 0"})
+    vespo_k_neg: float = field(default=3.0, metadata={"help": "vespo: k for A < 0"})
+    vespo_lambda_neg: float = field(default=2.0, metadata={"help": "vespo: lambda for A < 0"})
+    ratio_level: str | None = field(
+        default=None,
+        metadata={
+            "help": "importance ratio per 'token' or 'sequence'; default the objective's (gspo: sequence)"
+        },
+    )
     dataset: str = field(default="gsm8k", metadata={"help": "training data: gsm8k or synthetic"})
     data_dir: str | None = field(default=None, metadata={"help": "local benchmark folder (else the hub)"})
     reward: str = field(default="paper", metadata={"help": "paper (authors' shaped reward) or strict"})
@@ -212,6 +231,10 @@ class TrainSettings:
         """The objective's parameters (validated), by their names in :data:`objectives.PARAMS`."""
         params = objectives.params_of(self.objective, self)
         objectives.get(self.objective, level=self.ratio_level, **params)
+        correction = self.use_vllm and self.vllm_importance_sampling_correction
+        objectives.check_settings(
+            self.objective, self.loss_type, self.vllm_importance_sampling_mode if correction else None
+        )
         return params
 
     @classmethod

@@ -1,9 +1,12 @@
-"""TRL's GRPOTrainer with a pluggable per-token objective (clip, PSPO, sigmoid, TOPR, unclipped) and probes.
+"""TRL's GRPOTrainer with a pluggable per-token objective (:mod:`pspo_repro.training.objectives`) and probes.
 
 Only the policy loss changes: generation, rewards, advantages, rollout reuse (``num_iterations``,
 ``steps_per_generation``), the KL term (``beta``), the vLLM importance-sampling correction and the loss
 aggregation (``loss_type``) are TRL's. ``loss_type`` selects only the aggregation here (grpo, bnpo,
-dr_grpo, dapo); the per-token loss comes from :mod:`pspo_repro.training.objectives`.
+dr_grpo, dapo); the per-token loss comes from the objective. TRL's objectives map as: its clip losses
+(grpo, bnpo, dr_grpo, dapo) are ``clip`` with that aggregation, ``sapo`` is ``sigmoid`` with grpo,
+``cispo`` and ``vespo`` are those objectives with dapo, and importance_sampling_level "sequence" with grpo
+is ``gspo``.
 """
 
 from __future__ import annotations
@@ -27,12 +30,27 @@ AGGREGATIONS = ("grpo", "bnpo", "dr_grpo", "dapo")
 
 @dataclass
 class PSPOGRPOConfig(GRPOConfig):
-    """GRPOConfig plus the objective and the probes. ``epsilon``/``epsilon_high`` parametrise ``clip`` and
-    ``sapo_temperature_pos``/``_neg`` parametrise ``sigmoid``, under TRL's own names."""
+    """GRPOConfig plus the objective and the probes. The objectives' parameters carry TRL's names where TRL
+    has them (``epsilon``/``epsilon_high``: the clip's range and CISPO's cap; SAPO's temperatures for
+    ``sigmoid``; ``vespo_*``), see :data:`objectives.PARAMS`."""
 
     objective: str = field(
         default="pspo",
-        metadata={"help": "Per-token policy objective: one of clip, pspo, sigmoid, topr, noclip."},
+        metadata={
+            "help": "Per-token policy objective: one of clip, pspo, sigmoid, topr, noclip, dualclip, gspo, "
+            "cispo, vespo."
+        },
+    )
+    importance_sampling_level: str | None = field(
+        default=None,
+        metadata={
+            "help": "Importance ratio per 'token' or per 'sequence'; default: the objective's own (sequence for "
+            "gspo, token for the others)."
+        },
+    )
+    clip_ratio_c: float = field(
+        default=3.0,
+        metadata={"help": "dualclip: for A < 0 the loss is capped at -clip_ratio_c * A (verl's name); > 1."},
     )
     alpha: float = field(
         default=0.1,
@@ -68,6 +86,8 @@ class PSPOGRPOConfig(GRPOConfig):
     )
 
     def __post_init__(self) -> None:
+        # resolved first, so that TRL's own checks and metrics see the level the objective runs at
+        self.importance_sampling_level = objectives.level_of(self.objective, self.importance_sampling_level)
         super().__post_init__()
         if self.loss_type not in AGGREGATIONS:
             raise ValueError(
@@ -84,7 +104,16 @@ class PSPOGRPOConfig(GRPOConfig):
                 f"land on the first, on-policy step of the cycle where all ratios are 1; choose a K that is "
                 f"not a multiple of {cycle}, e.g. {self.probe_every + 1}"
             )
-        self.build_objective()  # validates the objective name and its parameters early
+        objective = self.build_objective()  # validates the objective name and its parameters early
+        correction = self.use_vllm and self.vllm_importance_sampling_correction
+        objectives.check_settings(
+            self.objective, self.loss_type, self.vllm_importance_sampling_mode if correction else None
+        )
+        # Values the objective resolved (CISPO's cap when epsilon_high is unset) written back under TRL's names,
+        # so TRL's trainer reads what the loss uses: TRL's own fallback for epsilon_high is epsilon (0.2).
+        for name, value in objective.params.items():
+            if getattr(self, name) is None:
+                setattr(self, name, value)
 
     def optimizer_steps_per_generation(self) -> int:
         """How many optimizer steps one generation batch serves (1: on-policy, every ratio is 1)."""
@@ -151,7 +180,7 @@ class PSPOGRPOTrainer(GRPOTrainer):
         if bad:
             raise ValueError(f"PSPOGRPOTrainer does not support these GRPOConfig options: {', '.join(bad)}")
         self.objective = self.args.build_objective()
-        self._noclip = objectives.get("noclip", level=self.args.importance_sampling_level)
+        self._noclip = objectives.get("noclip", level=self.objective.level)
         path = self.args.probes_file or os.path.join(self.args.output_dir, rundir.PROBES)
         # the main process writes the probes of the whole step (see _flush_probes)
         main = self.accelerator.is_main_process
@@ -220,7 +249,9 @@ class PSPOGRPOTrainer(GRPOTrainer):
         if self.accelerator.num_processes > 1:  # every process saw part of the step's batch
             current = StepProbe.merged(gather_object([current]))
         n = self.args.probe_samples if current.cosines else 0
-        record = current.summary(self.epsilon_low, self.epsilon_high, n, self.probe_log.generator)
+        # the objective's ratio range (the clip's, CISPO's cap); TRL's clip range for objectives without one
+        lo, hi = self.objective.bounds or (1.0 - self.epsilon_low, 1.0 + self.epsilon_high)
+        record = current.summary(lo, hi, n, self.probe_log.generator)
         # Optimizer updates made since the rollouts of this step were generated (0: on-policy).
         record["staleness"] = (step - 1) % self.args.optimizer_steps_per_generation()
         self.probe_log.write(step, record)
@@ -262,8 +293,24 @@ class PSPOGRPOTrainer(GRPOTrainer):
         old_logps = inputs.get("old_per_token_logps")
         old_logps = logps.detach() if old_logps is None else old_logps  # on-policy: r = 1
 
-        log_r = objectives.log_ratio(logps, old_logps, self.importance_sampling_level, mask)
-        per_token_loss = self.objective.loss_from_log_ratio(log_r, advantages, like=logps)
+        log_r = objectives.log_ratio(logps, old_logps, self.objective.level, mask)
+        if (
+            self.use_vllm
+            and self.args.probes
+            and self.model.training
+            and "sampling_per_token_logps" in inputs
+        ):
+            # old_logps are the trainer's log-probabilities under the weights vLLM sampled with
+            self.probe_log.current.add_logp_diff(old_logps, inputs["sampling_per_token_logps"], mask)
+        # vLLM's importance-sampling ratio: the objective multiplies its loss by it (VESPO folds it in)
+        is_ratio = None
+        if self.use_vllm and self.vllm_importance_sampling_correction:
+            is_ratio = inputs["importance_sampling_ratio"]
+            if self.args.probes and self.model.training:
+                self.probe_log.current.add_is_weights(is_ratio, mask)
+        per_token_loss = self.objective.loss_from_log_ratio(
+            log_r, advantages, like=logps, mask=mask, logp=logps, is_ratio=is_ratio
+        )
         # The cosine needs two extra backward passes: taken on the first micro-batch of a probe step only (the
         # statistic it reports), not on every one of the step's grad_accum micro-batches.
         probe_cos = (
@@ -273,22 +320,7 @@ class PSPOGRPOTrainer(GRPOTrainer):
             and not self.probe_log.current.cosines
         )
         if probe_cos:
-            unclipped = self._noclip.loss_from_log_ratio(log_r, advantages, like=logps)
-
-        if (
-            self.use_vllm
-            and self.args.probes
-            and self.model.training
-            and "sampling_per_token_logps" in inputs
-        ):
-            # old_logps are the trainer's log-probabilities under the weights vLLM sampled with
-            self.probe_log.current.add_logp_diff(old_logps, inputs["sampling_per_token_logps"], mask)
-        if self.use_vllm and self.vllm_importance_sampling_correction:
-            per_token_loss = per_token_loss * inputs["importance_sampling_ratio"]
-            if self.args.probes and self.model.training:
-                self.probe_log.current.add_is_weights(inputs["importance_sampling_ratio"], mask)
-            if probe_cos:
-                unclipped = unclipped * inputs["importance_sampling_ratio"]
+            unclipped = self._noclip.loss_from_log_ratio(log_r, advantages, like=logps, is_ratio=is_ratio)
         if self.beta != 0.0:
             ref = inputs["ref_per_token_logps"]
             per_token_kl = torch.exp(ref - logps) - (ref - logps) - 1
@@ -308,9 +340,11 @@ class PSPOGRPOTrainer(GRPOTrainer):
             self._metrics[mode]["kl"].append(self.accelerator.gather(kl_mean).mean().item())
 
         if self.args.probes and self.model.training:
-            ratio = torch.exp(log_r.detach())
-            weight = self.objective.grad_weight(ratio, advantages)
-            self.probe_log.current.add_tokens(ratio, advantages, weight, mask, entropies)
+            lr = log_r.detach()
+            weight = self.objective.token_weight(lr, advantages, mask, is_ratio)
+            seq = self.objective.sequence_log_ratio(lr, mask, is_ratio)
+            seq_ratio = None if seq is None else torch.exp(seq)
+            self.probe_log.current.add_tokens(torch.exp(lr), advantages, weight, mask, entropies, seq_ratio)
             if probe_cos:
                 params = [p for p in model.parameters() if p.requires_grad]
                 pair = self._aggregate(policy_loss, mask, inputs), self._aggregate(unclipped, mask, inputs)
