@@ -70,6 +70,9 @@ class TrainSettings:
     )
     eval_every: int = field(default=100, metadata={"help": "validation every N optimizer steps"})
     validation_limit: int | None = field(default=None, metadata={"help": "first N validation problems"})
+    train_limit: int | None = field(
+        default=None, metadata={"help": "first N training problems (a smoke test's epoch); default: all"}
+    )
     eval_batch_size: int = field(default=64, metadata={"help": "completions per validation generate call"})
     # validation: greedy, or sampled as TRL's evaluation in the authors' runs (mean reward of sampled completions)
     validation: str = field(default="greedy", metadata={"help": "greedy or sampled"})
@@ -127,6 +130,10 @@ class TrainSettings:
     )
 
     def __post_init__(self) -> None:
+        for name in ("train_limit", "validation_limit"):
+            limit = getattr(self, name)
+            if limit is not None and limit < 1:
+                raise ValueError(f"{name} must be >= 1 or unset (every problem), got {limit}")
         if self.dataset not in DATASETS:
             raise ValueError(f"dataset must be one of {', '.join(DATASETS)}, got {self.dataset!r}")
         if self.optimizer not in ("adamw", "sgd"):
