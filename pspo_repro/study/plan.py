@@ -226,6 +226,8 @@ def _prompt_counts(settings: TrainSettings) -> tuple[int | None, int]:
         validation = settings.validation_limit or len(loaders.load("synthetic", "validation"))
     if settings.validation_limit is not None:
         validation = min(validation, settings.validation_limit)
+    if settings.train_limit is not None and train is not None:
+        train = min(train, settings.train_limit)
     return train, validation
 
 

@@ -89,6 +89,9 @@ class TrainSettings:
     )
     eval_every: int = field(default=100, metadata={"help": "validation every N optimizer steps"})
     validation_limit: int | None = field(default=None, metadata={"help": "first N validation problems"})
+    train_limit: int | None = field(
+        default=None, metadata={"help": "first N training problems (a smoke test's epoch); default: all"}
+    )
     eval_batch_size: int | None = field(
         default=None,
         metadata={
@@ -152,6 +155,10 @@ class TrainSettings:
     )
 
     def __post_init__(self) -> None:
+        for name in ("train_limit", "validation_limit"):
+            limit = getattr(self, name)
+            if limit is not None and limit < 1:
+                raise ValueError(f"{name} must be >= 1 or unset (every problem), got {limit}")
         if self.dataset not in DATASETS:
             raise ValueError(f"dataset must be one of {', '.join(DATASETS)}, got {self.dataset!r}")
         if self.optimizer not in ("adamw", "sgd"):

@@ -33,6 +33,8 @@ def load_problems(settings: TrainSettings) -> tuple[list[loaders.Problem], list[
         validation = loaders.load("synthetic", "validation")
     if settings.validation_limit is not None:
         validation = validation[: settings.validation_limit]
+    if settings.train_limit is not None:
+        train = train[: settings.train_limit]
     return train, validation
 
 

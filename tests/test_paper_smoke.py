@@ -1,0 +1,139 @@
+"""The paper profile's code path on a real instruct model, end to end on CPU (the `paper-smoke` profile).
+
+SmolLM2-135M-Instruct has a Hugging Face BPE tokenizer and chat template, as the Qwen models do, so this is
+where the paper's path meets a real tokenizer: the authors' system prompt, the paper reward, sampled
+validation, bf16 autocast over float32 master weights, trainer checkpoints, training by epochs, evaluation
+in fresh processes, and the audit of a profile whose parent trains by epochs (max_steps -1).
+"""
+
+from __future__ import annotations
+
+import pytest
+from transformers import TrainerCallback
+
+from pspo_repro.analysis import audit
+from pspo_repro.data import loaders, prompts
+from pspo_repro.models import generation, loading
+from pspo_repro.study import profiles, rundir, runner
+from pspo_repro.training import rewards
+from pspo_repro.training.callbacks import Validation
+from pspo_repro.training.settings import TrainSettings
+from pspo_repro.training.train import grpo_config, to_dataset, train
+from pspo_repro.training.trainer import PSPOGRPOTrainer
+
+pytestmark = pytest.mark.slow
+
+PROFILE = "paper-smoke"
+
+
+def smoke_settings(data_dir, label: str = "clip") -> TrainSettings:
+    run = next(r for r in profiles.expand(profiles.load_profile(PROFILE)) if r.label == label)
+    return TrainSettings.from_dict({**run.settings.to_dict(), "data_dir": str(data_dir)})
+
+
+@pytest.fixture(scope="module")
+def study(data_dir, tmp_path_factory):
+    """The whole profile: starting model, two runs, evaluation in fresh processes, then the audit."""
+    root = tmp_path_factory.mktemp("paper-smoke")
+    result = runner.run_study(
+        PROFILE, root / "runs", root / "results", data_dir=str(data_dir), progress=False, isolate=True
+    )
+    assert result.failed == []
+    return root
+
+
+def test_the_profile_is_the_paper_scaled_down():
+    paper = {r.label: r.settings for r in profiles.expand(profiles.load_profile("paper"))}
+    runs = profiles.expand(profiles.load_profile(PROFILE))
+    assert sorted(r.label for r in runs) == ["clip", "pspo"]
+    for r in runs:
+        s = r.settings
+        assert (s.model, s.dataset, s.reward, s.system_prompt, s.validation) == (
+            "smollm2", "gsm8k", "paper", "authors", "sampled"
+        )  # fmt: skip
+        assert s.max_steps == -1 and s.epochs == 1 and s.train_limit == 2  # by epochs, as the paper trains
+        assert s.bf16 is True and s.save_steps == 2 and s.num_iterations == 2  # reuse: staleness 1
+        same = (
+            "loss_type",
+            "beta",
+            "temperature",
+            "top_p",
+            "num_generations",
+            "max_grad_norm",
+            "lr_scheduler",
+        )
+        assert {k: getattr(s, k) for k in same} == {k: getattr(paper[r.label], k) for k in same}
+
+
+def test_runs_train_and_are_evaluated_in_fresh_processes(study):
+    study_dir = study / "runs" / PROFILE
+    for label in ("clip", "pspo"):
+        folder = study_dir / "smollm2" / label / "seed0"
+        done = rundir.read_json(folder / rundir.DONE)
+        assert done["steps"] == 4
+        assert [r["step"] for r in rundir.read_jsonl(folder / rundir.VALIDATION)] == [0, 2, 4]
+        summary = rundir.read_json(folder / rundir.EVAL / rundir.SUMMARY)
+        assert sorted(summary["benchmarks"]) == ["asdiv", "gsm8k", "svamp"]
+        assert all(b["n"] == 4 for b in summary["benchmarks"].values())
+        assert {"paper", "strict", "flexible", "permissive"} <= set(summary["benchmarks"]["gsm8k"]["metrics"])
+        assert rundir.read_json(folder / rundir.CONFIG)["system_prompt"] == "authors"
+
+
+def test_prompt_token_ids_are_the_same_in_rollouts_validation_and_evaluation(study, data_dir, tmp_path):
+    settings = smoke_settings(data_dir)
+    source = loading.resolve(settings.model)
+    tokenizer = loading.load_tokenizer(source)
+    problems = loaders.load("gsm8k", data_dir=data_dir, limit=4)  # the problems the study evaluated
+    trainer = PSPOGRPOTrainer(
+        model=loading.load_model(source),
+        reward_funcs=[rewards.get(settings.reward)],
+        args=grpo_config(settings, tmp_path),
+        train_dataset=to_dataset(problems, settings.system_prompt),
+        processing_class=tokenizer,
+    )
+    rollout_ids = trainer._tokenize_prompts([row["prompt"] for row in trainer.train_dataset])[0]
+    validation = Validation(tmp_path, settings, problems, tokenizer)
+    validation_ids = tokenizer(validation.texts, add_special_tokens=False)["input_ids"]
+    records = rundir.read_jsonl(
+        study / "runs" / PROFILE / "smollm2" / "clip" / "seed0" / "eval" / "gsm8k.jsonl"
+    )
+    by_id = {r["id"]: r["prompt"] for r in records}
+    evaluation_ids = tokenizer([by_id[p.id] for p in problems], add_special_tokens=False)["input_ids"]
+    assert [list(x) for x in rollout_ids] == validation_ids == evaluation_ids
+    assert prompts.AUTHORS_SYSTEM_PROMPT in validation.texts[0]  # the authors' system message
+
+    # completions stop where TRL's rollouts stop: the same stop ids, and no stop token inside a completion
+    stops = generation.stop_token_ids(tokenizer, trainer.model.generation_config)
+    assert stops == sorted(trainer.eos_token_ids)
+    for r in records:
+        for text in r["completions"]:
+            assert all(tokenizer.convert_ids_to_tokens(i) not in text for i in stops)
+
+
+def test_a_run_resumes_from_its_trainer_checkpoint(data_dir, tmp_path):
+    settings = smoke_settings(data_dir, "pspo")
+
+    class Crash(TrainerCallback):
+        def on_step_end(self, args, state, control, **kwargs):
+            if state.global_step == 3:  # after the trainer checkpoint of step 2
+                raise RuntimeError("simulated crash")
+
+    with pytest.raises(RuntimeError, match="simulated crash"):
+        train(settings, tmp_path, progress=False, callbacks=[Crash()])
+    assert not rundir.is_done(tmp_path)
+    train(settings, tmp_path, progress=False)
+    provenance = rundir.read_json(tmp_path / rundir.PROVENANCE)
+    assert [r["step"] for r in provenance["resumed"]] == [2]
+    steps = [r["step"] for r in rundir.read_jsonl(tmp_path / rundir.TRAIN_LOG) if "step" in r]
+    assert steps == sorted(set(steps)) and steps[-1] == 4  # each step once, to the end of the epoch
+    assert rundir.read_json(tmp_path / rundir.DONE)["steps"] == 4
+
+
+def test_the_audit_runs_on_a_profile_trained_by_epochs(study):
+    path = audit.run_audit(PROFILE, study / "runs", study / "results", plot=False)
+    text = path.read_text()
+    ident = rundir.read_json(study / "results" / PROFILE / audit.IDENTITIES_FILE)
+    assert sorted(ident) == ["smollm2/clip/seed0", "smollm2/pspo/seed0"]
+    assert all(0 < m["steps"] <= 4 for m in ident.values())  # a few steps, never the whole epoch count
+    assert "## PSPO is a rescaled unclipped surrogate" in text
+    assert sorted(p.name for p in (study / "results" / PROFILE).iterdir() if p.name.startswith(".")) == []
