@@ -80,10 +80,27 @@ def load_tokenizer(source: ModelSource) -> Any:
     from transformers import AutoTokenizer
 
     tok = AutoTokenizer.from_pretrained(source.path, **source.from_pretrained_kwargs())
+    if source.gguf_file:
+        _gguf_special_tokens(tok, Path(source.path) / source.gguf_file)
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token
     tok.padding_side = "left"
     return tok
+
+
+def _gguf_special_tokens(tok: Any, path: Path) -> None:
+    """Set the special tokens a GGUF file declares (``tokenizer.ggml.*_token_id``). Some transformers
+    releases (5.17) convert SmolLM2's GGUF tokenizer with ``<|im_start|>`` as its eos, which would make
+    training rollouts and evaluation run past the end of every chat turn; the file itself says
+    ``<|im_end|>``."""
+    import gguf
+
+    fields = gguf.GGUFReader(str(path)).fields
+    for role in ("bos", "eos", "padding"):
+        field = fields.get(f"tokenizer.ggml.{role}_token_id")
+        if field is not None:
+            token = tok.convert_ids_to_tokens(int(field.parts[field.data[0]][0]))
+            setattr(tok, "pad_token" if role == "padding" else f"{role}_token", token)
 
 
 def load_model(source: ModelSource, dtype: Any = None, device: str | None = None) -> Any:
