@@ -192,3 +192,24 @@ def test_audit_command_on_a_folder_without_runs_is_a_clear_error(tmp_path):
     assert result.exit_code == 2
     assert "no finished runs" in result.output
     assert not (tmp_path / "audit-test" / "audit.md").exists()
+
+
+def test_identity_steps_are_few_even_when_a_run_counts_epochs():
+    """The identities are measured on a few optimizer steps of each run: two reuse cycles, at least 8, at most
+    one cycle beyond 8 and never more than 32 or the run's own length; the paper's runs count epochs
+    (max_steps -1, 2,622 steps) and are measured on 8."""
+    from pspo_repro.analysis.audit import measurement
+
+    paper = {(r.model, r.label): r.settings for r in profiles.expand(profiles.load_profile("paper"))}
+    measured = {key: s for key, s in paper.items() if key[1] in audit.IDENTITY_LABELS}
+    assert len(measured) == 6  # pspo and clip on each of the three models
+    for s in measured.values():
+        assert s.max_steps == -1
+        assert measurement.identity_steps(s) == 8
+    cpu = {(r.model, r.label): r.settings for r in profiles.expand(profiles.load_profile("cpu"))}
+    assert measurement.identity_steps(cpu[("tiny-general-l", "pspo")]) == 8  # two cycles of 4
+    assert measurement.identity_steps(cpu[("tiny-general-l", "pspo-stress")]) == 16  # one cycle of 16
+    short = cpu[("tiny-general-l", "pspo")]
+    assert measurement.identity_steps(type(short).from_dict({**short.to_dict(), "max_steps": 4})) == 4
+    long_cycle = {**short.to_dict(), "steps_per_generation": 64, "num_iterations": 4, "max_steps": -1}
+    assert measurement.identity_steps(type(short).from_dict(long_cycle)) == 32

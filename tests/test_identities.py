@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from pspo_repro.analysis import identities
+from pspo_repro.data import prompts
 from pspo_repro.training import objectives
 from pspo_repro.training.settings import TrainSettings
 
@@ -158,3 +159,25 @@ def test_identities_hold_to_the_precision_of_the_run(bf16, tiny_model, tmp_path)
     # the kept copy reproduces TRL's stored log-probs of pi_old (computed in other batches: not bitwise; 7e-7
     # under both precisions here, 0.08 under bf16 when the copy ran without autocast)
     assert summary["old_logp_max_abs_diff"] < 1e-4
+
+
+@pytest.mark.slow
+def test_identity_retraining_uses_the_runs_system_prompt(tiny_model, tmp_path):
+    """The identities are measured on the run's own prompts: its system prompt included."""
+    s = dataclasses.replace(settings("pspo", 0.4), system_prompt="authors")
+    trainer = identities.recording_trainer(s, tmp_path, steps=2)
+    # the conversation TRL renders with the model's chat template (the tiny models' template leaves the
+    # system message out; a Qwen template prints it)
+    system, user = trainer.train_dataset[0]["prompt"]
+    assert system == {"role": "system", "content": prompts.AUTHORS_SYSTEM_PROMPT}
+    assert user["role"] == "user"
+    assert trainer.args.max_steps == 2
+
+
+@pytest.mark.slow
+def test_identity_measurement_saves_no_checkpoint(tiny_model, tmp_path):
+    """A run that keeps trainer checkpoints (save_steps) is measured without any: none is needed."""
+    s = dataclasses.replace(settings("clip", 0.1), save_steps=4)
+    records = identities.measure(s, tmp_path, steps=4, states_per_batch=8)
+    assert len(records) == 4
+    assert not list(tmp_path.rglob("checkpoint-*"))

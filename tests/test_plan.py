@@ -98,6 +98,11 @@ def test_dry_run_of_the_paper_profile():
     assert by_key[("Qwen/Qwen2.5-1.5B", "pspo", "0")][3] == "-"  # the common settings exactly
     assert "total: 85 runs, 203,205 optimizer steps, 7,131,840 training completions" in result.output
     assert "about 288 GPU-hours" in result.output
+    # the audit retrains the first steps of pspo and clip on each model to measure the identities
+    assert (
+        "audit identities: 6 runs (lowest seed of each model's pspo, clip, pspo-stress, clip-stress), "
+        "8 optimizer steps each (48 in all), about 0.09 GPU-hours (not in the total above)"
+    ) in result.output
     assert "0.025 s per decoding step of a batch for models <= 1B" in result.output
     assert "not measurements" in result.output
     assert not (runner.Path("runs") / "paper").exists()  # nothing ran
@@ -138,3 +143,7 @@ def test_dry_run_of_a_slice_and_unknown_sizes():
     assert rows["clip"][-4:] == ["20", "640", "768", "-"]
     assert rows["noclip-onpolicy"][-4:-1] == ["20", "1,280", "768"]  # one generation of 64 per step
     assert "GPU-hours not estimated" in result.output
+    assert (
+        "audit identities: 4 runs (lowest seed of each model's pspo, clip, pspo-stress, clip-stress), "
+        "8 to 16 optimizer steps each (48 in all), GPU-hours not estimated (a model of unknown size)"
+    ) in result.output

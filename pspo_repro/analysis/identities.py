@@ -21,6 +21,7 @@ each generation). :func:`measure` runs it for a few steps of a run's settings.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -214,23 +215,24 @@ class RecordingTrainer(PSPOGRPOTrainer):
         return record
 
 
-def measure(
+def recording_trainer(
     settings: Any,
     out_dir: str | Path,
     steps: int = 8,
     identity_alpha: float | None = None,
     states_per_batch: int = 64,
-) -> list[dict[str, Any]]:
-    """Train ``steps`` optimizer steps of a run's settings (:class:`~pspo_repro.training.settings.TrainSettings`) with
-    :class:`RecordingTrainer`, and return one record per micro-batch. ``identity_alpha`` defaults to the
-    settings' alpha; the run's own objective drives the training (so pi_theta moves as it would)."""
-    import dataclasses
-
+) -> RecordingTrainer:
+    """A :class:`RecordingTrainer` for ``steps`` optimizer steps of a run's settings
+    (:class:`~pspo_repro.training.settings.TrainSettings`): its model, data and system prompt, with no probes,
+    trackers or trainer checkpoints (the measurement needs none; ``out_dir`` stays empty)."""
     from pspo_repro.models import loading
     from pspo_repro.training import rewards, train
 
-    s = dataclasses.replace(settings, max_steps=steps, probes=False, eval_every=max(steps, 1))
-    out_dir = Path(out_dir)
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    s = dataclasses.replace(
+        settings, max_steps=steps, probes=False, eval_every=steps, save_steps=0, report_to="none"
+    )
     source = loading.resolve(s.model)
     tokenizer = loading.load_tokenizer(source)
     problems, _ = train.load_problems(s)
@@ -239,13 +241,27 @@ def measure(
     trainer = RecordingTrainer(
         model=model,
         reward_funcs=[rewards.get(s.reward)],
-        args=train.grpo_config(s, out_dir),
-        train_dataset=train.to_dataset(problems),
+        args=train.grpo_config(s, Path(out_dir)),
+        train_dataset=train.to_dataset(problems, s.system_prompt),
         processing_class=tokenizer,
         identity_alpha=s.alpha if identity_alpha is None else identity_alpha,
         states_per_batch=states_per_batch,
     )
     trainer.remove_callback(PrinterCallback)  # no metric dicts on the terminal
+    return trainer
+
+
+def measure(
+    settings: Any,
+    out_dir: str | Path,
+    steps: int = 8,
+    identity_alpha: float | None = None,
+    states_per_batch: int = 64,
+) -> list[dict[str, Any]]:
+    """Train ``steps`` optimizer steps of a run's settings with :func:`recording_trainer`, and return one
+    record per micro-batch. ``identity_alpha`` defaults to the settings' alpha; the run's own objective drives
+    the training (so pi_theta moves as it would)."""
+    trainer = recording_trainer(settings, out_dir, steps, identity_alpha, states_per_batch)
     trainer.train()
     return trainer.records
 
