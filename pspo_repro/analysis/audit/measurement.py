@@ -1,12 +1,20 @@
 """The exact identities measured on real training batches of the study's own runs (kept beside audit.md
-in ``identities.json``): which runs, and how many steps of each are trained again. The training writes into
-a temporary folder, never into the results, and keeps no checkpoint.
+in ``identities.json``): which runs, how many steps of each are trained again, and in which process.
+
+On a machine with GPUs each run is measured in a fresh process that sees exactly one of them
+(``CUDA_VISIBLE_DEVICES``): in one process that sees several, transformers counts them all (``n_gpu``) and
+TRL's trainer refuses to start rather than wrap the model in ``DataParallel``. The training writes into a
+temporary folder, never into the results, and keeps no checkpoint.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +29,7 @@ IDENTITY_LABELS = ("pspo", "clip", "pspo-stress", "clip-stress")
 # MIN (a few batches even on-policy) and at most one cycle beyond MIN; never more than MAX, whatever the cycle,
 # nor more than the run's own length (a run that counts epochs, max_steps -1, is not trained whole).
 MIN_IDENTITY_STEPS, MAX_IDENTITY_STEPS = 8, 32
+CUDA_VISIBLE = "CUDA_VISIBLE_DEVICES"
 
 
 def identity_steps(settings: TrainSettings) -> int:
@@ -46,6 +55,20 @@ def identity_runs(runs: list[Any]) -> list[Any]:
     return [chosen[key] for key in sorted(chosen)]
 
 
+def measurement_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """What the measurement's process adds to its environment: ``CUDA_VISIBLE_DEVICES`` naming exactly one of
+    the GPUs this process sees (the first, as an index or UUID, in ``environ``'s numbering), or nothing on a
+    machine without GPUs. An empty list (no GPU visible) stays empty."""
+    import torch
+
+    environ = os.environ if environ is None else environ
+    visible = environ.get(CUDA_VISIBLE)
+    if visible is not None:
+        entries = [e.strip() for e in visible.split(",") if e.strip()]
+        return {CUDA_VISIBLE: entries[0] if entries else ""}
+    return {CUDA_VISIBLE: "0"} if torch.cuda.device_count() > 0 else {}
+
+
 def measure_run(settings: TrainSettings, steps: int, work_dir: Path) -> dict[str, Any]:
     """The identities on ``steps`` optimizer steps of one run's settings, in this process: the summary with
     the run's alpha, the steps, and the device the training ran on."""
@@ -55,20 +78,50 @@ def measure_run(settings: TrainSettings, steps: int, work_dir: Path) -> dict[str
         "alpha": settings.alpha,
         "steps": steps,
         "device": str(trainer.args.device),
-        "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+        "cuda_visible_devices": os.environ.get(CUDA_VISIBLE),
         **identities.summarise(trainer.records),
     }
 
 
+def measure_run_in_process(settings: TrainSettings, steps: int, work_dir: Path, name: str) -> dict[str, Any]:
+    """:func:`measure_run` in a fresh Python process that sees one GPU (:func:`measurement_environment`); its
+    error, if it raises, is raised here as a RuntimeError naming the run."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    request, result = work_dir / "request.json", work_dir / "result.json"
+    request.write_text(
+        json.dumps(
+            {"settings": settings.to_dict(), "steps": steps, "work_dir": str(work_dir), "result": str(result)}
+        )
+    )
+    package_root = str(Path(__file__).resolve().parents[3])
+    env = {**os.environ, **measurement_environment(), "TQDM_DISABLE": "1"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+    code = subprocess.run(
+        [sys.executable, "-m", "pspo_repro.analysis.audit.child", str(request)], env=env, check=False
+    ).returncode
+    if not result.is_file():
+        raise RuntimeError(f"the identity measurement of {name} ended with status {code} without a result")
+    payload = json.loads(result.read_text())
+    if "error" in payload:
+        raise RuntimeError(
+            f"the identity measurement of {name} failed: {payload['error']}\n{payload['traceback']}"
+        )
+    return payload["result"]
+
+
 def measure_identities(
-    study_dir: Path, work_dir: Path | None = None, steps: int | None = None
+    study_dir: Path, work_dir: Path | None = None, steps: int | None = None, isolate: bool | None = None
 ) -> dict[str, Any]:
     """The identities on real training batches of the runs labelled :data:`IDENTITY_LABELS` (lowest seed of
     each model): ``steps`` optimizer steps (default :func:`identity_steps`) of each run's settings, retrained
     from its starting model with the recording trainer, in ``work_dir`` (default: a temporary folder, removed
-    afterwards)."""
+    afterwards). ``isolate`` (default: whenever CUDA is available) measures each run in a fresh process on one
+    GPU (:func:`measure_run_in_process`)."""
+    import torch
+
     if steps is not None and steps < 1:
         raise ValueError(f"identity steps must be >= 1, got {steps}")
+    isolate = torch.cuda.is_available() if isolate is None else isolate
     chosen = identity_runs(load_runs(study_dir))
     with tempfile.TemporaryDirectory(prefix="pspo-identities-") as temporary:
         root = Path(temporary) if work_dir is None else Path(work_dir)
@@ -77,5 +130,8 @@ def measure_identities(
             settings = TrainSettings.from_dict(r.config)
             n = steps or identity_steps(settings)
             folder = root / r.name.replace("/", "--")
-            out[r.name] = measure_run(settings, n, folder)
+            if isolate:
+                out[r.name] = measure_run_in_process(settings, n, folder, r.name)
+            else:
+                out[r.name] = measure_run(settings, n, folder)
     return out
