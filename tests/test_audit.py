@@ -277,3 +277,17 @@ def test_identities_measured_in_a_process_on_one_device_and_nothing_in_results(
         assert m["cuda_visible_devices"] == "4"
         assert m["batches"] == 4
     assert verdict(sections(path.read_text())["PSPO is a rescaled unclipped surrogate"]) == audit.SUPPORTED
+
+
+@pytest.mark.slow
+def test_a_failed_measurement_process_is_a_clear_error(tmp_path):
+    """The measurement's process raises (here: a model that does not exist): the error names the run and
+    carries the process's own error and traceback."""
+    from pspo_repro.analysis.audit import measurement
+    from pspo_repro.training.settings import TrainSettings
+
+    settings = TrainSettings.from_dict({"model": str(tmp_path / "no-model"), "dataset": "synthetic"})
+    with pytest.raises(RuntimeError, match=r"identity measurement of m/pspo/seed0 failed: FileNotFoundError"):
+        measurement.measure_run_in_process(settings, 2, tmp_path / "work", "m/pspo/seed0")
+    with pytest.raises(ValueError, match="identity steps must be >= 1, got 0"):
+        measurement.measure_identities(tmp_path, steps=0)
