@@ -129,7 +129,7 @@ def test_identities_hold_on_real_training_batches(objective, alpha, tiny_model, 
 
 
 def test_gradient_tolerance_follows_the_precision():
-    """A multiple of the unit roundoff of the dtype the matrix products ran in (see identities.GRAD_RTOL_EPS)."""
+    """A multiple of the machine epsilon of the dtype the matrix products ran in (GRAD_RTOL_EPS)."""
     assert identities.grad_rtol("float32") == pytest.approx(100 * torch.finfo(torch.float32).eps)
     assert identities.grad_rtol("bf16") == pytest.approx(4 * torch.finfo(torch.bfloat16).eps)
     with pytest.raises(ValueError, match="precision must be one of float32, bf16, got 'fp16'"):

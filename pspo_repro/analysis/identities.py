@@ -151,8 +151,8 @@ class RecordingTrainer(PSPOGRPOTrainer):
 
     def _generate_and_score_completions(self, inputs):
         old = copy.deepcopy(self.accelerator.unwrap_model(self.model)).eval()
-        # accelerate's wrapper of ``forward`` (autocast, outputs to float32) is an instance attribute; the copy
-        # drops it and runs under the accelerator's autocast explicitly instead (see _old_logits)
+        # accelerate's wrapper of ``forward`` (autocast, outputs to float32) is an instance attribute; the
+        # copy drops it and runs under the accelerator's autocast explicitly instead (see _old_logits)
         old.__dict__.pop("forward", None)
         self._old_model = old
         return super()._generate_and_score_completions(inputs)

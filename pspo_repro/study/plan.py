@@ -141,7 +141,8 @@ def gpu_hours(
 def identity_gpu_hours(settings: TrainSettings, steps: int) -> float | None:
     """Estimated H100 GPU-hours of the audit's identity measurement on one run: ``steps`` optimizer steps of
     its training (rollouts and updates as in :func:`gpu_hours`, no validation or evaluation) and the
-    measurement's own passes on every micro-batch (:data:`ASSUMPTIONS`); None when the model's size is unknown."""
+    measurement's own passes on every micro-batch (:data:`ASSUMPTIONS`); None when the model's size is
+    unknown."""
     params = parameters_b(settings.model)
     if params is None:
         return None
@@ -308,9 +309,9 @@ def describe(
         "max_completion_length (rollouts and validation) or the benchmark's token budget (evaluation)",
         f"  - HF generate: {_tiers(ASSUMPTIONS['hf_decode_step_s'], 's per decoding step of a batch')}",
         f"  - policy updates: 6 x parameters FLOPs per token (plus 2 x for the old-policy pass when rollouts "
-        f"are reused) at {ASSUMPTIONS['training_tflops']:g} TFLOP/s achieved; the audit's identity measurement "
-        f"adds {ASSUMPTIONS['identity_flops_per_parameter']:g} x parameters FLOPs per token (a forward pass, two "
-        "backward passes, the current and the old policy's distributions)",
+        f"are reused) at {ASSUMPTIONS['training_tflops']:g} TFLOP/s achieved; the audit's identity "
+        f"measurement adds {ASSUMPTIONS['identity_flops_per_parameter']:g} x parameters FLOPs per token (a "
+        "forward pass, two backward passes, the current and the old policy's distributions)",
         f"  - evaluation with vLLM: {_tiers(ASSUMPTIONS['vllm_tokens_per_s'], 'tokens/s')}, "
         f"{ASSUMPTIONS['vllm_startup_s']:g} s to start the engine; with hf: the decoding-step time above",
         "  - parameters: " + ", ".join(f"{m} {p:g}B" for m, p in PARAMETERS_B.items()),

@@ -25,9 +25,10 @@ from pspo_repro.training.settings import TrainSettings
 IDENTITIES_FILE = "identities.json"
 # The runs whose real training batches the identities are measured on (one seed each), when present.
 IDENTITY_LABELS = ("pspo", "clip", "pspo-stress", "clip-stress")
-# Optimizer steps of each measurement: two reuse cycles, so that every staleness is seen twice, but at least
-# MIN (a few batches even on-policy) and at most one cycle beyond MIN; never more than MAX, whatever the cycle,
-# nor more than the run's own length (a run that counts epochs, max_steps -1, is not trained whole).
+# Optimizer steps of each measurement: two reuse cycles, so that every staleness is seen twice, but at
+# least MIN (a few batches even on-policy) and at most one cycle beyond MIN; never more than MAX, whatever
+# the cycle, nor more than the run's own length (a run that counts epochs, max_steps -1, is not trained
+# whole).
 MIN_IDENTITY_STEPS, MAX_IDENTITY_STEPS = 8, 32
 CUDA_VISIBLE = "CUDA_VISIBLE_DEVICES"
 
