@@ -307,7 +307,11 @@ def audit(
         bool, typer.Option(help="Measure the exact identities on the study's runs when not yet measured.")
     ] = True,
     identity_steps: Annotated[
-        int | None, typer.Option(help="Optimizer steps per identity measurement (default: two reuse cycles).")
+        int | None,
+        typer.Option(
+            help="Optimizer steps per identity measurement (default: two reuse cycles, 8 to 32, at most the "
+            "run's length)."
+        ),
     ] = None,
 ) -> None:
     """Audit the paper's claims on a study's finished runs: results/<study>/audit.md and its figures."""

@@ -192,3 +192,102 @@ def test_audit_command_on_a_folder_without_runs_is_a_clear_error(tmp_path):
     assert result.exit_code == 2
     assert "no finished runs" in result.output
     assert not (tmp_path / "audit-test" / "audit.md").exists()
+
+
+def test_identity_steps_are_few_even_when_a_run_counts_epochs():
+    """The identities are measured on a few optimizer steps of each run: two reuse cycles, at least 8, at most
+    one cycle beyond 8 and never more than 32 or the run's own length; the paper's runs count epochs
+    (max_steps -1, 2,622 steps) and are measured on 8."""
+    from pspo_repro.analysis.audit import measurement
+
+    paper = {(r.model, r.label): r.settings for r in profiles.expand(profiles.load_profile("paper"))}
+    measured = {key: s for key, s in paper.items() if key[1] in audit.IDENTITY_LABELS}
+    assert len(measured) == 6  # pspo and clip on each of the three models
+    for s in measured.values():
+        assert s.max_steps == -1
+        assert measurement.identity_steps(s) == 8
+    cpu = {(r.model, r.label): r.settings for r in profiles.expand(profiles.load_profile("cpu"))}
+    assert measurement.identity_steps(cpu[("tiny-general-l", "pspo")]) == 8  # two cycles of 4
+    assert measurement.identity_steps(cpu[("tiny-general-l", "pspo-stress")]) == 16  # one cycle of 16
+    short = cpu[("tiny-general-l", "pspo")]
+    assert measurement.identity_steps(type(short).from_dict({**short.to_dict(), "max_steps": 4})) == 4
+    long_cycle = {**short.to_dict(), "steps_per_generation": 64, "num_iterations": 4, "max_steps": -1}
+    assert measurement.identity_steps(type(short).from_dict(long_cycle)) == 32
+
+
+def test_the_identity_measurement_sees_one_of_the_visible_gpus(monkeypatch):
+    """transformers counts every visible GPU and TRL then refuses to train in one process: the measurement's
+    process is given exactly one of the devices this process sees."""
+    import torch
+
+    from pspo_repro.analysis.audit import measurement
+
+    assert measurement.measurement_environment({"CUDA_VISIBLE_DEVICES": "4,5,6,7"}) == {
+        "CUDA_VISIBLE_DEVICES": "4"
+    }
+    assert measurement.measurement_environment({"CUDA_VISIBLE_DEVICES": " GPU-1a2b, GPU-3c4d"}) == {
+        "CUDA_VISIBLE_DEVICES": "GPU-1a2b"
+    }
+    assert measurement.measurement_environment({"CUDA_VISIBLE_DEVICES": ""}) == {"CUDA_VISIBLE_DEVICES": ""}
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 8)
+    assert measurement.measurement_environment({}) == {"CUDA_VISIBLE_DEVICES": "0"}
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 0)
+    assert measurement.measurement_environment({}) == {}
+
+
+@pytest.mark.slow
+def test_identities_measured_in_a_process_on_one_device_and_nothing_in_results(
+    audited, tmp_path, monkeypatch
+):
+    """As on a machine with GPUs 4-7 visible: each run's identities are measured in a fresh process that sees
+    GPU 4 only, with the default number of steps (here the runs' own 4), and nothing but identities.json
+    (and the audit) is written into the results folder, not even for a while."""
+    import threading
+
+    root, profile, _ = audited
+    runs, results = tmp_path / "runs", tmp_path / "results"
+    shutil.copytree(root / "runs", runs)
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5,6,7")
+    seen: set[str] = set()
+    done = threading.Event()
+
+    def watch() -> None:
+        while True:
+            seen.update(p.relative_to(results).as_posix() for p in results.rglob("*"))
+            seen.update(p.relative_to(runs).as_posix() for p in runs.rglob("*") if "checkpoint-" in p.name)
+            if done.is_set():
+                return
+            done.wait(0.02)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    try:
+        path = audit.run_audit(str(profile), runs, results, isolate=True, plot=False)
+    finally:
+        done.set()
+        watcher.join()
+    files = {"audit.md", "identities.json"}
+    # an atomic write's temporary file (.<name>.<random>) counts as the file it becomes
+    written = {next((f"audit-test/{f}" for f in files if p.startswith(f"audit-test/.{f}.")), p) for p in seen}
+    assert written == {"audit-test", *(f"audit-test/{f}" for f in files)}
+    ident = json.loads((path.parent / "identities.json").read_text())
+    assert set(ident) == {"tiny-test/clip/seed0", "tiny-test/pspo/seed0"}
+    for m in ident.values():
+        assert (m["steps"], m["precision"], m["device"]) == (4, "float32", "cpu")
+        assert m["cuda_visible_devices"] == "4"
+        assert m["batches"] == 4
+    assert verdict(sections(path.read_text())["PSPO is a rescaled unclipped surrogate"]) == audit.SUPPORTED
+
+
+@pytest.mark.slow
+def test_a_failed_measurement_process_is_a_clear_error(tmp_path):
+    """The measurement's process raises (here: a model that does not exist): the error names the run and
+    carries the process's own error and traceback."""
+    from pspo_repro.analysis.audit import measurement
+    from pspo_repro.training.settings import TrainSettings
+
+    settings = TrainSettings.from_dict({"model": str(tmp_path / "no-model"), "dataset": "synthetic"})
+    with pytest.raises(RuntimeError, match=r"identity measurement of m/pspo/seed0 failed: FileNotFoundError"):
+        measurement.measure_run_in_process(settings, 2, tmp_path / "work", "m/pspo/seed0")
+    with pytest.raises(ValueError, match="identity steps must be >= 1, got 0"):
+        measurement.measure_identities(tmp_path, steps=0)

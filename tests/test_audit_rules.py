@@ -36,6 +36,19 @@ def test_rescaled_surrogate():
     assert rule(identities.GRAD_RTOL) == SUPPORTED  # at most the tolerance
     assert rule(3e-3) == NOT_SUPPORTED
     assert rule(NAN) == NOT_SUPPORTED
+    # under bf16 autocast the tolerance is bf16's: its rounding alone gives about 7e-3
+    bf16 = identities.grad_rtol("bf16")
+    assert rule(7e-3, bf16) == SUPPORTED
+    assert rule(0.1, bf16) == NOT_SUPPORTED
+    assert rule(NAN, bf16) == NOT_SUPPORTED
+    # each run against its own precision's tolerance (none recorded: float32); the worst ratio decides
+    ident = {
+        "a": {"grad_rel_diff_max": 7e-3, "precision": "bf16"},
+        "b": {"grad_rel_diff_max": 2e-5},
+    }
+    assert rescaled_surrogate.worst_run(ident) == (2e-5, "float32", identities.grad_rtol("float32"))
+    ident["c"] = {"grad_rel_diff_max": NAN, "precision": "bf16"}
+    assert rescaled_surrogate.worst_run(ident)[0] != rescaled_surrogate.worst_run(ident)[0]  # nan
 
 
 def test_soft_trust_region():

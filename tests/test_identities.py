@@ -3,10 +3,13 @@ training batches of a real tiny model (TRL's GRPOTrainer with the package's obje
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
 from pspo_repro.analysis import identities
+from pspo_repro.data import prompts
 from pspo_repro.training import objectives
 from pspo_repro.training.settings import TrainSettings
 
@@ -123,3 +126,58 @@ def test_identities_hold_on_real_training_batches(objective, alpha, tiny_model, 
     assert stale["tv_theta"] > 1e-3
     assert stale["tv_smooth"] == pytest.approx((1 - alpha) * stale["tv_theta"], rel=1e-9)
     assert stale["kl_smooth"] < (1 - alpha) * stale["kl_theta"]
+
+
+def test_gradient_tolerance_follows_the_precision():
+    """A multiple of the machine epsilon of the dtype the matrix products ran in (GRAD_RTOL_EPS)."""
+    assert identities.grad_rtol("float32") == pytest.approx(100 * torch.finfo(torch.float32).eps)
+    assert identities.grad_rtol("bf16") == pytest.approx(4 * torch.finfo(torch.bfloat16).eps)
+    with pytest.raises(ValueError, match="precision must be one of float32, bf16, got 'fp16'"):
+        identities.grad_rtol("fp16")
+    # a summary written before precisions were recorded was measured in float32
+    old = {"grad_rel_diff_max": 2e-5, "tv_error_max": 0.0, "kl_excess_max": 0.0}
+    assert identities.holds(old)["gradient_scaling"] is False
+    assert identities.holds({**old, "precision": "bf16"})["gradient_scaling"] is True
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("bf16", [False, True], ids=["float32", "bf16"])
+def test_identities_hold_to_the_precision_of_the_run(bf16, tiny_model, tmp_path):
+    """On a GPU the retraining runs under bf16 autocast: the gradient identity then holds to bf16's rounding,
+    not float32's, and the kept old policy runs under the same autocast as the current one, so at staleness
+    0 (no update since the generation) the two give the same distributions exactly."""
+    precision = "bf16" if bf16 else "float32"
+    s = dataclasses.replace(settings("pspo", 0.4), bf16=bf16)
+    summary = identities.summarise(identities.measure(s, tmp_path, steps=4, states_per_batch=32))
+    fresh, stale = summary["by_staleness"]["0"], summary["by_staleness"]["3"]
+    assert fresh["tv_theta_max"] == 0.0 and fresh["kl_theta"] == 0.0
+    assert stale["tv_theta"] > 1e-3
+    assert summary["precision"] == precision
+    assert summary["grad_rtol"] == identities.grad_rtol(precision)
+    assert identities.holds(summary) == {"gradient_scaling": True, "tv_equality": True, "kl_bound": True}
+    assert 0 < summary["grad_rel_diff_max"] <= identities.grad_rtol(precision)
+    # the kept copy reproduces TRL's stored log-probs of pi_old (computed in other batches: not bitwise; 7e-7
+    # under both precisions here, 0.08 under bf16 when the copy ran without autocast)
+    assert summary["old_logp_max_abs_diff"] < 1e-4
+
+
+@pytest.mark.slow
+def test_identity_retraining_uses_the_runs_system_prompt(tiny_model, tmp_path):
+    """The identities are measured on the run's own prompts: its system prompt included."""
+    s = dataclasses.replace(settings("pspo", 0.4), system_prompt="authors")
+    trainer = identities.recording_trainer(s, tmp_path, steps=2)
+    # the conversation TRL renders with the model's chat template (the tiny models' template leaves the
+    # system message out; a Qwen template prints it)
+    system, user = trainer.train_dataset[0]["prompt"]
+    assert system == {"role": "system", "content": prompts.AUTHORS_SYSTEM_PROMPT}
+    assert user["role"] == "user"
+    assert trainer.args.max_steps == 2
+
+
+@pytest.mark.slow
+def test_identity_measurement_saves_no_checkpoint(tiny_model, tmp_path):
+    """A run that keeps trainer checkpoints (save_steps) is measured without any: none is needed."""
+    s = dataclasses.replace(settings("clip", 0.1), save_steps=4)
+    records = identities.measure(s, tmp_path, steps=4, states_per_batch=8)
+    assert len(records) == 4
+    assert not list(tmp_path.rglob("checkpoint-*"))

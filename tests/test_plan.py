@@ -103,6 +103,11 @@ def test_dry_run_of_the_paper_profile():
     assert "total: 85 runs, 203,205 optimizer steps, 7,131,840 training completions" in result.output
     assert by_key[("Qwen/Qwen2.5-1.5B", "pspo", "0")][-1] == "49.40"  # 2 x 6.17 + 2 x 18.52
     assert "about 230 GPU-hours" in result.output
+    # the audit retrains the first steps of pspo and clip on each model to measure the identities
+    assert (
+        "audit identities: 6 runs (lowest seed of each model's pspo, clip, pspo-stress, clip-stress), "
+        "8 optimizer steps each (48 in all), about 0.09 GPU-hours (not in the total above)"
+    ) in result.output
     assert "0.025 s per decoding step of a batch for models <= 1B" in result.output
     assert "Qwen/Qwen2.5-0.5B 1024, Qwen/Qwen2.5-1.5B 512, Qwen/Qwen2-Math-1.5B 512" in result.output
     assert "not measurements" in result.output
@@ -167,6 +172,10 @@ def test_dry_run_of_a_slice_and_unknown_sizes():
     assert rows["noclip-onpolicy"][-5:-2] == ["20", "1,280", "768"]  # one generation of 64 per step
     assert float(rows["clip"][-1]) < 0.1  # a tiny model's best checkpoint, twice (no trainer checkpoints)
     assert "GPU-hours not estimated" in result.output
+    assert (
+        "audit identities: 4 runs (lowest seed of each model's pspo, clip, pspo-stress, clip-stress), "
+        "8 to 16 optimizer steps each (48 in all), GPU-hours not estimated (a model of unknown size)"
+    ) in result.output
 
 
 def test_dry_run_and_train_command_take_the_new_objectives(tmp_path):

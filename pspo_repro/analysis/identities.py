@@ -21,6 +21,7 @@ each generation). :func:`measure` runs it for a few steps of a run's settings.
 from __future__ import annotations
 
 import copy
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -30,10 +31,28 @@ from transformers.trainer_callback import PrinterCallback
 from pspo_repro.training import objectives
 from pspo_repro.training.trainer import PSPOGRPOTrainer
 
-# Relative tolerance of the identities in float32 autograd (differences are ~1e-7 in practice).
-GRAD_RTOL = 1e-4
+# Relative tolerance of the gradient identity: a multiple of the machine epsilon of the dtype the matrix
+# products ran in, since the measured difference is rounding of the backward pass alone (both gradients share
+# one forward pass; the upstream gradients differ by the factor 1 - alpha, which rounds differently).
+# Measured (PSPO, alpha 0.1 and 0.4, Qwen2 models of 2 to 28 layers and width 32 to 512):
+# - float32: every operation rounds in float32; 4 to 8 eps on the random models and 12 eps (1.4e-6) on
+#   tiny-general-l's real batches. 100 eps (1.2e-5) leaves a margin of 8.
+# - bf16 autocast (TrainingArguments' bf16=True, as on a GPU): only the operands of the matrix products round
+#   to bf16, the rest runs in float32; 0.55 eps at 2 layers growing to 0.94 eps at 28 (the paper's models have
+#   24 and 28). 4 eps (0.031) leaves a margin of 4 and still fails a real defect (a wrong factor, a token
+#   weighted differently, a gradient through pi_old), which moves the difference by tenths.
+GRAD_RTOL_EPS = {"float32": 100.0, "bf16": 4.0}
+PRECISION_DTYPES = {"float32": torch.float32, "bf16": torch.bfloat16}
+GRAD_RTOL = GRAD_RTOL_EPS["float32"] * torch.finfo(torch.float32).eps  # float32's, the CPU default
 # Absolute tolerance of the TV equality and the KL bound, in float64 on float32 probabilities.
 DIST_ATOL = 1e-9
+
+
+def grad_rtol(precision: str) -> float:
+    """The relative tolerance of the gradient identity measured in ``precision`` (float32 or bf16)."""
+    if precision not in GRAD_RTOL_EPS:
+        raise ValueError(f"precision must be one of {', '.join(GRAD_RTOL_EPS)}, got {precision!r}")
+    return GRAD_RTOL_EPS[precision] * torch.finfo(PRECISION_DTYPES[precision]).eps
 
 
 def smoothed(p_theta: torch.Tensor, p_old: torch.Tensor, alpha: float) -> torch.Tensor:
@@ -117,10 +136,13 @@ class RecordingTrainer(PSPOGRPOTrainer):
     and whose log-probs TRL stores as ``old_per_token_logps``). On each micro-batch, before the usual loss,
     it records: the gradient scaling of PSPO at ``identity_alpha`` against the unclipped surrogate, and the
     trust-region quantities on the full next-token distributions at the batch's completion positions
-    (``states`` of them, sampled), with the staleness of the batch."""
+    (``states`` of them, sampled), with the staleness of the batch and the precision the model ran in."""
 
     def __init__(self, *args: Any, identity_alpha: float = 0.1, states_per_batch: int = 64, **kwargs: Any):
         super().__init__(*args, **kwargs)
+        if self.args.fp16:
+            raise ValueError("the identities are measured in float32 or under bf16 autocast, not fp16")
+        self.precision = "bf16" if self.args.bf16 else "float32"
         self.identity_alpha = identity_alpha
         self.states_per_batch = states_per_batch
         self.records: list[dict[str, Any]] = []
@@ -129,7 +151,8 @@ class RecordingTrainer(PSPOGRPOTrainer):
 
     def _generate_and_score_completions(self, inputs):
         old = copy.deepcopy(self.accelerator.unwrap_model(self.model)).eval()
-        # accelerate wraps ``forward`` as an instance attribute bound to the live model; a copy would call it
+        # accelerate's wrapper of ``forward`` (autocast, outputs to float32) is an instance attribute; the
+        # copy drops it and runs under the accelerator's autocast explicitly instead (see _old_logits)
         old.__dict__.pop("forward", None)
         self._old_model = old
         return super()._generate_and_score_completions(inputs)
@@ -139,6 +162,13 @@ class RecordingTrainer(PSPOGRPOTrainer):
         # logits at position t predict token t + 1: the completion's tokens are predicted from n - 1 on
         logits = logits[:, -n_completion - 1 : -1, :].float()
         return logits / self.temperature  # TRL scores log-probs at the sampling temperature
+
+    def _old_logits(self, input_ids, attention_mask, n_completion: int) -> torch.Tensor:
+        """pi_old's logits, under the same autocast as the live model's forward (bf16 under bf16=True), so
+        that at staleness 0 both give the same distributions, not two roundings of them."""
+        assert self._old_model is not None
+        with self.accelerator.autocast():
+            return self._completion_logits(self._old_model, input_ids, attention_mask, n_completion)
 
     def _compute_loss(self, model, inputs):
         if model.training and self._old_model is not None:
@@ -164,11 +194,12 @@ class RecordingTrainer(PSPOGRPOTrainer):
         record: dict[str, Any] = {
             "step": self.state.global_step + 1,
             "staleness": self.state.global_step % self.args.optimizer_steps_per_generation(),
+            "precision": self.precision,
             **gradient_scaling(params, loss_of, self.identity_alpha),
         }
         with torch.no_grad():
             logits = self._completion_logits(model, input_ids, attention_mask, n)
-            old_logits = self._completion_logits(self._old_model, input_ids, attention_mask, n)
+            old_logits = self._old_logits(input_ids, attention_mask, n)
             # the kept copy is pi_old: its log-probs of the sampled tokens are TRL's stored ones
             old_sampled = (
                 torch.log_softmax(old_logits, -1).gather(-1, completion_ids.unsqueeze(-1)).squeeze(-1)
@@ -184,23 +215,24 @@ class RecordingTrainer(PSPOGRPOTrainer):
         return record
 
 
-def measure(
+def recording_trainer(
     settings: Any,
     out_dir: str | Path,
     steps: int = 8,
     identity_alpha: float | None = None,
     states_per_batch: int = 64,
-) -> list[dict[str, Any]]:
-    """Train ``steps`` optimizer steps of a run's settings (:class:`~pspo_repro.training.settings.TrainSettings`) with
-    :class:`RecordingTrainer`, and return one record per micro-batch. ``identity_alpha`` defaults to the
-    settings' alpha; the run's own objective drives the training (so pi_theta moves as it would)."""
-    import dataclasses
-
+) -> RecordingTrainer:
+    """A :class:`RecordingTrainer` for ``steps`` optimizer steps of a run's settings
+    (:class:`~pspo_repro.training.settings.TrainSettings`): its model, data and system prompt, with no probes,
+    trackers or trainer checkpoints (the measurement needs none; ``out_dir`` stays empty)."""
     from pspo_repro.models import loading
     from pspo_repro.training import rewards, train
 
-    s = dataclasses.replace(settings, max_steps=steps, probes=False, eval_every=max(steps, 1))
-    out_dir = Path(out_dir)
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    s = dataclasses.replace(
+        settings, max_steps=steps, probes=False, eval_every=steps, save_steps=0, report_to="none"
+    )
     source = loading.resolve(s.model)
     tokenizer = loading.load_tokenizer(source)
     problems, _ = train.load_problems(s)
@@ -209,21 +241,40 @@ def measure(
     trainer = RecordingTrainer(
         model=model,
         reward_funcs=[rewards.get(s.reward)],
-        args=train.grpo_config(s, out_dir),
-        train_dataset=train.to_dataset(problems),
+        args=train.grpo_config(s, Path(out_dir)),
+        train_dataset=train.to_dataset(problems, s.system_prompt),
         processing_class=tokenizer,
         identity_alpha=s.alpha if identity_alpha is None else identity_alpha,
         states_per_batch=states_per_batch,
     )
     trainer.remove_callback(PrinterCallback)  # no metric dicts on the terminal
+    return trainer
+
+
+def measure(
+    settings: Any,
+    out_dir: str | Path,
+    steps: int = 8,
+    identity_alpha: float | None = None,
+    states_per_batch: int = 64,
+) -> list[dict[str, Any]]:
+    """Train ``steps`` optimizer steps of a run's settings with :func:`recording_trainer`, and return one
+    record per micro-batch. ``identity_alpha`` defaults to the settings' alpha; the run's own objective drives
+    the training (so pi_theta moves as it would)."""
+    trainer = recording_trainer(settings, out_dir, steps, identity_alpha, states_per_batch)
     trainer.train()
     return trainer.records
 
 
 def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
-    """The worst case of each identity over the records, and pi_theta's distance from pi_old by staleness."""
+    """The worst case of each identity over the records, and pi_theta's distance from pi_old by staleness;
+    with the precision the records were measured in and the gradient identity's tolerance there."""
     if not records:
         raise ValueError("no identity records to summarise")
+    precisions = {r.get("precision", "float32") for r in records}
+    if len(precisions) > 1:
+        raise ValueError(f"identity records of several precisions ({', '.join(sorted(precisions))})")
+    precision = precisions.pop()
     by_staleness: dict[int, list[dict[str, Any]]] = {}
     for r in records:
         by_staleness.setdefault(r["staleness"], []).append(r)
@@ -232,6 +283,8 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
         return sum(r[key] for r in rs) / len(rs)
 
     return {
+        "precision": precision,
+        "grad_rtol": grad_rtol(precision),
         "batches": len(records),
         "states": sum(r["states"] for r in records),
         "grad_rel_diff_max": max(r["rel_diff"] for r in records),
@@ -253,9 +306,10 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
 
 
 def holds(summary: dict[str, Any]) -> dict[str, bool]:
-    """Whether each identity holds to numerical precision in a :func:`summarise` result."""
+    """Whether each identity holds to numerical precision in a :func:`summarise` result (the gradient
+    identity to that of the precision it was measured in; float32 when none is recorded)."""
     return {
-        "gradient_scaling": summary["grad_rel_diff_max"] <= GRAD_RTOL,
+        "gradient_scaling": summary["grad_rel_diff_max"] <= grad_rtol(summary.get("precision", "float32")),
         "tv_equality": summary["tv_error_max"] <= DIST_ATOL,
         "kl_bound": summary["kl_excess_max"] <= DIST_ATOL,
     }

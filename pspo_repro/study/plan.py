@@ -24,6 +24,7 @@ new ones are complete (a crash in between resumes from the old). Trainer checkpo
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections import Counter
@@ -54,6 +55,10 @@ ASSUMPTIONS: dict[str, Any] = {
     # (float32 weights, gradients, Adam's two moments: 16 bytes per parameter) and a colocated vLLM's share
     "gpu_memory_gb": 80.0,
     "training_bytes_per_parameter": 16,
+    # the audit's identity measurement, per token of every micro-batch beside training's 6: the policy's
+    # forward pass with gradients (2), a backward pass for each of two objectives (2 x 4), and the
+    # distributions of the policy and of the kept old policy (2 x 2)
+    "identity_flops_per_parameter": 14.0,
 }
 
 
@@ -191,6 +196,49 @@ def gpu_hours(
     batches = math.ceil(validation_prompts / prompts_per_call)
     validation = plan.validations * batches * settings.max_completion_length * decode
     return (rollouts + updates + validation + evaluation_seconds(params, benchmarks, eval_options)) / 3600
+
+
+def identity_gpu_hours(settings: TrainSettings, steps: int) -> float | None:
+    """Estimated H100 GPU-hours of the audit's identity measurement on one run: ``steps`` optimizer steps of
+    its training (rollouts and updates as in :func:`gpu_hours`, no validation or evaluation) and the
+    measurement's own passes on every micro-batch (:data:`ASSUMPTIONS`); None when the model's size is
+    unknown."""
+    params = parameters_b(settings.model)
+    if params is None:
+        return None
+    a = ASSUMPTIONS
+    plan = schedule(dataclasses.replace(settings, max_steps=steps, eval_every=steps), None, 0)
+    tokens = a["prompt_tokens"] + settings.max_completion_length
+    rollouts = plan.generations * settings.max_completion_length * _tier(a["hf_decode_step_s"], params)
+    per_token = 6 + a["identity_flops_per_parameter"]
+    flops = per_token * params * 1e9 * tokens * plan.micro_batches * settings.batch_size
+    spg = settings.steps_per_generation or settings.grad_accum
+    if settings.num_iterations > 1 or spg > settings.grad_accum:  # TRL's old-policy forward pass
+        flops += 2 * params * 1e9 * tokens * plan.completions
+    return (rollouts + flops / (a["training_tflops"] * 1e12)) / 3600
+
+
+def identity_line(runs: list[profiles.Run]) -> str:
+    """The dry run's line for the audit's identity measurement on these runs: how many runs, their optimizer
+    steps and the estimated GPU-hours."""
+    from pspo_repro.analysis.audit.measurement import IDENTITY_LABELS, identity_runs, identity_steps
+
+    measured = identity_runs(runs)
+    which = f"lowest seed of each model's {', '.join(IDENTITY_LABELS)}"
+    if not measured:
+        return f"audit identities: none of these runs is measured ({which})"
+    steps = [identity_steps(r.settings) for r in measured]
+    each = f"{min(steps)}" if min(steps) == max(steps) else f"{min(steps)} to {max(steps)}"
+    hours = [identity_gpu_hours(r.settings, n) for r, n in zip(measured, steps, strict=True)]
+    cost = (
+        "GPU-hours not estimated (a model of unknown size)"
+        if any(h is None for h in hours)
+        else f"about {sum(h for h in hours if h is not None):.2f} GPU-hours (not in the total above)"
+    )
+    return (
+        f"audit identities: {len(measured)} runs ({which}), {each} optimizer steps each "
+        f"({sum(steps):,} in all), {cost}"
+    )
 
 
 def evaluation_seconds(params: float, benchmarks: list[str], eval_options: dict[str, Any]) -> float:
@@ -331,6 +379,7 @@ def describe(
             else f"about {total_hours:,.0f} GPU-hours (runs and starting-model evaluations)"
         ),
         _disk_line(kept, peaks),
+        identity_line(runs),
         "",
         "counted as TRL 1.16's GRPOTrainer on one process per run: steps = ceil(epochs x ceil(micro-batches "
         "per epoch / grad_accum)), micro-batches per epoch = full prompt groups x num_iterations x "
@@ -341,7 +390,9 @@ def describe(
         "max_completion_length (rollouts and validation) or the benchmark's token budget (evaluation)",
         f"  - HF generate: {_tiers(ASSUMPTIONS['hf_decode_step_s'], 's per decoding step of a batch')}",
         f"  - policy updates: 6 x parameters FLOPs per token (plus 2 x for the old-policy pass when rollouts "
-        f"are reused) at {ASSUMPTIONS['training_tflops']:g} TFLOP/s achieved",
+        f"are reused) at {ASSUMPTIONS['training_tflops']:g} TFLOP/s achieved; the audit's identity "
+        f"measurement adds {ASSUMPTIONS['identity_flops_per_parameter']:g} x parameters FLOPs per token (a "
+        "forward pass, two backward passes, the current and the old policy's distributions)",
         f"  - evaluation with vLLM: {_tiers(ASSUMPTIONS['vllm_tokens_per_s'], 'tokens/s')}, "
         f"{ASSUMPTIONS['vllm_startup_s']:g} s to start the engine; with hf: the decoding-step time above",
         "  - validation: sequences per generate call as set (eval_batch_size), else as many as fit in half of "

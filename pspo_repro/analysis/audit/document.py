@@ -105,9 +105,12 @@ def run_audit(
     measure: bool = True,
     identity_steps: int | None = None,
     plot: bool = True,
+    isolate: bool | None = None,
 ) -> Path:
-    """The audit of a profile's study: identities measured once (kept in ``identities.json``), then
-    ``audit.md``. ``measure=False`` uses the kept measurements only (none: those sections say so)."""
+    """The audit of a profile's study: identities measured once (kept in ``identities.json``, the only file
+    the measurement writes into the results), then ``audit.md``. ``measure=False`` uses the kept measurements
+    only (none: those sections say so). ``isolate``: each run measured in a fresh process on one GPU (default:
+    whenever CUDA is available; see :func:`~pspo_repro.analysis.audit.measurement.measure_identities`)."""
     from pspo_repro.evaluation import evaluate
     from pspo_repro.study import profiles
 
@@ -118,10 +121,7 @@ def run_audit(
     ident_path = out_dir / IDENTITIES_FILE
     ident = rundir.read_json(ident_path) if ident_path.is_file() else None
     if ident is None and measure:
-        ident = measure_identities(study_dir, out_dir / ".identities-work", identity_steps)
+        ident = measure_identities(study_dir, steps=identity_steps, isolate=isolate)
         if ident:
             rundir.atomic_write_json(ident_path, ident)
-        import shutil
-
-        shutil.rmtree(out_dir / ".identities-work", ignore_errors=True)
     return write_audit(study_dir, out_dir, profile_name, benchmarks[0], ident or None, plot)

@@ -1,35 +1,138 @@
 """The exact identities measured on real training batches of the study's own runs (kept beside audit.md
-in ``identities.json``): which runs, and how they are retrained to measure them."""
+in ``identities.json``): which runs, how many steps of each are trained again, and in which process.
+
+On a machine with GPUs each run is measured in a fresh process that sees exactly one of them
+(``CUDA_VISIBLE_DEVICES``): in one process that sees several, transformers counts them all (``n_gpu``) and
+TRL's trainer refuses to start rather than wrap the model in ``DataParallel``. The training writes into a
+temporary folder, never into the results, and keeps no checkpoint.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
+import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from pspo_repro.analysis import identities
-from pspo_repro.analysis.audit.runs import Run, load_runs
+from pspo_repro.analysis.audit.runs import load_runs
+from pspo_repro.training.settings import TrainSettings
 
 IDENTITIES_FILE = "identities.json"
 # The runs whose real training batches the identities are measured on (one seed each), when present.
 IDENTITY_LABELS = ("pspo", "clip", "pspo-stress", "clip-stress")
+# Optimizer steps of each measurement: two reuse cycles, so that every staleness is seen twice, but at
+# least MIN (a few batches even on-policy) and at most one cycle beyond MIN; never more than MAX, whatever
+# the cycle, nor more than the run's own length (a run that counts epochs, max_steps -1, is not trained
+# whole).
+MIN_IDENTITY_STEPS, MAX_IDENTITY_STEPS = 8, 32
+CUDA_VISIBLE = "CUDA_VISIBLE_DEVICES"
 
 
-def measure_identities(study_dir: Path, work_dir: Path, steps: int | None = None) -> dict[str, Any]:
-    """The identities on real training batches of the runs labelled :data:`IDENTITY_LABELS` (lowest seed of
-    each model): ``steps`` optimizer steps (default: two reuse cycles, at least 8, at most the run's length)
-    of each run's settings, retrained from its starting model with the recording trainer."""
-    from pspo_repro.training.settings import TrainSettings
+def identity_steps(settings: TrainSettings) -> int:
+    """The optimizer steps the identities are measured on for a run of these settings (see above)."""
+    spg = settings.steps_per_generation or settings.grad_accum
+    cycle = max(1, spg * settings.num_iterations // settings.grad_accum)  # optimizer steps per generation
+    steps = min(
+        max(MIN_IDENTITY_STEPS, 2 * cycle if cycle < MIN_IDENTITY_STEPS else cycle), MAX_IDENTITY_STEPS
+    )
+    return min(steps, settings.max_steps) if settings.max_steps > 0 else steps
 
-    chosen: dict[tuple[str, str], Run] = {}
-    for r in load_runs(study_dir):
+
+def identity_runs(runs: list[Any]) -> list[Any]:
+    """The runs measured: those labelled :data:`IDENTITY_LABELS`, the lowest seed of each (model, label), in
+    (model, label) order; of a study's finished runs (:class:`~pspo_repro.analysis.audit.runs.Run`) or of a
+    profile's planned ones (:class:`~pspo_repro.study.profiles.Run`) alike."""
+    chosen: dict[tuple[str, str], Any] = {}
+    for r in runs:
         if r.label in IDENTITY_LABELS:
             key = (r.model, r.label)
-            if key not in chosen or r.config["seed"] < chosen[key].config["seed"]:
+            if key not in chosen or r.seed < chosen[key].seed:
                 chosen[key] = r
-    out = {}
-    for _key, r in sorted(chosen.items()):
-        settings = TrainSettings.from_dict(r.config)
-        n = steps or min(max(8, 2 * r.cycle if r.cycle < 8 else r.cycle), r.config["max_steps"])
-        records = identities.measure(settings, work_dir / r.name.replace("/", "--"), steps=n)
-        out[r.name] = {"alpha": settings.alpha, "steps": n, **identities.summarise(records)}
+    return [chosen[key] for key in sorted(chosen)]
+
+
+def measurement_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """What the measurement's process adds to its environment: ``CUDA_VISIBLE_DEVICES`` naming exactly one of
+    the GPUs this process sees (the first, as an index or UUID, in ``environ``'s numbering), or nothing on a
+    machine without GPUs. An empty list (no GPU visible) stays empty."""
+    import torch
+
+    environ = os.environ if environ is None else environ
+    visible = environ.get(CUDA_VISIBLE)
+    if visible is not None:
+        entries = [e.strip() for e in visible.split(",") if e.strip()]
+        return {CUDA_VISIBLE: entries[0] if entries else ""}
+    return {CUDA_VISIBLE: "0"} if torch.cuda.device_count() > 0 else {}
+
+
+def measure_run(settings: TrainSettings, steps: int, work_dir: Path) -> dict[str, Any]:
+    """The identities on ``steps`` optimizer steps of one run's settings, in this process: the summary with
+    the run's alpha, the steps, and the device the training ran on."""
+    trainer = identities.recording_trainer(settings, work_dir, steps)
+    trainer.train()
+    return {
+        "alpha": settings.alpha,
+        "steps": steps,
+        "device": str(trainer.args.device),
+        "cuda_visible_devices": os.environ.get(CUDA_VISIBLE),
+        **identities.summarise(trainer.records),
+    }
+
+
+def measure_run_in_process(settings: TrainSettings, steps: int, work_dir: Path, name: str) -> dict[str, Any]:
+    """:func:`measure_run` in a fresh Python process that sees one GPU (:func:`measurement_environment`); its
+    error, if it raises, is raised here as a RuntimeError naming the run."""
+    work_dir.mkdir(parents=True, exist_ok=True)
+    request, result = work_dir / "request.json", work_dir / "result.json"
+    request.write_text(
+        json.dumps(
+            {"settings": settings.to_dict(), "steps": steps, "work_dir": str(work_dir), "result": str(result)}
+        )
+    )
+    package_root = str(Path(__file__).resolve().parents[3])
+    env = {**os.environ, **measurement_environment(), "TQDM_DISABLE": "1"}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+    code = subprocess.run(
+        [sys.executable, "-m", "pspo_repro.analysis.audit.child", str(request)], env=env, check=False
+    ).returncode
+    if not result.is_file():
+        raise RuntimeError(f"the identity measurement of {name} ended with status {code} without a result")
+    payload = json.loads(result.read_text())
+    if "error" in payload:
+        raise RuntimeError(
+            f"the identity measurement of {name} failed: {payload['error']}\n{payload['traceback']}"
+        )
+    return payload["result"]
+
+
+def measure_identities(
+    study_dir: Path, work_dir: Path | None = None, steps: int | None = None, isolate: bool | None = None
+) -> dict[str, Any]:
+    """The identities on real training batches of the runs labelled :data:`IDENTITY_LABELS` (lowest seed of
+    each model): ``steps`` optimizer steps (default :func:`identity_steps`) of each run's settings, retrained
+    from its starting model with the recording trainer, in ``work_dir`` (default: a temporary folder, removed
+    afterwards). ``isolate`` (default: whenever CUDA is available) measures each run in a fresh process on one
+    GPU (:func:`measure_run_in_process`)."""
+    import torch
+
+    if steps is not None and steps < 1:
+        raise ValueError(f"identity steps must be >= 1, got {steps}")
+    isolate = torch.cuda.is_available() if isolate is None else isolate
+    chosen = identity_runs(load_runs(study_dir))
+    with tempfile.TemporaryDirectory(prefix="pspo-identities-") as temporary:
+        root = Path(temporary) if work_dir is None else Path(work_dir)
+        out = {}
+        for r in chosen:
+            settings = TrainSettings.from_dict(r.config)
+            n = steps or identity_steps(settings)
+            folder = root / r.name.replace("/", "--")
+            if isolate:
+                out[r.name] = measure_run_in_process(settings, n, folder, r.name)
+            else:
+                out[r.name] = measure_run(settings, n, folder)
     return out

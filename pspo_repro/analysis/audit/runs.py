@@ -34,6 +34,10 @@ class Run:
         return self.config["model"]
 
     @property
+    def seed(self) -> int:
+        return self.config["seed"]
+
+    @property
     def objective(self) -> str:
         return self.config["objective"]
 
