@@ -39,7 +39,11 @@ FIGURES = [
 
 @pytest.mark.parametrize(
     ("given", "recorded"),
-    [("runs", "runs"), (report.REPO_ROOT / "results" / "cpu", "results/cpu"), (report.REPO_ROOT.parent / "x", "../x")],
+    [
+        ("runs", "runs"),
+        (report.REPO_ROOT / "results" / "cpu", "results/cpu"),
+        (report.REPO_ROOT.parent / "x", "../x"),
+    ],
 )
 def test_notebook_paths_are_recorded_relative_to_the_repository(given, recorded, monkeypatch):
     monkeypatch.chdir(report.REPO_ROOT)
