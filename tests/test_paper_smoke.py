@@ -74,7 +74,7 @@ def test_runs_train_and_are_evaluated_in_fresh_processes(study):
         assert [r["step"] for r in rundir.read_jsonl(folder / rundir.VALIDATION)] == [0, 2, 4]
         summary = rundir.read_json(folder / rundir.EVAL / rundir.SUMMARY)
         assert sorted(summary["benchmarks"]) == ["asdiv", "gsm8k", "svamp"]
-        assert all(b["n"] == 4 for b in summary["benchmarks"].values())
+        assert all(b["n_problems"] == 4 for b in summary["benchmarks"].values())
         assert {"paper", "strict", "flexible", "permissive"} <= set(summary["benchmarks"]["gsm8k"]["metrics"])
         assert rundir.read_json(folder / rundir.CONFIG)["system_prompt"] == "authors"
 
