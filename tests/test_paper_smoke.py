@@ -12,6 +12,7 @@ import pytest
 from transformers import TrainerCallback
 
 from pspo_repro.analysis import audit
+from pspo_repro.analysis.audit.measurement import identity_steps
 from pspo_repro.data import loaders, prompts
 from pspo_repro.models import generation, loading
 from pspo_repro.study import profiles, rundir, runner
@@ -129,11 +130,14 @@ def test_a_run_resumes_from_its_trainer_checkpoint(data_dir, tmp_path):
     assert rundir.read_json(tmp_path / rundir.DONE)["steps"] == 4
 
 
-def test_the_audit_runs_on_a_profile_trained_by_epochs(study):
+def test_the_audit_runs_on_a_profile_trained_by_epochs(study, data_dir):
     path = audit.run_audit(PROFILE, study / "runs", study / "results", plot=False)
     text = path.read_text()
     ident = rundir.read_json(study / "results" / PROFILE / audit.IDENTITIES_FILE)
     assert sorted(ident) == ["smollm2/clip/seed0", "smollm2/pspo/seed0"]
-    assert all(0 < m["steps"] <= 4 for m in ident.values())  # a few steps, never the whole epoch count
+    # a few steps (two reuse cycles, at least 8) although the parent profile counts epochs (max_steps -1)
+    assert identity_steps(smoke_settings(data_dir)) == 8
+    assert [m["steps"] for m in ident.values()] == [8, 8]
+    assert {m["precision"] for m in ident.values()} == {"bf16"}  # judged at bf16's tolerance
     assert "## PSPO is a rescaled unclipped surrogate" in text
     assert sorted(p.name for p in (study / "results" / PROFILE).iterdir() if p.name.startswith(".")) == []
