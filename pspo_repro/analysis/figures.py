@@ -1,5 +1,5 @@
 """The report's figures, from the frames of :mod:`pspo_repro.analysis.results`, each arm drawn in its one style
-(:func:`pspo_repro.style.arm_style`). Each function returns the figure; the notebooks save it.
+(:func:`pspo_repro.analysis.style.arm_style`). Each function returns the figure; the notebooks save it.
 
 Lines carry their arm's label (``Line2D.get_label()``), so a figure's series can be read back.
 """
@@ -233,7 +233,7 @@ def grad_norm_groups(probes: pd.DataFrame, labels: Sequence[str], models: Sequen
 
 def heatmap(frame: pd.DataFrame, benchmark: str, category: str, metric: str, labels: Sequence[str]) -> Any:
     """Accuracy (percent, mean over seeds) per (model, arm) row and category value column, on one
-    benchmark (frame from :meth:`pspo_repro.results.Study.categories`)."""
+    benchmark (frame from :meth:`pspo_repro.analysis.results.Study.categories`)."""
     import matplotlib.pyplot as plt
     import seaborn as sns
 

@@ -112,7 +112,7 @@ def gradient_scaling(
 ) -> dict[str, float]:
     """Compare PSPO's parameter gradient with (1 - alpha) times the unclipped surrogate's.
 
-    ``loss_of(objective)`` builds the scalar loss of an :class:`~pspo_repro.objectives.Objective` on the
+    ``loss_of(objective)`` builds the scalar loss of an :class:`~pspo_repro.training.objectives.Objective` on the
     batch (one forward pass shared by both, so the graph is retained). Returns ``rel_diff``, ||g_pspo -
     (1 - alpha) g_noclip|| / ||(1 - alpha) g_noclip|| (the absolute norm when alpha is 1), and both norms."""
     pspo = objectives.get("pspo", alpha=alpha)

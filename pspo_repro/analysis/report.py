@@ -2,7 +2,7 @@
 
 Each notebook is executed into ``<results>/<profile>/notebooks/<name>.ipynb``; the notebooks write their
 figures (PNG and PDF) to ``<figures>/<profile>/`` and their tables (CSV, Markdown, LaTeX) to
-``<results>/<profile>/tables/`` through :class:`pspo_repro.style.Outputs`.
+``<results>/<profile>/tables/`` through :class:`pspo_repro.analysis.style.Outputs`.
 
 Every notebook takes the same parameters in its cell tagged ``parameters`` (each gets those it declares):
 

@@ -1,6 +1,6 @@
 """A study's tasks as Slurm jobs, one job per task, submitted with submitit.
 
-Each job runs :func:`pspo_repro.launch.execute` on its node, under the same per-folder lock as local
+Each job runs :func:`pspo_repro.study.launch.execute` on its node, under the same per-folder lock as local
 workers (``<folder>/.lock``, on the shared file system), so nothing trains twice: a task whose lock is held
 when the study submits is not submitted, and a job that starts while another holds its lock ends at once as
 busy. On the node, training and evaluation run in fresh processes whenever CUDA is available, as locally.
