@@ -84,7 +84,7 @@ def curves(
 def accuracy_points(table: pd.DataFrame, panels: Sequence[tuple[str, str]], labels: Sequence[str]) -> Any:
     """One panel per (benchmark, metric) of ``panels``: each arm's accuracy (percent), models along x, the
     mean over seeds with its 95% bootstrap interval as error bars (table from
-    :func:`pspo_repro.aggregate.accuracy_table`)."""
+    :func:`pspo_repro.analysis.aggregate.accuracy_table`)."""
     models = list(dict.fromkeys(table["model"]))
     arms = _present(labels, table)
     fig, axes = _panels(len(panels), height=PANEL_HEIGHT + 0.4)
