@@ -519,13 +519,16 @@ def _worker_main(conn: Any, env: dict[str, str]) -> None:
 # --- scheduling ------------------------------------------------------------------------------------------
 
 
-def visible_gpus(visible: str | None, count: int) -> list[str]:
-    """The ``CUDA_VISIBLE_DEVICES`` entries of the ``count`` devices this process sees, each as a child must
-    be given it to see that same device: an index of the physical GPU or a ``GPU-``/``MIG-`` UUID. ``visible``
-    is this process's ``CUDA_VISIBLE_DEVICES`` (None: unset, devices 0..count-1); entries are stripped of
-    spaces, as CUDA reads them, and those past ``count`` name no device."""
+def visible_gpus(visible: str | None, count: int | None = None) -> list[str]:
+    """The ``CUDA_VISIBLE_DEVICES`` entries of the ``count`` devices this process sees (None: every entry),
+    each as a child must be given it to see that same device: an index of the physical GPU or a
+    ``GPU-``/``MIG-`` UUID. ``visible`` is this process's ``CUDA_VISIBLE_DEVICES`` (None: unset, devices
+    0..count-1; empty: no device); entries are stripped of spaces, as CUDA reads them, and those past
+    ``count`` name no device."""
     if visible is None:
-        return [str(i) for i in range(count)]
+        return [str(i) for i in range(count or 0)]
+    if not visible.strip():
+        return []
     entries: list[str] = []
     for raw in visible.split(","):
         entry = raw.strip()
@@ -541,7 +544,7 @@ def visible_gpus(visible: str | None, count: int) -> list[str]:
                 f"or a GPU UUID, once (CUDA shows no device at all then)"
             )
         entries.append(entry)
-    return entries[:count]
+    return entries if count is None else entries[:count]
 
 
 def slot_environments(workers: int) -> list[dict[str, str]]:

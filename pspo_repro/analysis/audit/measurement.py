@@ -62,12 +62,15 @@ def measurement_environment(environ: Mapping[str, str] | None = None) -> dict[st
     machine without GPUs. An empty list (no GPU visible) stays empty."""
     import torch
 
+    from pspo_repro.study.launch import visible_gpus
+
     environ = os.environ if environ is None else environ
     visible = environ.get(CUDA_VISIBLE)
     if visible is not None:
-        entries = [e.strip() for e in visible.split(",") if e.strip()]
-        return {CUDA_VISIBLE: entries[0] if entries else ""}
-    return {CUDA_VISIBLE: "0"} if torch.cuda.device_count() > 0 else {}
+        gpus = visible_gpus(visible)  # the entries as the study's workers get them
+        return {CUDA_VISIBLE: gpus[0] if gpus else ""}
+    gpus = visible_gpus(None, torch.cuda.device_count())
+    return {CUDA_VISIBLE: gpus[0]} if gpus else {}
 
 
 def measure_run(settings: TrainSettings, steps: int, work_dir: Path) -> dict[str, Any]:
