@@ -251,12 +251,17 @@ def test_identities_measured_in_a_process_on_one_device_and_nothing_in_results(
     seen: set[str] = set()
     done = threading.Event()
 
-    def watch() -> None:
-        while True:
+    def scan() -> None:
+        # a file renamed or removed mid-walk makes rglob raise; the next scan sees the folder as it is then
+        try:
             seen.update(p.relative_to(results).as_posix() for p in results.rglob("*"))
             seen.update(p.relative_to(runs).as_posix() for p in runs.rglob("*") if "checkpoint-" in p.name)
-            if done.is_set():
-                return
+        except FileNotFoundError:
+            pass
+
+    def watch() -> None:
+        while not done.is_set():
+            scan()
             done.wait(0.02)
 
     watcher = threading.Thread(target=watch)
@@ -266,6 +271,7 @@ def test_identities_measured_in_a_process_on_one_device_and_nothing_in_results(
     finally:
         done.set()
         watcher.join()
+    scan()
     files = {"audit.md", "identities.json"}
     # an atomic write's temporary file (.<name>.<random>) counts as the file it becomes
     written = {next((f"audit-test/{f}" for f in files if p.startswith(f"audit-test/.{f}.")), p) for p in seen}
