@@ -304,15 +304,14 @@ def evaluate(
         if todo:
             if engine is None:
                 engine = make_backend(backend, model, batch_size=batch_size, seed=seed, bf16=bf16)
-            started = time.perf_counter()
             new = _run_benchmark(
                 engine, name, todo, bench_settings, path, progress, total=len(problems[name])
             )
-            elapsed = time.perf_counter() - started
             done.update((r["id"], r) for r in new)
-        else:
-            elapsed = None
         records = [done[p.id] for p in problems[name]]
+        # the records' own shares (records written before they carried one count as unknown: None)
+        shares = [r.get("generation_seconds") for r in records]
+        elapsed = round(sum(shares), 3) if shares and None not in shares else None
         entries[name] = {
             **summarize_benchmark(records),
             "max_new_tokens": budget,
@@ -425,6 +424,7 @@ def _run_benchmark(
             chunk = order[start : start + engine.chunk_size]
             # A seed per chunk, derived from its first problem, so samples differ across chunks.
             chunk_seed = zlib.crc32(f"{settings['seed']}:{todo[chunk[0]].id}".encode())
+            started = time.perf_counter()
             generations = engine.generate(
                 [texts[i] for i in chunk],
                 n=settings["n_samples"],
@@ -433,8 +433,12 @@ def _run_benchmark(
                 max_new_tokens=settings["max_new_tokens"],
                 seed=chunk_seed,
             )
+            # each record carries its share of the chunk's generation time, so that a summary rebuilt from
+            # the records still knows what generating them cost
+            share = (time.perf_counter() - started) / len(chunk)
             records = [
-                _record(todo[i], texts[i], g, settings) for i, g in zip(chunk, generations, strict=True)
+                _record(todo[i], texts[i], g, settings, share)
+                for i, g in zip(chunk, generations, strict=True)
             ]
             for record in records:
                 rundir.append_jsonl(path, record)
@@ -445,7 +449,9 @@ def _run_benchmark(
     return written
 
 
-def _record(problem: loaders.Problem, prompt: str, generation: Generation, settings: dict) -> dict:
+def _record(
+    problem: loaders.Problem, prompt: str, generation: Generation, settings: dict, seconds: float
+) -> dict:
     record = {
         "id": problem.id,
         "benchmark": problem.benchmark,
@@ -457,6 +463,7 @@ def _record(problem: loaders.Problem, prompt: str, generation: Generation, setti
         "truncated": generation.truncated,
         "metadata": problem.metadata,
         "settings": settings,
+        "generation_seconds": round(seconds, 6),
     }
     record["grades"] = grade_record(record)
     return record
