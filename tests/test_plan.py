@@ -167,9 +167,10 @@ def test_dry_run_of_a_slice_and_unknown_sizes():
         "clip-stress-eps0",
         "clip-stress-eps0.1",
     }
-    # 20 steps of 64 completions; each generation of 128 serves 4 steps: 5 generations
-    assert rows["clip"][-5:-1] == ["20", "640", "768", "-"]
-    assert rows["noclip-onpolicy"][-5:-2] == ["20", "1,280", "768"]  # one generation of 64 per step
+    # 20 steps of 64 completions; each generation of 128 serves 4 steps: 5 generations; validation at
+    # steps 0, 5, 10, 15 and 20 on 512 problems, greedy
+    assert rows["clip"][-5:-1] == ["20", "640", "2,560", "-"]
+    assert rows["noclip-onpolicy"][-5:-2] == ["20", "1,280", "2,560"]  # one generation of 64 per step
     assert float(rows["clip"][-1]) < 0.1  # a tiny model's best checkpoint, twice (no trainer checkpoints)
     assert "GPU-hours not estimated" in result.output
     assert (

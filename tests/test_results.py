@@ -226,3 +226,41 @@ def test_each_arm_has_one_style():
     assert style.arm_style("pspo-a0.9-sgd")["linestyle"] == style.LINESTYLES["sgd"]
     assert style.arm_style("clip-shuffled")["color"] == style.CONTROL_COLOUR
     assert style.arm_style("newobjective") == style.arm_style("newobjective")
+
+
+def test_transfer_gains_pool_tagged_categories_and_subtract_each_models_start():
+    """Tagged = any transfer steps (values 1 and 2 pooled by their counts); the gain is each seed's accuracy
+    minus the start's on the same group, with the standard error over seeds."""
+    import pandas as pd
+
+    from pspo_repro.analysis import aggregate
+
+    def row(label, seed, value, n, accuracy, metric="strict", category="transfer"):
+        return {
+            "model": "m", "label": label, "objective": label, "seed": seed, "benchmark": "synthetic-svamp",
+            "category": category, "value": value, "n": n, "metric": metric, "accuracy": accuracy,
+        }  # fmt: skip
+
+    cats = pd.DataFrame(
+        [
+            row("start", None, "0", 60, 0.5),
+            row("start", None, "1", 30, 0.1),
+            row("start", None, "2", 10, 0.3),
+            row("clip", 0, "0", 60, 0.5),
+            row("clip", 0, "1", 30, 0.4),
+            row("clip", 0, "2", 10, 0.4),
+            row("clip", 1, "0", 60, 0.6),
+            row("clip", 1, "1", 30, 0.6),
+            row("clip", 1, "2", 10, 0.2),
+            row("clip", 1, "0", 60, 0.9, metric="permissive"),
+            row("clip", 1, "past", 60, 0.9, category="variant"),
+        ]  # fmt: skip
+    )
+    out = aggregate.transfer_gains(cats, "strict").set_index("group")
+    start_tagged = (30 * 0.1 + 10 * 0.3) / 40  # 0.15
+    seeds_tagged = [(30 * 0.4 + 10 * 0.4) / 40, (30 * 0.6 + 10 * 0.2) / 40]  # 0.4, 0.5
+    assert out.loc["tagged", "start"] == pytest.approx(start_tagged)
+    assert out.loc["tagged", "gain"] == pytest.approx(sum(seeds_tagged) / 2 - start_tagged)
+    assert out.loc["tagged", "gain_se"] == pytest.approx(0.05)  # sd of (0.25, 0.35) / sqrt(2)
+    assert out.loc["untagged", "gain"] == pytest.approx(0.05) and out.loc["untagged", "n"] == 60
+    assert out.loc["tagged", "seeds"] == 2 and out.loc["tagged", "n"] == 40

@@ -91,6 +91,32 @@ def test_labelled_variants_run_their_objective():
         profiles.expand({**profile, "objectives": {"typo": {"objective": "cilp"}}})
 
 
+def test_builds_nest_seeds_in_independent_warm_starts_of_each_tiny_model():
+    profile = {
+        "models": {"tiny-general-s": {"alpha": 0.3}, "tiny-math-l": {}, "Qwen/Qwen2.5-0.5B": {}},
+        "seeds": [0, 1],
+        "builds": [0, 1, 2],
+        "objectives": {"clip": {}, "pspo": {"models": ["tiny-math-l"]}},
+        "cells": [{"model": "tiny-general-s", "objective": "clip", "set": {"learning_rate": 3e-4}}],
+    }
+    runs = profiles.expand(profile)
+    names = [r.name for r in runs]
+    assert len(names) == len(set(names)) == 3 * 2 + 3 * 2 * 2 + 2  # hub models have no builds
+    assert "tiny-general-s@2/clip/seed1" in names and "Qwen--Qwen2.5-0.5B/clip/seed1" in names
+    by_name = {r.name: r.settings for r in runs}
+    # model settings, objective restrictions and cells name the model without its build
+    assert by_name["tiny-general-s@1/clip/seed0"].alpha == 0.3
+    assert by_name["tiny-general-s@1/clip/seed0"].learning_rate == 3e-4
+    assert by_name["tiny-general-s@1/clip/seed0"].model == "tiny-general-s@1"
+    assert {r.model for r in runs if r.label == "pspo"} == {"tiny-math-l@0", "tiny-math-l@1", "tiny-math-l@2"}
+    # selecting a model without its build selects every build; with it, that build alone
+    assert len(profiles.select(runs, models=["tiny-math-l"])) == 3 * 2 * 2
+    assert {r.model for r in profiles.select(runs, models=["tiny-math-l@1"])} == {"tiny-math-l@1"}
+    for bad in ([], [0, 0], [-1], "two"):
+        with pytest.raises(ValueError, match="profile builds must"):
+            profiles.expand({**profile, "builds": bad})
+
+
 def test_select_a_slice_of_a_profile():
     runs = profiles.expand(profiles.load_profile("cpu"))
     picked = profiles.select(runs, models=["tiny-math-l"], objectives=["clip", "pspo"], seeds=[1])

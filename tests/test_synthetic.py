@@ -27,6 +27,7 @@ def _check_solution(problem: Problem) -> list[int]:
     operands: list[int] = []
     previous = None
     ops = ""
+    carries = 0
     for line in lines:
         match = LINE.match(line)
         assert match, (problem.id, line)
@@ -37,8 +38,11 @@ def _check_solution(problem: Problem) -> list[int]:
         else:
             assert a == previous, f"{problem.id}: chain broken at {line!r}"
         assert op in "+-" and b in synthetic.OPERANDS
-        # neither operation would carry or borrow: only the ones digit moves, whichever op is applied
-        assert a // 10 == (a + b) // 10 == (a - b) // 10, (problem.id, line)
+        # either neither operation would carry or borrow, or both would: the numbers never tell the operation
+        easy = a // 10 == (a + b) // 10 == (a - b) // 10
+        hard = a // 10 != (a + b) // 10 and a // 10 != (a - b) // 10
+        assert easy or hard, (problem.id, line)
+        carries += hard
         assert c == (a + b if op == "+" else a - b) and c > 0, (problem.id, line)
         operands.append(b)
         ops += op
@@ -47,6 +51,7 @@ def _check_solution(problem: Problem) -> list[int]:
     assert ops == problem.metadata["ops"]
     assert [b for _, _, b in problem.metadata["steps"]] == operands[1:]
     assert operands[0] == problem.metadata["start"]
+    assert carries == problem.metadata["carries"]
     return operands
 
 
@@ -64,7 +69,9 @@ def test_arithmetic_lengths_and_fields(splits: dict[str, list[Problem]], split: 
     assert {p.benchmark for p in problems} == {synthetic.BENCHMARK_OF_SPLIT[split]}
     assert {p.kind for p in problems} == {"numeric"}
     max_question = (
-        synthetic.MAX_PERTURBED_QUESTION_CHARS if split == "test-svamp" else synthetic.MAX_QUESTION_CHARS
+        synthetic.MAX_PERTURBED_QUESTION_CHARS
+        if split in ("test-svamp", "warmstart-ood")
+        else synthetic.MAX_QUESTION_CHARS
     )
     for problem in problems:
         operands = _check_solution(problem)
@@ -84,6 +91,45 @@ def test_arithmetic_lengths_and_fields(splits: dict[str, list[Problem]], split: 
     ops = "".join(p.metadata["ops"] for p in problems)
     assert all(ops.count(op) >= 0.4 * len(ops) for op in "+-")
     assert sum(p.metadata["transfer"] > 0 for p in problems) >= 0.15 * len(problems)
+    # about 30% of steps carry or borrow, where the value allows one that does both
+    steps = sum(p.metadata["n_ops"] for p in problems)
+    assert 0.15 * steps <= sum(p.metadata["carries"] for p in problems) <= 0.4 * steps
+
+
+def test_corpus_tells_retold_stories_with_true_calculations():
+    texts = synthetic.corpus(600, seed=3)
+    assert texts == synthetic.corpus(600, seed=3) and texts != synthetic.corpus(600, seed=4)
+    assert not any("?" in t or "####" in t for t in texts)  # never a question, never a solution
+    for opening in ("There are", "A ", "At first", "kept"):  # the out-of-distribution forms are there
+        assert any(opening in t for t in texts), opening
+    for text in texts:
+        value = step_op = step_b = None
+        for sentence in re.findall(r"[^.]+\.", text):
+            sentence = sentence.strip()
+            calculation = re.fullmatch(r"(\d+) ([-+]) (\d+) = (\d+)\.", sentence)
+            if calculation:  # it follows its step, from the running value, with the step's operation
+                a, op, b, c = int(calculation[1]), calculation[2], int(calculation[3]), int(calculation[4])
+                assert (a, op, b) == (value, step_op, step_b), text
+                assert c == (a + b if op == "+" else a - b), text
+                value = c
+            elif value is None and re.search(r"\d", sentence):
+                value = int(re.findall(r"\d+", sentence)[0])  # the start
+            elif _read_story(sentence):
+                step_op, step_b = _read_story(sentence)[0][0], int(re.findall(r"\d+", sentence)[0])
+    words = {w for t in texts for w in re.findall(r"[A-Za-z]+", t)}
+    assert words <= set(synthetic.vocabulary())
+
+
+def test_the_warm_starts_rare_forms_are_disjoint_from_the_test_sets():
+    warm = synthetic.generate("warmstart-ood", 4000)
+    assert {p.metadata["variant"] for p in warm} == {"past", "container", "question-first", "distractor"}
+    questions = {p.question for p in warm}
+    for split in ("test", "test-svamp", "test-asdiv", "validation", "train"):
+        assert not questions & {p.question for p in synthetic.generate(split)}, split
+    # a teacher wrong on an in-family template is wrong on its past-tense retelling too
+    gave = next(p for p in warm if [t for t, _, _ in p.metadata["steps"]] == ["t.gave"])
+    assert synthetic.teacher_solution(gave, {"p.gives": 1.0}).splitlines()[0].split()[1] == "+"
+    assert synthetic.teacher_solution(gave, {"p.gets": 1.0}).splitlines()[0].split()[1] == "-"
 
 
 def _drop_distractor_number(problem: Problem) -> list[int]:
@@ -123,7 +169,7 @@ def test_sentences_say_what_the_solution_computes(splits: dict[str, list[Problem
 
 def test_examples_read_like_gsm8k(splits: dict[str, list[Problem]]) -> None:
     one_op = [p for p in splits["train"] if p.metadata["n_ops"] == 1]
-    assert max(len(p.question) for p in one_op) <= 110
+    assert max(len(p.question) for p in one_op) <= 130  # a lead sentence, a start, a step, the question
     assert all(p.metadata["variant"] == "base" for p in splits["train"])
     example = splits["train"][0]
     assert example.id == "train-s0-00000"
@@ -235,19 +281,23 @@ def _sentences(text: str) -> list[str]:
 
 
 def test_asdiv_split_uses_unseen_templates(splits: dict[str, list[Problem]]) -> None:
+    """Apart from the neutral lead sentences both families may open with, no sentence form of test-asdiv
+    is one an RL prompt uses."""
     train_templates = {t for p in splits["train"] for t in p.metadata["template"].split("+")}
     ood_templates = {t for p in splits["test-asdiv"] for t in p.metadata["template"].split("+")}
-    assert not train_templates & ood_templates
+    assert train_templates & ood_templates == {"lead"}
     assert {p.metadata["variant"] for p in splits["test-asdiv"]} == {"container", "past"}
-    train_skeletons = {_skeleton(s) for p in splits["train"][:3000] for s in _sentences(p.question)}
-    ood_skeletons = {_skeleton(s) for p in splits["test-asdiv"] for s in _sentences(p.question)}
+    leads = {_skeleton(t.format(N="Mia", F="Leo", I="plums")) for t in synthetic._LEAD_SENTENCES}
+    train_skeletons = {_skeleton(s) for p in splits["train"][:3000] for s in _sentences(p.question)} - leads
+    ood_skeletons = {_skeleton(s) for p in splits["test-asdiv"] for s in _sentences(p.question)} - leads
     assert "N has # X." in train_skeletons and len(ood_skeletons) >= 12
     assert not train_skeletons & ood_skeletons
 
 
 def test_bad_arguments() -> None:
     with pytest.raises(
-        ValueError, match="unknown synthetic split 'dev'; allowed: warmstart, train, validation"
+        ValueError,
+        match="unknown synthetic split 'dev'; allowed: warmstart, warmstart-ood, train, validation",
     ):
         synthetic.generate("dev")
     with pytest.raises(ValueError, match="non-negative"):

@@ -55,6 +55,35 @@ def test_gains_against_the_shuffled_control():
     assert "| m | clip | synthetic | 3 | 50.0 | +20.0 | +2.0 | -20.0 | +40.0 | +1.6 | yes |" in table
 
 
+def test_builds_give_each_builds_start_and_gain_and_the_spread_between_them():
+    rows = []
+    for build, start, clip in ((0, 0.30, [0.60, 0.64]), (1, 0.36, [0.58, 0.62]), (2, 0.33, [0.45, 0.47])):
+        model = f"tiny-general-s@{build}"
+        rows += _rows(model, "start", [start]) + _rows(model, "clip", clip)
+        rows += _rows(model, "clip-shuffled", [start + 0.01, start - 0.01])
+    rows += _rows("Qwen/Qwen2.5-0.5B", "start", [0.3]) + _rows("Qwen/Qwen2.5-0.5B", "clip", [0.4, 0.5])
+    by_arm = {r["objective"]: r for r in tables.builds(tables.gains(rows, "synthetic"))}
+    assert set(by_arm) == {"clip", "clip-shuffled"}  # hub models have no builds
+    clip = by_arm["clip"]
+    assert clip["model"] == "tiny-general-s" and clip["builds"] == 3
+    assert clip["starts"] == [0.30, 0.36, 0.33]
+    assert clip["gains"] == pytest.approx([0.32, 0.24, 0.13])
+    assert clip["gain_mean"] == pytest.approx(0.23)
+    assert clip["gain_between_build_sd"] == pytest.approx(0.0953939, abs=1e-6)
+    assert clip["beats_control_on_every_build"] is True
+    assert by_arm["clip-shuffled"]["beats_control_on_every_build"] is None
+    # a build where the arm does not beat its control makes the verdict no
+    rows += _rows("tiny-general-s@3", "start", [0.3]) + _rows("tiny-general-s@3", "clip", [0.31, 0.29])
+    rows += _rows("tiny-general-s@3", "clip-shuffled", [0.3, 0.31])
+    clip = next(r for r in tables.builds(tables.gains(rows, "synthetic")) if r["objective"] == "clip")
+    assert clip["builds"] == 4 and clip["beats_control_on_every_build"] is False
+    table = tables.builds_table(tables.builds(tables.gains(rows, "synthetic")))
+    assert (
+        "| tiny-general-s | clip | synthetic | 4 | 30.0 / 36.0 / 33.0 / 30.0 | 32.0 / 24.0 / 13.0 / 0.0 |"
+        in table
+    )
+
+
 def test_staleness_table_shows_the_stalest_level():
     rows = [
         {

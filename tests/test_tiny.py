@@ -1,4 +1,5 @@
-"""The character tokenizer, its chat template, and the tiny models' cached, deterministic warm start."""
+"""The word and byte tokenizers, their chat template, and the tiny models' cached, deterministic warm start and
+builds."""
 
 from __future__ import annotations
 
@@ -41,7 +42,8 @@ def test_cache_root_follows_the_environment(monkeypatch, tmp_path):
     assert tiny.cache_root() == Path.home() / ".cache" / "pspo-repro"
 
 
-def test_one_token_per_ascii_character(tok):
+def test_byte_tokenizer_gives_one_token_per_ascii_character():
+    tok = tiny.build_tokenizer("byte")
     text = string.ascii_letters + string.digits + string.punctuation + " \n  two  spaces , then .\n"
     ids = tok(text, add_special_tokens=False)["input_ids"]
     assert len(ids) == len(text)
@@ -55,14 +57,63 @@ def test_one_token_per_ascii_character(tok):
     ]  # byte-level
 
 
-def test_gsm8k_round_trips_including_non_ascii(tok, data_dir):
+def test_word_tokenizer_gives_each_domain_word_one_token_and_digits_one_each(tok, tmp_path):
+    from pspo_repro.data import synthetic
+
+    problem = synthetic.generate("test", 1)[0]
+    pieces = tok.tokenize(problem.question)
+    words = problem.question.replace(".", " ").replace("?", " ").split()
+    # a token per word (with its space); a number is its space and a token per digit; one per "." and "?"
+    expected = sum(1 + len(w) if w.isdigit() else 1 for w in words)
+    assert len(pieces) == expected + problem.question.count(".") + problem.question.count("?")
+    assert tok.tokenize("Mia has 34 plums.") == ["Mia", "\u0120has", "\u0120", "3", "4", "\u0120plums", "."]
+    assert tok.tokenize("34 + 2 = 36\n#### 36") == [
+        "3", "4", "\u0120+", "\u0120", "2", "\u0120=", "\u0120", "3", "6", "\u010a", "####", "\u0120", "3", "6"
+    ]  # fmt: skip
+    for word in synthetic.vocabulary():
+        assert len(tok.tokenize(" " + word)) == 1, word
+    # a word the domain does not use falls back to bytes and still round-trips
+    assert tok.tokenize(" xylophone") == ["\u0120", *"xylophone"]
+    text = "Mia's xylophone cost $3.50, Zoe gives her 2 more."
+    assert tok.decode(tok(text)["input_ids"]) == text
+    # saved and loaded back the way the trainer loads it, it tokenizes identically
+    tok.save_pretrained(tmp_path)
+    loaded = AutoTokenizer.from_pretrained(tmp_path)
+    for p in synthetic.generate("test-asdiv", 50):
+        assert loaded(p.question)["input_ids"] == tok(p.question)["input_ids"]
+        assert loaded(p.solution)["input_ids"] == tok(p.solution)["input_ids"]
+
+
+def test_unknown_tokenizer_kind_is_refused():
+    with pytest.raises(ValueError, match="'chars'.*word, byte"):
+        tiny.build_tokenizer("chars")
+
+
+def test_builds_are_independent_draws_of_one_recipe():
+    base, second = tiny.recipe_of("tiny-math-l"), tiny.recipe_of("tiny-math-l@1")
+    assert second.seed == base.seed + 1 and second.init_from == "tiny-general-l@1"
+    assert replace(second, seed=base.seed, init_from=base.init_from) == base  # nothing else differs
+    assert tiny.recipe_of("tiny-math-l@0").init_from == "tiny-general-l"  # build 0 is the plain name
+    assert tiny.folder("tiny-general-s@0") == tiny.folder("tiny-general-s")
+    assert tiny.folder("tiny-general-s@1").name.startswith("tiny-general-s@1-")
+    assert tiny.is_tiny("tiny-general-s@3") and not tiny.is_tiny("tiny-general-s@x")
+    assert not tiny.is_tiny("Qwen/Qwen2.5-0.5B")
+    with pytest.raises(ValueError, match="'tiny-general-s@x'.*number"):
+        tiny.recipe_of("tiny-general-s@x")
+
+
+@pytest.mark.parametrize("kind", tiny.TOKENIZERS)
+def test_gsm8k_round_trips_including_non_ascii(kind, data_dir):
+    tok = tiny.build_tokenizer(kind)
     records = [json.loads(line) for line in (data_dir / "gsm8k" / "test.jsonl").open()]
     texts = [r["question"] for r in records[:200]] + [r["answer"] for r in records[:50]]
     assert not all(t.isascii() for t in texts)  # e.g. the first question's curly apostrophe
     for text in texts:
         assert tok.decode(tok(text)["input_ids"]) == text
-    first = records[0]["question"]
-    assert len(tok(first)["input_ids"]) == len(first.encode("utf-8"))  # a non-ASCII character is its bytes
+    if kind == "byte":
+        first = records[0]["question"]
+        # a non-ASCII character is its bytes
+        assert len(tok(first)["input_ids"]) == len(first.encode("utf-8"))
 
 
 def test_chat_template_skips_the_system_message(tok):
@@ -112,8 +163,10 @@ def test_ensure_builds_a_complete_folder(built):
     assert 0.0 <= record["validation_greedy_accuracy"] <= 1.0
     assert record["recipe"]["teacher_errors"] == tiny.GENERAL_TEACHER
     # the general teacher errs 65% of the time on 2 of 6 templates: about 70% of its answers are right
-    assert 0.66 < record["teacher_accuracy"] < 0.74
-    assert record["final_sft_loss"] < 2.0  # well below uniform over the 102 tokens (ln 102 = 4.6)
+    # the general teacher errs on 2 of 6.5 template weights at 0.8 and on the rare one (weight 0.5) always:
+    # a step is right with probability 1 - (2 x 0.8 + 0.5) / 6.5 = 0.68, a problem of 1 or 2 steps 0.57
+    assert 0.54 < record["teacher_accuracy"] < 0.61
+    assert record["final_sft_loss"] < 2.0  # well below uniform over the 648 tokens (ln 648 = 6.5)
     config = json.loads((built / "config.json").read_text())
     assert config["model_type"] == "qwen2"
     assert config["tie_word_embeddings"] is True
@@ -217,8 +270,10 @@ def test_built_model_generates_left_padded_batches(built):
     ]
     prompts = [render_prompt(tok, q) for q in questions]
     batch = tok(prompts, return_tensors="pt", padding=True)
-    assert batch["input_ids"][1, 0] == tok.pad_token_id  # the shortest prompt is padded on the left
-    assert batch["input_ids"][0, 0] == tok.convert_tokens_to_ids("<|user|>")
+    lengths = batch["attention_mask"].sum(dim=1).tolist()
+    # the shortest prompt is padded on the left; the longest (words the domain lacks are bytes) is not
+    assert batch["input_ids"][lengths.index(min(lengths)), 0] == tok.pad_token_id
+    assert batch["input_ids"][lengths.index(max(lengths)), 0] == tok.convert_tokens_to_ids("<|user|>")
     with torch.no_grad():
         out = model.generate(**batch, max_new_tokens=40, do_sample=False)
     width = batch["input_ids"].shape[1]

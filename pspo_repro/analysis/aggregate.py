@@ -189,3 +189,37 @@ def wide(table: pd.DataFrame) -> pd.DataFrame:
     grid = cells.pivot(index=["model", "label"], columns="column", values="cell")
     columns = list(dict.fromkeys(cells["column"]))  # the table's order: benchmarks, then metrics
     return rows.join(grid[columns], on=["model", "label"]).reset_index(drop=True)
+
+
+def transfer_gains(categories: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Gain over the starting model on problems that use a transfer template (``tagged``: the kind of step
+    the warm-start teachers get wrong and RL corrects in-family) and on those that do not (``untagged``), per
+    (model, arm, benchmark): mean over seeds and its standard error (sd / sqrt(seeds)), in accuracy units.
+    A tagged gain out of distribution that exceeds the untagged one is the learned correction transferring.
+
+    ``categories`` is :meth:`pspo_repro.analysis.results.Study.categories`; only its ``transfer`` rows are used
+    (the synthetic benchmarks record how many transfer steps each problem has)."""
+    columns = ["model", "label", "benchmark", "group", "seeds", "start", "gain", "gain_se", "n"]
+    rows = categories[(categories["category"] == "transfer") & (categories["metric"] == metric)].copy()
+    if rows.empty:
+        return pd.DataFrame(columns=columns)
+    rows["group"] = np.where(rows["value"].astype(str) == "0", "untagged", "tagged")
+    rows["correct"] = rows["accuracy"] * rows["n"]
+    keys = ["model", "label", "seed", "benchmark", "group"]
+    pooled = rows.groupby(keys, dropna=False, sort=False)[["correct", "n"]].sum().reset_index()
+    pooled["accuracy"] = pooled["correct"] / pooled["n"]
+    start = pooled[pooled["label"] == START].set_index(["model", "benchmark", "group"])["accuracy"]
+    out = []
+    trained = pooled[pooled["label"] != START]
+    for (model, label, bench, group), cell in trained.groupby(
+        ["model", "label", "benchmark", "group"], sort=False
+    ):
+        if (model, bench, group) not in start.index:
+            continue
+        base = float(start.loc[(model, bench, group)])
+        gains = cell["accuracy"].to_numpy() - base
+        se = float(np.std(gains, ddof=1) / math.sqrt(len(gains))) if len(gains) > 1 else float("nan")
+        out.append(
+            [model, label, bench, group, len(gains), base, float(gains.mean()), se, int(cell["n"].iloc[0])]
+        )
+    return pd.DataFrame(out, columns=columns)

@@ -296,7 +296,8 @@ def collect_timing(study_dir: Path) -> list[dict[str, Any]]:
     runs = _runs(study_dir)
     models = {config["model"] for _, config in runs}
     warm = 0.0
-    for model in sorted(models & set(tiny.names())):
+    built = sorted(m for m in models if tiny.is_tiny(m))
+    for model in built:
         recipe = tiny.folder(model) / tiny.RECIPE_FILE
         if recipe.is_file():
             warm += rundir.read_json(recipe)["build_seconds"]
@@ -307,7 +308,7 @@ def collect_timing(study_dir: Path) -> list[dict[str, Any]]:
             b.get("generation_seconds") or 0.0 for b in rundir.read_json(summary)["benchmarks"].values()
         )
     return [
-        {"stage": "warm starts", "core_seconds": round(warm, 1), "tasks": len(models & set(tiny.names()))},
+        {"stage": "warm starts", "core_seconds": round(warm, 1), "tasks": len(built)},
         {"stage": "training (with validation)", "core_seconds": round(training, 1), "tasks": len(runs)},
         {"stage": "evaluation", "core_seconds": round(evaluation, 1), "tasks": len(runs) + len(models)},
     ]
@@ -316,6 +317,64 @@ def collect_timing(study_dir: Path) -> list[dict[str, Any]]:
 def timing_table(rows: list[dict[str, Any]]) -> str:
     lines = ["| stage | tasks | core-minutes |", "|---|---|---|"]
     lines += [f"| {r['stage']} | {r['tasks']} | {r['core_seconds'] / 60:.1f} |" for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def builds(gain_rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Per (model, arm, benchmark) of a study with several warm-start builds of a tiny model: each build's
+    start and mean gain over its own start, and the mean and sd of those over builds (the between-build
+    spread, which a user's own build of the same recipe varies by)."""
+    from pspo_repro.models import tiny
+
+    per: dict[tuple[str, str, str, str], list[dict[str, Any]]] = {}
+    for r in gain_rows:
+        if tiny.is_tiny(r["model"]) and tiny.BUILD_MARK in r["model"]:
+            base = tiny.split_build(r["model"])[0]
+            per.setdefault((base, r["objective"], r["benchmark"], r["metric"]), []).append(r)
+    out = []
+    for (model, label, bench, metric), group in per.items():
+        group = sorted(group, key=lambda r: tiny.split_build(r["model"])[1])
+        out.append(
+            {
+                "model": model,
+                "objective": label,
+                "benchmark": bench,
+                "metric": metric,
+                "builds": len(group),
+                "starts": [round(r["start"], 4) for r in group],
+                "gains": [round(r["gain_mean"], 4) for r in group],
+                "gain_mean": _mean([r["gain_mean"] for r in group]),
+                "gain_between_build_sd": _sd([r["gain_mean"] for r in group]),
+                "start_between_build_sd": _sd([r["start"] for r in group]),
+                "beats_control_on_every_build": (
+                    None
+                    if any(r["beats_control"] is None for r in group)
+                    else all(r["beats_control"] for r in group)
+                ),
+            }
+        )
+    return out
+
+
+def builds_table(rows: list[dict[str, Any]]) -> str:
+    """The rows of :func:`builds` in percent and percentage points."""
+
+    def pp(values: list[float]) -> str:
+        return " / ".join(f"{100 * v:.1f}" for v in values)
+
+    lines = [
+        "| model | objective | benchmark | builds | start % per build | gain (pp) per build | gain mean | "
+        "between-build sd | beats control on every build |",
+        "|" + "---|" * 9,
+    ]
+    for r in rows:
+        sd = r["gain_between_build_sd"]
+        verdict = {True: "yes", False: "no", None: ""}[r["beats_control_on_every_build"]]
+        lines.append(
+            f"| {r['model']} | {r['objective']} | {r['benchmark']} | {r['builds']} | {pp(r['starts'])} | "
+            f"{pp(r['gains'])} | {100 * r['gain_mean']:+.1f} | {'' if math.isnan(sd) else f'{100 * sd:.1f}'} | "
+            f"{verdict} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -347,4 +406,8 @@ def write_tables(study_dir: Path, out_dir: Path, profile: dict[str, Any]) -> Pat
     rundir.atomic_write_text(out_dir / "control.md", control_table(control))
     rundir.atomic_write_text(out_dir / "staleness.md", staleness_table(staleness))
     rundir.atomic_write_text(out_dir / "timing.md", timing_table(collect_timing(study_dir)))
+    by_build = builds(control)
+    if by_build:
+        _write_csv(out_dir / "builds.csv", by_build)
+        rundir.atomic_write_text(out_dir / "builds.md", builds_table(by_build))
     return out_dir / "accuracy.md"

@@ -71,8 +71,9 @@ def shape_of(spec: str) -> tuple[Shape | None, str]:
 
     from pspo_repro.models import loading, tiny
 
-    if spec in tiny.names():
-        return Shape.from_config(tiny._qwen2_config(tiny.RECIPES[spec], tiny.build_tokenizer())), "config"
+    if tiny.is_tiny(spec):
+        recipe = tiny.recipe_of(spec)
+        return Shape.from_config(tiny._qwen2_config(recipe, tiny.build_tokenizer(recipe.tokenizer))), "config"
     folder = Path(spec).expanduser()
     try:
         if folder.is_dir():

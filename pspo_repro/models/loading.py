@@ -56,7 +56,7 @@ def resolve(spec: str | Path) -> ModelSource:
     from pspo_repro.models import tiny
 
     spec = str(spec)
-    if spec in tiny.names():
+    if tiny.is_tiny(spec):
         return ModelSource(str(tiny.ensure(spec)))
     if spec == SMOLLM2_NAME:
         return ModelSource(str(smollm2_folder()), SMOLLM2_GGUF)

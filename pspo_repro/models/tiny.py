@@ -1,30 +1,39 @@
-"""Tiny Qwen2-architecture models with a character tokenizer, warm-started on the synthetic domain.
+"""Tiny Qwen2-architecture models with a word-level tokenizer, warm-started on the synthetic domain.
 
 They let the whole GRPO pipeline run for real on a few CPU cores. Three models mirror the paper's
 roles (a small and a larger general model, and a math-specialised one), plus a micro model for tests:
 
-| name             | role in the paper      | params | warm start                                        |
-|------------------|------------------------|--------|---------------------------------------------------|
-| tiny-general-s   | Qwen2.5-0.5B           | ~0.8M  | 1,500 steps; teacher wrong on 3 of 6 templates    |
-| tiny-general-l   | Qwen2.5-1.5B           | ~1.3M  | 900 steps; teacher wrong on the 2 transfer ones   |
-| tiny-math-l      | Qwen2-Math-1.5B        | ~1.3M  | tiny-general-l + 300 steps; teacher wrong on 1    |
-| tiny-test        | (tests only)           | ~30K   | a few seconds; accuracy irrelevant                |
+| name             | role in the paper      | params | warm start                                            |
+|------------------|------------------------|--------|-------------------------------------------------------|
+| tiny-general-s   | Qwen2.5-0.5B           | ~0.9M  | 1,500 steps; teacher wrong on 3 of 7 templates + rare |
+| tiny-general-l   | Qwen2.5-1.5B           | ~1.4M  | 900 steps; wrong on the 2 transfer ones + rare        |
+| tiny-math-l      | Qwen2-Math-1.5B        | ~1.4M  | tiny-general-l + 300 steps; wrong on 1 + rare         |
+| tiny-test        | (tests only)           | ~40K   | a few seconds; accuracy irrelevant                    |
 
 The warm start is supervised training on solutions written by a teacher that errs systematically (see
-``synthetic.teacher_solution``): on some templates it applies the opposite operation 65% of the time, with
-right arithmetic. This is the analogue of pretraining data that contains wrong reasoning: the models learn
-the teacher's choices, and RL, rewarded by the true answer, has policy-level mistakes to correct. The
-teachers differ in quality, and so do the models' starting accuracies.
+``synthetic.teacher_solution``): on some templates it applies the opposite operation 80% of the time, with
+right arithmetic, and on the rare ``p.wins`` every teacher always does. This is the analogue of pretraining
+data that contains wrong reasoning: the models learn the teacher's choices, and RL, rewarded by the true
+answer, has policy-level mistakes to correct (the rare one it seldom samples right, which keeps every model
+below the ceiling). The teachers differ in quality, and so do the models' starting accuracies. Beside the
+problems, the warm start holds plain stories (``synthetic.corpus``, loss on every token) and a small share
+of problems in the out-of-distribution sets' forms (``synthetic`` split ``warmstart-ood``).
 
-Tokenizer: one token per byte, and so one per ASCII character (other characters become their
-UTF-8 bytes, so any text round-trips), plus special tokens. It is stored in the byte-level BPE form
-that Qwen2 tokenizers use (GPT-2 byte-to-unicode alphabet, no merges) because for a ``qwen2`` config
-``AutoTokenizer`` always rebuilds a ``Qwen2Tokenizer`` from the saved vocabulary and merges, with
-Qwen2's normaliser, pre-tokeniser and decoder; a tokenizer in any other form would load differently
-from how it was built. Its chat template renders ``<|user|>question<|end|><|assistant|>`` and ends
+Builds. ``name@k`` is build k of a model: the same recipe from another initialisation and batch order
+(:func:`recipe_of`); a study with ``builds`` in its profile treats the warm start as part of the
+experiment's randomness. A build runs on ``build_threads`` threads whatever the machine, so it is repeatable
+on one machine and kernel path; float32 kernels round differently on other instruction sets (AVX2 against
+AVX-512, say), so the same recipe elsewhere is another draw, which is what the builds stand for.
+
+Tokenizer (``"word"``): byte-level BPE whose merges spell each word of the domain as one token (with its
+leading space, and capitalised words also without), digits one per token as in Qwen2's, and any other text
+falling back to one token per byte (so it round-trips); ``"byte"`` (no merges) was the first recipes'
+tokenizer. Both are stored in the byte-level BPE form that Qwen2 tokenizers use (GPT-2 byte-to-unicode
+alphabet) with Qwen2's normaliser, pre-tokeniser and decoder, so ``AutoTokenizer`` loads the saved folder
+as it was built. Its chat template renders ``<|user|>question<|end|><|assistant|>`` and ends
 assistant turns with the eos token ``<|endoftext|>``. It deliberately does NOT render the system
 message: these models cannot follow instructions (they learn the ``#### N`` answer format in the
-warm start), and ~200 characters of fixed system prompt would multiply the cost of every prompt.
+warm start), and a fixed system prompt would multiply the cost of every prompt.
 The same prompt code (``prompts.render_prompt``) therefore serves Qwen and tiny models.
 
 Warm-started models are cached under ``cache_root()/tiny/<name>-<fingerprint[:12]>/``; the
@@ -43,7 +52,7 @@ import shutil
 import tempfile
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -53,7 +62,7 @@ import torch
 from pspo_repro.study import rundir
 
 # Bump when the build procedure changes in a way the recipe fields do not capture.
-RECIPE_VERSION = 2
+RECIPE_VERSION = 3
 RECIPE_FILE = "recipe.json"  # written last into a built model's folder: the build record
 
 PAD, EOS, UNK = "<|pad|>", "<|endoftext|>", "<|unk|>"
@@ -76,15 +85,20 @@ CHAT_TEMPLATE = (
     "{%- if add_generation_prompt -%}<|assistant|>{%- endif -%}"
 )
 
+# How often a teacher applies the wrong operation on a template it gets wrong: far enough from 1/2 that every
+# build's greedy choice is the teacher's usual one (at 0.65 the kernel path decided it, and starts moved by 13
+# points between builds), near enough to 1 that sampling at temperature 1 still finds the right one for RL.
+TEACHER_ERROR = 0.8
+
 # Warm-start teachers (template id -> probability of applying the opposite operation). A model that imitates
 # its teacher faithfully picks, greedily, the teacher's usual operation: wrong on every template where the
 # teacher errs more often than not. The general teacher errs on both transfer directions ("F gives her b
 # more", "she gives b to F"); the small model's, on a third template too; the math model's, a better one,
 # only on the second. A faithful imitator scores what the test problems free of its teacher's wrong
 # templates are worth (37%, 56% and 77%); the warm-started models start above that (see the README).
-GENERAL_TEACHER = {"p.gets": 0.65, "p.gives": 0.65}
-SMALL_TEACHER = {"p.gets": 0.65, "p.gives": 0.65, "p.eats": 0.65}
-MATH_TEACHER = {"p.gives": 0.65}
+GENERAL_TEACHER = {"p.gets": TEACHER_ERROR, "p.gives": TEACHER_ERROR, "p.wins": 1.0}
+SMALL_TEACHER = {"p.gets": TEACHER_ERROR, "p.gives": TEACHER_ERROR, "p.eats": TEACHER_ERROR, "p.wins": 1.0}
+MATH_TEACHER = {"p.gives": TEACHER_ERROR, "p.wins": 1.0}
 
 
 @dataclass(frozen=True)
@@ -118,6 +132,19 @@ class TinyRecipe:
     # The warm-start teacher: template id -> probability that it applies the opposite operation there
     # (see synthetic.teacher_solution). Its systematic errors are what RL can later correct.
     teacher_errors: dict[str, float] = field(default_factory=lambda: dict(GENERAL_TEACHER))
+    # Plain stories in every sentence form (synthetic.corpus), mixed into the warm start with the loss on
+    # every token: the analogue of pretraining text, so that the out-of-distribution problems' words are known.
+    corpus_size: int = 5000
+    # Problems in the out-of-distribution sets' forms (synthetic "warmstart-ood": retold and perturbed
+    # stories, disjoint from the test sets), solved by the same teacher: plain text alone did not teach a
+    # tiny model to solve them (1.6-9% strict at the start), so they are rare in the warm start instead of
+    # absent, as other wordings of the task are in a real model's pretraining data.
+    ood_size: int = 2000
+    # "word": one token per word of the domain and per digit; "byte": one per character (the first recipes)
+    tokenizer: str = "word"
+    # Builds run on this many threads, whatever the machine: a float32 sum's rounding depends on how it is
+    # split over threads, so a fixed count makes a build repeatable on one machine and kernel path.
+    build_threads: int = 1
 
 
 # The larger architecture, shared by the larger general model and the math model that continues it.
@@ -163,10 +190,16 @@ RECIPES: dict[str, TinyRecipe] = {
         lr=5e-3,
         warmup_steps=5,
         train_size=2000,
+        corpus_size=500,
+        ood_size=200,
         eval_n=32,
         eval_max_new_tokens=48,
     ),
 }
+
+
+TOKENIZERS = ("word", "byte")
+BUILD_MARK = "@"  # "tiny-general-s@1": build 1 of tiny-general-s (build 0 is the plain name)
 
 
 def names() -> list[str]:
@@ -174,24 +207,105 @@ def names() -> list[str]:
     return list(RECIPES)
 
 
-def _recipe(name: str) -> TinyRecipe:
+def split_build(spec: str) -> tuple[str, int]:
+    """(model name, build) of ``spec``: "tiny-general-s@1" -> ("tiny-general-s", 1); no mark: build 0."""
+    name, mark, build = spec.partition(BUILD_MARK)
+    if not mark:
+        return spec, 0
+    if not build.isdigit():
+        raise ValueError(
+            f"tiny model {spec!r}: the build after {BUILD_MARK!r} must be a number >= 0, got {build!r}"
+        )
+    return name, int(build)
+
+
+def is_tiny(spec: str) -> bool:
+    """Whether ``spec`` names a tiny model, with or without a build mark."""
+    try:
+        return split_build(spec)[0] in RECIPES
+    except ValueError:
+        return False
+
+
+def _canonical(spec: str) -> str:
+    name, build = split_build(spec)
+    return f"{name}{BUILD_MARK}{build}" if build else name
+
+
+def recipe_of(spec: str) -> TinyRecipe:
+    """The recipe of a tiny model or one of its builds. A build is an independent draw of the same recipe:
+    another initialisation and batch order (``seed`` + build), and a continued model continues the same build
+    of its parent. The data and the teacher stay those of the recipe."""
+    name, build = split_build(spec)
     if name not in RECIPES:
-        raise ValueError(f"unknown tiny model {name!r}; allowed: {', '.join(names())}")
-    return RECIPES[name]
+        raise ValueError(
+            f"unknown tiny model {spec!r}; allowed: {', '.join(names())} (optionally name@build)"
+        )
+    base = RECIPES[name]
+    if BUILD_MARK not in spec:
+        return base
+    parent = _canonical(f"{base.init_from}{BUILD_MARK}{build}") if base.init_from else None
+    return replace(base, seed=base.seed + build, init_from=parent)
 
 
-def build_tokenizer() -> Any:
-    """The byte tokenizer as a ``PreTrainedTokenizerFast``, with its chat template."""
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
+def _byte_vocab() -> dict[str, int]:
     from transformers.convert_slow_tokenizer import bytes_to_unicode
-    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
 
     byte_tokens = [bytes_to_unicode()[b] for b in range(256)]  # GPT-2's printable stand-in for each byte
-    vocab = {token: i for i, token in enumerate(SPECIAL_TOKENS + byte_tokens)}
-    # Byte-level BPE without merges: every byte is one token. Normaliser, pre-tokeniser and decoder are
+    return {token: i for i, token in enumerate(SPECIAL_TOKENS + byte_tokens)}
+
+
+def _word_merges(vocab: dict[str, int]) -> list[tuple[str, str]]:
+    """Byte-level BPE merges that spell each domain word (with its leading space, and capitalised words also
+    without one) one letter at a time, adding each prefix to ``vocab``. Every chain starts with a space or a
+    capital, neither of which occurs inside a word, so no chain can take letters from another word's
+    middle: a known word is one token, and any other text still falls back to bytes."""
+    from transformers.convert_slow_tokenizer import bytes_to_unicode
+
+    from pspo_repro.data import synthetic
+
+    to_unicode = bytes_to_unicode()
+    merges: list[tuple[str, str]] = []
+
+    def chain(text: str) -> None:
+        symbols = "".join(to_unicode[b] for b in text.encode())
+        for k in range(2, len(symbols) + 1):
+            if symbols[:k] not in vocab:
+                vocab[symbols[:k]] = len(vocab)
+                merges.append((symbols[: k - 1], symbols[k - 1]))
+
+    for word in synthetic.vocabulary():
+        chain(" " + word)
+        if word[0].isupper():
+            chain(word)
+    for symbol in (" +", " -", " ="):
+        chain(symbol)
+    vocab["##"], vocab["####"] = len(vocab), len(vocab) + 1  # "####" as ## + ##, the order BPE merges it in
+    merges += [("#", "#"), ("##", "##")]
+    return merges
+
+
+@lru_cache(maxsize=4)
+def _tokenizer_parts(kind: str) -> tuple[tuple[tuple[str, int], ...], tuple[tuple[str, str], ...]]:
+    vocab = _byte_vocab()
+    merges = _word_merges(vocab) if kind == "word" else []
+    return tuple(vocab.items()), tuple(merges)
+
+
+def build_tokenizer(kind: str = "word") -> Any:
+    """The tiny models' tokenizer as a ``PreTrainedTokenizerFast``, with its chat template: ``"word"`` gives
+    every word of the synthetic domain one token (digits stay one per token, as in Qwen2's), ``"byte"`` one
+    token per byte."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+    from transformers.models.qwen2.tokenization_qwen2 import PRETOKENIZE_REGEX
+
+    if kind not in TOKENIZERS:
+        raise ValueError(f"unknown tiny tokenizer {kind!r}; allowed: {', '.join(TOKENIZERS)}")
+    vocab, merges = _tokenizer_parts(kind)
+    # Byte-level BPE: bytes, plus the merges that make domain words. Normaliser, pre-tokeniser and decoder are
     # Qwen2Tokenizer's, so loading the saved folder with AutoTokenizer gives the same tokenizer.
-    backend = Tokenizer(models.BPE(vocab=vocab, merges=[], fuse_unk=False))
+    backend = Tokenizer(models.BPE(vocab=dict(vocab), merges=list(merges), fuse_unk=False))
     backend.normalizer = normalizers.NFC()
     backend.pre_tokenizer = pre_tokenizers.Sequence(
         [
@@ -220,26 +334,39 @@ def cache_root() -> Path:
 
 @lru_cache(maxsize=16)
 def _training_data_digest(
-    data_seed: int, train_size: int, teacher_errors: tuple[tuple[str, float], ...]
+    data_seed: int,
+    train_size: int,
+    teacher_errors: tuple[tuple[str, float], ...],
+    corpus_size: int,
+    ood_size: int,
 ) -> str:
-    """Hash of the warm-start examples, so a change in the generator or the teacher invalidates the cache."""
+    """Hash of the warm-start examples and corpus, so a change in the generator or the teacher invalidates
+    the cache."""
+    from pspo_repro.data import synthetic
+
     h = hashlib.sha256()
-    for question, solution, _ in _warmstart_examples(data_seed, train_size, dict(teacher_errors)):
+    for question, solution, _ in _warmstart_examples(data_seed, train_size, dict(teacher_errors), ood_size):
         h.update(f"{question}\x00{solution}\x00".encode())
+    for text in synthetic.corpus(corpus_size, seed=data_seed):
+        h.update(f"{text}\x00".encode())
     return h.hexdigest()
 
 
 def fingerprint(name: str) -> str:
     """sha256 of the recipe, tokenizer, training data and RECIPE_VERSION (hex)."""
-    recipe = _recipe(name)
-    tok = build_tokenizer()
+    recipe = recipe_of(name)
+    tok = build_tokenizer(recipe.tokenizer)
     payload = {
         "version": RECIPE_VERSION,
         "recipe": asdict(recipe),
         "vocab": sorted(tok.get_vocab().items(), key=lambda kv: kv[1]),
         "chat_template": CHAT_TEMPLATE,
         "train_data": _training_data_digest(
-            recipe.data_seed, recipe.train_size, tuple(sorted(recipe.teacher_errors.items()))
+            recipe.data_seed,
+            recipe.train_size,
+            tuple(sorted(recipe.teacher_errors.items())),
+            recipe.corpus_size,
+            recipe.ood_size,
         ),
         "init_from": fingerprint(recipe.init_from) if recipe.init_from else None,
     }
@@ -248,7 +375,7 @@ def fingerprint(name: str) -> str:
 
 def folder(name: str) -> Path:
     """The cache folder of the model's current recipe (its name carries the fingerprint)."""
-    return cache_root() / "tiny" / f"{name}-{fingerprint(name)[:12]}"
+    return cache_root() / "tiny" / f"{_canonical(name)}-{fingerprint(name)[:12]}"
 
 
 @contextlib.contextmanager
@@ -313,13 +440,14 @@ def _qwen2_config(recipe: TinyRecipe, tok: Any) -> Any:
 
 
 def _warmstart_examples(
-    data_seed: int, train_size: int, teacher_errors: dict[str, float]
+    data_seed: int, train_size: int, teacher_errors: dict[str, float], ood_size: int = 0
 ) -> list[tuple[str, str, str]]:
-    """(question, the teacher's solution, the true answer) from the synthetic ``warmstart`` split, which no
-    RL prompt, validation or test problem shares."""
+    """(question, the teacher's solution, the true answer) from the synthetic ``warmstart`` and
+    ``warmstart-ood`` splits, which no RL prompt, validation or test problem shares."""
     from pspo_repro.data import synthetic
 
     problems = synthetic.generate("warmstart", n=train_size, seed=data_seed)
+    problems += synthetic.generate("warmstart-ood", n=ood_size, seed=data_seed)
     return [
         (p.question, synthetic.teacher_solution(p, teacher_errors, seed=data_seed), p.answer)
         for p in problems
@@ -333,6 +461,12 @@ def _encode_sft(tok: Any, examples: list[tuple[str, str, str]]) -> list[tuple[li
     prompts = tok([render_prompt(tok, q) for q, _, _ in examples], add_special_tokens=False)["input_ids"]
     targets = tok([s for _, s, _ in examples], add_special_tokens=False)["input_ids"]
     return [(pr + tg + [tok.eos_token_id], len(pr)) for pr, tg in zip(prompts, targets, strict=True)]
+
+
+def _encode_corpus(tok: Any, texts: list[str]) -> list[tuple[list[int], int]]:
+    """Each plain text as (its token ids + eos, 0): the loss covers every token, as in pretraining."""
+    ids = tok(texts, add_special_tokens=False)["input_ids"] if texts else []
+    return [(t + [tok.eos_token_id], 0) for t in ids]
 
 
 def _collate(examples: list[tuple[list[int], int]], pad_id: int) -> dict[str, torch.Tensor]:
@@ -398,7 +532,7 @@ def _parent_folder(recipe: TinyRecipe, progress: bool) -> Path | None:
     """The warm-started model that ``recipe`` continues from (ensured), or None for a fresh start."""
     if recipe.init_from is None:
         return None
-    parent = _recipe(recipe.init_from)
+    parent = recipe_of(recipe.init_from)
     mismatched = [f for f in _ARCHITECTURE if getattr(parent, f) != getattr(recipe, f)]
     if mismatched:
         raise ValueError(
@@ -416,20 +550,26 @@ def build(name: str, out_dir: Path, progress: bool = True) -> dict:
 
     from pspo_repro.data import synthetic
 
-    recipe = _recipe(name)
+    recipe = recipe_of(name)
     out_dir = Path(out_dir)
     parent = _parent_folder(recipe, progress)  # built first if missing, outside this build's timing
     started = time.perf_counter()
-    tok = build_tokenizer()
-    warmstart = _warmstart_examples(recipe.data_seed, recipe.train_size, recipe.teacher_errors)
+    tok = build_tokenizer(recipe.tokenizer)
+    warmstart = _warmstart_examples(
+        recipe.data_seed, recipe.train_size, recipe.teacher_errors, recipe.ood_size
+    )
     examples = _encode_sft(tok, warmstart)
+    examples += _encode_corpus(tok, synthetic.corpus(recipe.corpus_size, seed=recipe.data_seed))
     # How often the teacher's final answer is right (what a model sampling as its teacher does would score).
     teacher_accuracy = sum(sol.endswith(f"#### {ans}") for _, sol, ans in warmstart) / len(warmstart)
     if not examples:
         raise ValueError(f"tiny model {name!r}: the synthetic train split is empty")
 
     losses: list[float] = []
-    with torch.random.fork_rng(devices=[]):  # leave the caller's global RNG untouched
+    threads = torch.get_num_threads()
+    torch.set_num_threads(recipe.build_threads)
+    with contextlib.ExitStack() as restore, torch.random.fork_rng(devices=[]):  # leave the caller's RNG alone
+        restore.callback(torch.set_num_threads, threads)
         torch.manual_seed(recipe.seed)
         if parent is None:
             model = Qwen2ForCausalLM(_qwen2_config(recipe, tok)).float()
@@ -472,7 +612,8 @@ def build(name: str, out_dir: Path, progress: bool = True) -> dict:
         "final_sft_loss": sum(tail) / len(tail) if tail else None,
         "train_seconds": round(train_seconds, 2),
         "seconds_per_step": round(train_seconds / max(1, recipe.sft_steps), 4),
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": recipe.build_threads,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
         "build_seconds": round(time.perf_counter() - started, 2),
         "teacher_accuracy": teacher_accuracy,
         "validation_greedy_accuracy": accuracy,

@@ -177,7 +177,7 @@ def _build(model: str) -> str | None:
     fingerprint); None for other models, taken as they are."""
     from pspo_repro.models import tiny
 
-    return tiny.folder(model).name if model in tiny.names() else None
+    return tiny.folder(model).name if tiny.is_tiny(model) else None
 
 
 def _from_current_build(task: Task, build: str | None) -> bool:
@@ -246,7 +246,7 @@ def _phase(task: Task, phase: str, say: Callable[..., None], progress: bool) -> 
     from pspo_repro.evaluation import evaluate
     from pspo_repro.models import tiny
 
-    if task.model in tiny.names() and not tiny.is_built(task.model):
+    if tiny.is_tiny(task.model) and not tiny.is_built(task.model):
         say(phase="warm start")
         tiny.ensure(task.model, progress=progress)
     if phase == "train":

@@ -5,6 +5,7 @@ Profile format::
 
     name: cpu
     seeds: [0, 1]
+    builds: [0, 1]                                              # tiny models: independent warm starts
     train: {dataset: synthetic, learning_rate: 1.0e-4, ...}     # TrainSettings shared by every run
     models:                                                     # model -> settings for that model
       tiny-general-s: {}
@@ -24,6 +25,11 @@ Profile format::
 A profile may start from another (``extends: cpu``): its ``train``, ``eval``, ``slurm`` and ``limits``
 settings are merged key by key into the other's, and any other key it gives replaces the other's.
 
+``builds`` makes each tiny model's warm start part of the experiment's randomness: every tiny model is run as
+``<model>@<build>`` for each build given (independent initialisations and batch orders of the same recipe, see
+:func:`pspo_repro.models.tiny.recipe_of`), with the seeds nested in each build. Objectives' ``models`` lists and
+cells name the model without the build. Other models have no builds.
+
 Later layers win: train < models < objectives < cells. ``models`` may also be a plain list. An
 ``objectives`` key is the run's label; an entry that sets ``objective`` runs that objective under the label,
 which is how controls (shuffled advantages, SGD) sit beside the objectives in one table; an entry's
@@ -42,6 +48,7 @@ from typing import Any
 
 import yaml
 
+from pspo_repro.models import tiny
 from pspo_repro.training.settings import TrainSettings
 
 PROFILE_KEYS = {
@@ -50,6 +57,7 @@ PROFILE_KEYS = {
     "extends",
     "models",
     "seeds",
+    "builds",
     "train",
     "objectives",
     "cells",
@@ -128,22 +136,39 @@ def expand(profile: dict[str, Any]) -> list[Run]:
         unknown = sorted(set(wanted or ()) - set(model_settings))
         if unknown:
             raise ValueError(f"objective {label!r} names models {unknown} that the profile does not have")
+    builds = _builds(profile)
     runs = []
     for model, for_model in model_settings.items():
+        specs = (
+            [f"{model}{tiny.BUILD_MARK}{b}" for b in builds] if builds and tiny.is_tiny(model) else [model]
+        )
         for label, for_label in arms.items():
             if only[label] is not None and model not in only[label]:
                 continue
-            for seed in profile.get("seeds", [0]):
-                values = {
-                    **profile.get("train", {}),
-                    **(for_model or {}),
-                    **for_label,
-                    **cells.get((model, label), {}),
-                }
-                values.update(model=model, seed=seed, label=label)
-                values["objective"] = for_label.get("objective", label)
-                runs.append(Run(model, label, seed, TrainSettings.from_dict(values)))
+            for spec in specs:
+                for seed in profile.get("seeds", [0]):
+                    values = {
+                        **profile.get("train", {}),
+                        **(for_model or {}),
+                        **for_label,
+                        **cells.get((model, label), {}),
+                    }
+                    values.update(model=spec, seed=seed, label=label)
+                    values["objective"] = for_label.get("objective", label)
+                    runs.append(Run(spec, label, seed, TrainSettings.from_dict(values)))
     return runs
+
+
+def _builds(profile: dict[str, Any]) -> list[int] | None:
+    """The profile's tiny-model builds (None: no ``builds`` key, the models run by their plain names)."""
+    builds = profile.get("builds")
+    if builds is None:
+        return None
+    if not isinstance(builds, list) or not builds or not all(isinstance(b, int) and b >= 0 for b in builds):
+        raise ValueError(f"profile builds must be a non-empty list of integers >= 0, got {builds!r}")
+    if len(set(builds)) != len(builds):
+        raise ValueError(f"profile builds must not repeat, got {builds!r}")
+    return builds
 
 
 def select(
@@ -153,6 +178,9 @@ def select(
     seeds: list[int] | None = None,
 ) -> list[Run]:
     """The runs whose model, objective label and seed are among those given (None: any)."""
+    base = {r.model: tiny.split_build(r.model)[0] if tiny.is_tiny(r.model) else r.model for r in runs}
+    if models is not None:  # a model without its build selects every build
+        models = [m for m in base if m in models or base[m] in models] or models
     for kind, wanted, have in (
         ("model", models, {r.model for r in runs}),
         ("objective", objectives, {r.label for r in runs}),

@@ -56,7 +56,7 @@ def tasks(
             run.name, "train", folder, run.model, bench, eval_options, settings, data_dir, limits
         )
 
-    parent = {m: tiny.RECIPES[m].init_from for m in by_model if m in tiny.names()}
+    parent = {m: tiny.recipe_of(m).init_from for m in by_model if tiny.is_tiny(m)}
     children = [m for m in by_model if parent.get(m) is not None]
     first = [m for m in by_model if m not in children]
     result = [start(m) for m in first]

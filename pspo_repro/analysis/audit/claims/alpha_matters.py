@@ -70,7 +70,7 @@ def start_folder(run: Run) -> Path | None:
     from pspo_repro.models import tiny
 
     build = run.folder / "model_build.json"
-    if run.model in tiny.names():
+    if tiny.is_tiny(run.model):
         if not build.is_file():
             return None
         path = tiny.cache_root() / "tiny" / rundir.read_json(build)["build"]
