@@ -1,0 +1,180 @@
+"""Cost of a `cpu`-profile optimizer step: the first tiny-model recipe against the current one, in one process.
+
+Both recipes are warm-started here from scratch with the same, shortened warm start (``--warm-steps``, enough
+for completions to end with ``#### N`` and stop, as trained models' do), then trained with the `cpu`
+profile's regular arm (clip, 64 completions per step in two mini-batches of a 128-completion generation,
+each used twice), the same number of steps, interleaved over rounds. The baseline ("old") is the recipe the
+first committed study used: one token per character, completions of at most 40 tokens, float32. The current
+recipe ("new") has a token per word of the domain and per digit, completions of at most 32 tokens, and runs
+each variant in float32 and under bf16 autocast (``--bf16``) so the two levers are seen apart.
+
+Printed: seconds per optimizer step (median over rounds, after each round's first step), tokens per
+sequence (prompt + completion, measured on the training rollouts), the ratios to the old recipe, the
+step's arithmetic (GFLOP: 6 x parameters x tokens for the policy's forward and backward, 2 x for the
+old-policy pass, 2 x per generated token for generation, each over the step's 64 sequences) and the GFLOP/s
+it reached, and the seconds per warm-start step of each recipe.
+
+    .venv/bin/python benchmarks/bench_cpu_step.py [--model tiny-general-l] [--steps 8] [--rounds 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+import torch  # noqa: E402
+from bench_probes import StepTimer  # noqa: E402  (this script's folder is on the path when it runs)
+
+from pspo_repro.data import synthetic  # noqa: E402
+from pspo_repro.models import loading, tiny  # noqa: E402
+from pspo_repro.training import rewards  # noqa: E402
+from pspo_repro.training.train import to_dataset  # noqa: E402
+from pspo_repro.training.trainer import PSPOGRPOConfig, PSPOGRPOTrainer  # noqa: E402
+
+
+class TokenCounter(PSPOGRPOTrainer):
+    """Counts the prompt and completion tokens of every rollout it trains on."""
+
+    prompt_tokens = 0
+    completion_tokens = 0
+    sequences = 0
+
+    def _generate_and_score_completions(self, inputs):
+        out = super()._generate_and_score_completions(inputs)
+        TokenCounter.prompt_tokens += int(out["prompt_mask"].sum())
+        TokenCounter.completion_tokens += int(out["completion_mask"].sum())
+        TokenCounter.sequences += out["prompt_mask"].shape[0]
+        return out
+
+
+def train(model_dir: Path, max_completion: int, bf16: bool, steps: int, dataset, out: str) -> dict:
+    source = loading.resolve(str(model_dir))
+    args = PSPOGRPOConfig(
+        objective="clip",
+        epsilon=0.2,
+        output_dir=out,
+        per_device_train_batch_size=64,
+        gradient_accumulation_steps=1,
+        steps_per_generation=2,
+        num_iterations=2,
+        num_generations=8,
+        max_completion_length=max_completion,
+        learning_rate=1e-4,
+        warmup_steps=0,
+        max_steps=steps,
+        loss_type="dapo",
+        beta=0.0,
+        report_to="none",
+        use_cpu=True,
+        bf16=bf16,
+        seed=0,
+        save_strategy="no",
+        disable_tqdm=True,
+        logging_steps=1,
+        probes=False,
+    )
+    timer = StepTimer()
+    TokenCounter.prompt_tokens = TokenCounter.completion_tokens = TokenCounter.sequences = 0
+    trainer = TokenCounter(
+        model=loading.load_model(source),
+        reward_funcs=[rewards.paper_reward],
+        args=args,
+        train_dataset=dataset,
+        processing_class=loading.load_tokenizer(source),
+        callbacks=[timer],
+    )
+    trainer.train()
+    n = max(1, TokenCounter.sequences)
+    return {
+        "seconds": statistics.mean(timer.times[1:]),  # the first step pays one-off costs
+        "prompt": TokenCounter.prompt_tokens / n,
+        "completion": TokenCounter.completion_tokens / n,
+        "parameters": sum(p.numel() for p in trainer.model.parameters()),
+    }
+
+
+def gflop(row: dict) -> float:
+    """A step's arithmetic over its 64 sequences: policy forward + backward (6 N per token), the old-policy
+    pass (2 N per token, once per generation, i.e. over the generation's 128 sequences every other step ->
+    2 N x 64 per step on average) and generation (2 N per generated token, same averaging)."""
+    tokens = row["prompt"] + row["completion"]
+    n = row["parameters"]
+    return 64 * (6 * n * tokens + 2 * n * tokens + 2 * n * row["completion"]) / 1e9
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--model", default="tiny-general-l", choices=[m for m in tiny.names() if m != "tiny-test"]
+    )
+    parser.add_argument("--warm-steps", type=int, default=300)
+    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=3)
+    opts = parser.parse_args()
+    torch.set_num_threads(1)  # as a `cpu` study's workers run: one thread each
+
+    base = tiny.recipe_of(opts.model)
+    recipes = {
+        # the first committed recipe: a token per character, no corpus, the 0.65 teacher
+        "old": replace(
+            base,
+            tokenizer="byte",
+            corpus_size=0,
+            init_from=None,
+            sft_steps=opts.warm_steps,
+            teacher_errors={k: 0.65 for k in base.teacher_errors},
+        ),
+        "new": replace(base, init_from=None, sft_steps=opts.warm_steps),
+    }
+    variants = {"old": ("old", 40, False), "new": ("new", 32, False), "new+bf16": ("new", 32, True)}
+    with tempfile.TemporaryDirectory() as tmp:
+        built, warm = {}, {}
+        for key, recipe in recipes.items():
+            name = f"bench-{key}"
+            tiny.RECIPES[name] = replace(recipe, eval_n=32)
+            record = tiny.build(name, Path(tmp) / name, progress=False)
+            built[key], warm[key] = Path(tmp) / name, record["seconds_per_step"]
+        dataset = to_dataset(synthetic.generate("train", n=2000))
+        per_round: dict[str, list[dict]] = {k: [] for k in variants}
+        for r in range(opts.rounds):
+            for key in variants if r % 2 == 0 else reversed(list(variants)):
+                recipe_key, max_completion, bf16 = variants[key]
+                per_round[key].append(
+                    train(built[recipe_key], max_completion, bf16, opts.steps, dataset, f"{tmp}/{key}-{r}")
+                )
+    summary = {}
+    for key, rows in per_round.items():
+        row = {f: statistics.median(r[f] for r in rows) for f in ("seconds", "prompt", "completion")}
+        row["parameters"] = rows[0]["parameters"]
+        summary[key] = row
+    old = summary["old"]
+    print(
+        f"model {opts.model}; {opts.steps} steps x {opts.rounds} rounds, 1 thread; warm start {opts.warm_steps} steps"
+    )
+    print(
+        f"{'variant':<10} {'s/step':>7} {'ratio':>6} {'tokens/seq':>10} {'ratio':>6} {'GFLOP':>6} {'GFLOP/s':>8}"
+    )
+    for key, row in summary.items():
+        tokens = row["prompt"] + row["completion"]
+        print(
+            f"{key:<10} {row['seconds']:>7.3f} {old['seconds'] / row['seconds']:>5.2f}x {tokens:>10.1f} "
+            f"{(old['prompt'] + old['completion']) / tokens:>5.2f}x {gflop(row):>6.1f} {gflop(row) / row['seconds']:>8.1f}"
+        )
+    print(
+        f"warm start s/step: old {warm['old']:.3f}, new {warm['new']:.3f} ({warm['old'] / warm['new']:.2f}x)"
+    )
+    print(json.dumps(summary))
+
+
+if __name__ == "__main__":
+    main()
