@@ -399,10 +399,10 @@ def _unseen_template_problems(n: int, seed: int, split: str = "test-asdiv") -> l
 
 
 def corpus(n: int, seed: int = 0) -> list[str]:
-    """``n`` plain stories about the domain's people and things, told in every sentence form the problems use
-    (in-family and out-of-distribution alike) but never asked about or solved: the analogue of general
-    pretraining text. A model warm-started on them can read the out-of-distribution problems' words; which
-    operation a new sentence form means it has to infer, as a pretrained model does on an unseen benchmark."""
+    """``n`` plain stories in the out-of-distribution sentence forms (past tense, containers), each step
+    followed by its calculation and sometimes a bystander's count, never asked as a question: the analogue of
+    general pretraining text, so that the models know those forms' words. In-family forms are left out so
+    that the only source of the in-family choices stays the warm-start teacher."""
     rng = random.Random(f"pspo-synthetic-v2:{seed}:corpus")
     makers = (_past_story, _container_story)
     texts = []

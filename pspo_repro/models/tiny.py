@@ -94,8 +94,8 @@ TEACHER_ERROR = 0.8
 # its teacher faithfully picks, greedily, the teacher's usual operation: wrong on every template where the
 # teacher errs more often than not. The general teacher errs on both transfer directions ("F gives her b
 # more", "she gives b to F"); the small model's, on a third template too; the math model's, a better one,
-# only on the second. A faithful imitator scores what the test problems free of its teacher's wrong
-# templates are worth (37%, 56% and 77%); the warm-started models start above that (see the README).
+# only on the second; every teacher is always wrong on the rare p.wins. The warm-started models start at about
+# what the test problems free of their teacher's wrong templates are worth (33, 48 and 66%: see the README).
 GENERAL_TEACHER = {"p.gets": TEACHER_ERROR, "p.gives": TEACHER_ERROR, "p.wins": 1.0}
 SMALL_TEACHER = {"p.gets": TEACHER_ERROR, "p.gives": TEACHER_ERROR, "p.eats": TEACHER_ERROR, "p.wins": 1.0}
 MATH_TEACHER = {"p.gives": TEACHER_ERROR, "p.wins": 1.0}
@@ -132,8 +132,8 @@ class TinyRecipe:
     # The warm-start teacher: template id -> probability that it applies the opposite operation there
     # (see synthetic.teacher_solution). Its systematic errors are what RL can later correct.
     teacher_errors: dict[str, float] = field(default_factory=lambda: dict(GENERAL_TEACHER))
-    # Plain stories in every sentence form (synthetic.corpus), mixed into the warm start with the loss on
-    # every token: the analogue of pretraining text, so that the out-of-distribution problems' words are known.
+    # Plain stories in the out-of-distribution forms (synthetic.corpus), mixed into the warm start with the loss
+    # on every token: the analogue of pretraining text, so that those problems' words are known.
     corpus_size: int = 5000
     # Problems in the out-of-distribution sets' forms (synthetic "warmstart-ood": retold and perturbed
     # stories, disjoint from the test sets), solved by the same teacher: plain text alone did not teach a
