@@ -245,6 +245,9 @@ def gains(rows: list[dict[str, Any]], benchmark: str, metric: str = "strict") ->
     return out
 
 
+_VERDICT = {True: "yes", False: "no", None: ""}  # None: not compared (a control, or too few seeds)
+
+
 def control_table(rows: list[dict[str, Any]]) -> str:
     """The gains of :func:`gains` in percentage points."""
 
@@ -257,7 +260,7 @@ def control_table(rows: list[dict[str, Any]]) -> str:
         "|" + "---|" * 11,
     ]
     for r in rows:
-        verdict = {True: "yes", False: "no", None: ""}[r["beats_control"]]
+        verdict = _VERDICT[r["beats_control"]]
         lines.append(
             f"| {r['model']} | {r['objective']} | {r['benchmark']} | {r['seeds']} | {100 * r['start']:.1f} | "
             f"{pp(r['gain_mean'])} | {pp(r['gain_sd'])} | {pp(r['control_gain_mean'])} | {pp(r['difference'])} | "
@@ -369,7 +372,7 @@ def builds_table(rows: list[dict[str, Any]]) -> str:
     ]
     for r in rows:
         sd = r["gain_between_build_sd"]
-        verdict = {True: "yes", False: "no", None: ""}[r["beats_control_on_every_build"]]
+        verdict = _VERDICT[r["beats_control_on_every_build"]]
         lines.append(
             f"| {r['model']} | {r['objective']} | {r['benchmark']} | {r['builds']} | {pp(r['starts'])} | "
             f"{pp(r['gains'])} | {100 * r['gain_mean']:+.1f} | {'' if math.isnan(sd) else f'{100 * sd:.1f}'} | "
