@@ -1,1 +1,2 @@
-"""Analysis: run folders read into frames, tables, figures, the notebooks' report and the claims audit."""
+"""Analysis: run folders read into frames, tables, figures, comparisons between arms (inference), the
+notebooks' report and the claims audit."""
