@@ -44,7 +44,7 @@ def test_the_field_profile_runs_each_objective_as_its_paper_does():
 
     runs = profiles.expand(profiles.load_profile("field"))
     by_label = {r.label: r.settings for r in runs if r.seed == 0}
-    assert {r.model for r in runs} == {"tiny-general-l"} and len(runs) == 17 * 3
+    assert {r.model for r in runs} == {"tiny-general-l@0", "tiny-general-l@1"} and len(runs) == 17 * 3 * 2
     assert {s.objective for s in by_label.values()} == {
         "clip",
         "dualclip",
@@ -121,10 +121,13 @@ def test_select_a_slice_of_a_profile():
     runs = profiles.expand(profiles.load_profile("cpu"))
     picked = profiles.select(runs, models=["tiny-math-l"], objectives=["clip", "pspo"], seeds=[1])
     assert [(r.model, r.label, r.seed) for r in picked] == [
-        ("tiny-math-l", "clip", 1),
-        ("tiny-math-l", "pspo", 1),
+        ("tiny-math-l@0", "clip", 1),
+        ("tiny-math-l@1", "clip", 1),
+        ("tiny-math-l@0", "pspo", 1),
+        ("tiny-math-l@1", "pspo", 1),
     ]
-    assert len(profiles.select(runs, seeds=[0])) == len(runs) // 3
+    grid = [r for r in runs if r.label.startswith(profiles.GRID_PREFIX)]
+    assert len(profiles.select(runs, seeds=[0])) == (len(runs) - len(grid)) // 2 + len(grid) // 2
     with pytest.raises(ValueError, match=r"model\(s\) \['tiny-nope'\] not in the profile"):
         profiles.select(runs, models=["tiny-nope"])
 
@@ -206,7 +209,8 @@ def test_a_profile_extends_another(tmp_path):
     assert profile["train"] == {**base["train"], "max_steps": 7}
     assert profile["objectives"] == base["objectives"] and profile["eval"] == base["eval"]
     runs = profiles.expand(profile)
-    assert len(runs) == len(profiles.expand(base)) // 3 * 5
+    main = [r for r in profiles.expand(base) if not r.label.startswith(profiles.GRID_PREFIX)]
+    assert len(runs) == len(main) // 2 * 5 + len(profiles.expand(base)) - len(main)  # the grid keeps its seeds
     assert {r.settings.max_steps for r in runs if r.label == "clip"} == {7}
     full = profiles.load_profile("cpu-full")
     assert full["seeds"] == [0, 1, 2, 3, 4] and "extends" not in full
@@ -255,14 +259,15 @@ def test_task_order_keeps_workers_busy_during_warm_starts(tmp_path):
     parent's runs (the parent is built by then), and its own runs last."""
     runs = profiles.expand(profiles.load_profile("cpu"))
     names = [t.name for t in runner.tasks(runs, tmp_path, ["synthetic"], {}, None)]
-    assert names[:2] == ["tiny-general-s/start", "tiny-general-l/start"]
-    math_start = names.index("tiny-math-l/start")
-    assert names[math_start - 1].startswith("tiny-general-s/") and names[math_start + 1].startswith(
-        "tiny-general-l/"
-    )
-    assert all(n.startswith("tiny-math-l/") for n in names[-21:]) and len(names) == len(runs) + 3
+    starts = [f"{m}@{b}/start" for m in ("tiny-general-s", "tiny-general-l") for b in (0, 1)]
+    assert names[:4] == starts
+    for build in (0, 1):  # each build of tiny-math-l continues the same build of tiny-general-l
+        math_start = names.index(f"tiny-math-l@{build}/start")
+        assert names[math_start + 1] == f"tiny-general-l@{build}/clip/seed0"
+    math_runs = [r for r in runs if r.model.startswith("tiny-math-l")]
+    assert all(n.startswith("tiny-math-l@") for n in names[-len(math_runs) :]) and len(names) == len(runs) + 6
     kinds = {t.name: t.kind for t in runner.tasks(runs, tmp_path, ["synthetic"], {}, None)}
-    assert kinds["tiny-math-l/start"] == "base" and kinds["tiny-math-l/clip/seed0"] == "train"
+    assert kinds["tiny-math-l@1/start"] == "base" and kinds["tiny-math-l@1/clip/seed0"] == "train"
 
 
 @pytest.mark.slow
@@ -398,3 +403,55 @@ def test_a_profile_that_needs_vllm_fails_before_any_run_where_it_is_missing(tmp_
     outcome = slurm.run_job(task)
     assert outcome.status == "failed" and outcome.error.startswith(f"run {task.name} needs vLLM")
     assert not (tmp_path / "runs").exists() and not (tmp_path / "res").exists()
+
+
+GRID = {
+    "models": {"tiny-general-s": {"learning_rate": 2e-4}, "tiny-general-l": {}},
+    "seeds": [0, 1, 2],
+    "builds": [0, 1],
+    "train": {"max_steps": 20, "eval_every": 5, "warmup_steps": 4, "steps_per_generation": 2, "batch_size": 64},
+    "objectives": {"clip": {}},
+    "grid": {
+        "model": "tiny-general-s",
+        "seeds": [0, 1],
+        "reuse": [1, 4, 16],
+        "learning_rates": [1e-4, 4e-4],
+        "generations": 3,
+        "benchmarks": ["synthetic"],
+        "objectives": {"clip": {"epsilon": 0.2}, "ctl": {"objective": "clip", "shuffle_advantages": True}},
+    },
+}
+
+
+def test_the_grid_changes_only_staleness_along_reuse_and_runs_generations_not_steps():
+    runs = profiles.expand(GRID)
+    grid = [r for r in runs if r.label.startswith(profiles.GRID_PREFIX)]
+    assert len(runs) - len(grid) == 2 * 2 * 3  # the main arm: two models x two builds x three seeds
+    assert len(grid) == 2 * 3 * 2 * 2  # objectives x reuse x learning rates x seeds, on the first build only
+    assert {r.model for r in grid} == {"tiny-general-s@0"}
+    cell = {(r.label, r.seed): r for r in grid}[("grid-ctl-r16-lr0.0004", 1)]
+    s = cell.settings
+    # one mini-batch per generation used `reuse` times: the same completions per update, only staleness grows
+    assert (s.num_iterations, s.steps_per_generation, s.batch_size) == (16, 1, 64)
+    assert (s.max_steps, s.eval_every, s.warmup_steps) == (3 * 16, 3 * 16, 0)  # validated at start and end
+    assert (s.learning_rate, s.objective, s.shuffle_advantages) == (4e-4, "clip", True)
+    assert cell.benchmarks == ("synthetic",)
+    assert profiles.parse_grid_label(cell.label) == ("ctl", 16, 4e-4)
+    assert profiles.parse_grid_label("clip-shuffled") is None
+    main = next(r for r in runs if r.label == "clip")
+    assert (main.settings.num_iterations, main.settings.max_steps, main.benchmarks) == (2, 20, None)
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"model": "tiny-math-l"}, "grid model 'tiny-math-l' is not among"),
+        ({"reuse": []}, "grid needs a non-empty 'reuse'"),
+        ({"reuse": [0, 4]}, r"grid reuse must be integers >= 1, got \[0, 4\]"),
+        ({"generations": 0}, "grid generations must be an integer >= 1, got 0"),
+        ({"steps": 3}, r"grid has unknown keys \['steps'\]"),
+    ],
+)
+def test_bad_grids_are_clear_errors(change, message):
+    with pytest.raises(ValueError, match=message):
+        profiles.expand({**GRID, "grid": {**GRID["grid"], **change}})

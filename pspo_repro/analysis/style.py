@@ -29,6 +29,10 @@ COLOURS = {
     "sigmoid": "#009E73",
     "topr": "#CC79A7",
     "noclip": "#E69F00",
+    "cispo": "#56B4E9",
+    "gspo": "#882255",
+    "vespo": "#44AA99",
+    "dualclip": "#999933",
     START: "#000000",
 }
 CONTROL_COLOUR = "#8C8C8C"

@@ -10,6 +10,7 @@ Written to ``results/<profile>/`` (CSV for every row, Markdown for reading), wit
   (the noise floor): the difference, its standard error, and whether it exceeds 3 standard errors;
 - ``staleness``: the zero-gradient token fraction and the fraction of ratios outside the clip range by
   staleness (optimizer updates since the rollouts were generated);
+- ``phase``: the phase diagram's cells, when the profile has a ``grid`` (:mod:`pspo_repro.analysis.phase`);
 - ``timing``: the compute each stage took, in core-seconds summed over tasks (warm starts of the tiny
   models used, training runs including their validation, evaluations).
 """
@@ -25,7 +26,7 @@ from typing import Any
 import yaml
 
 from pspo_repro.evaluation import grading
-from pspo_repro.study import rundir
+from pspo_repro.study import profiles, rundir
 
 METRICS = grading.METRICS
 CONTROL_SUFFIX = "-shuffled"
@@ -36,11 +37,14 @@ def _label(run_dir: Path, config: dict[str, Any]) -> str:
     return config.get("label") or run_dir.parent.name
 
 
-def _runs(study_dir: Path) -> list[tuple[Path, dict[str, Any]]]:
-    return [
+def _runs(study_dir: Path, grid: bool = False) -> list[tuple[Path, dict[str, Any]]]:
+    """The finished runs' folders and settings; the phase diagram's cells only with ``grid`` (their tables
+    are :mod:`pspo_repro.analysis.phase`'s)."""
+    runs = [
         (d.parent, rundir.read_json(d.parent / rundir.CONFIG))
         for d in sorted(study_dir.glob(f"*/*/seed*/{rundir.DONE}"))
     ]
+    return [(d, c) for d, c in runs if grid or profiles.parse_grid_label(_label(d, c)) is None]
 
 
 def collect(study_dir: Path) -> list[dict[str, Any]]:
@@ -296,7 +300,7 @@ def collect_timing(study_dir: Path) -> list[dict[str, Any]]:
     """Seconds per stage, summed over the study's finished tasks (they may have run in parallel)."""
     from pspo_repro.models import tiny
 
-    runs = _runs(study_dir)
+    runs = _runs(study_dir, grid=True)
     models = {config["model"] for _, config in runs}
     warm = 0.0
     built = sorted(m for m in models if tiny.is_tiny(m))
@@ -409,6 +413,9 @@ def write_tables(study_dir: Path, out_dir: Path, profile: dict[str, Any]) -> Pat
     rundir.atomic_write_text(out_dir / "control.md", control_table(control))
     rundir.atomic_write_text(out_dir / "staleness.md", staleness_table(staleness))
     rundir.atomic_write_text(out_dir / "timing.md", timing_table(collect_timing(study_dir)))
+    from pspo_repro.analysis import phase  # numpy and matplotlib only when tables are written
+
+    phase.write(study_dir, out_dir)
     by_build = builds(control)
     if by_build:
         _write_csv(out_dir / "builds.csv", by_build)

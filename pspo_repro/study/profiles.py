@@ -18,6 +18,15 @@ Profile format::
       clip-stress: {objective: clip, learning_rate: 3.0e-4, models: [tiny-general-l]}  # on some models only
     cells:                                                      # settings for one (model, objective)
       - {model: tiny-general-s, objective: clip, set: {learning_rate: 2.0e-4}}
+    grid:                                                       # the phase diagram: reuse x learning rate
+      model: tiny-general-s
+      builds: [0]                 # which builds of a tiny model (default: the profile's first)
+      seeds: [0, 1, 2]
+      reuse: [1, 4, 16]           # optimizer updates per generation (num_iterations; one mini-batch each)
+      learning_rates: [2.0e-4, 6.0e-4]
+      generations: 6              # run length in generations: a cell runs generations x reuse steps
+      benchmarks: [synthetic]     # what each cell's final checkpoint is evaluated on
+      objectives: {clip: {epsilon: 0.2}, noclip: {}, clip-shuffled: {objective: clip, shuffle_advantages: true}}
     eval: {benchmarks: [synthetic, synthetic-svamp], limit: null, batch_size: 64}
     slurm: {partition: gpu, time_min: 360, gpus_per_node: 1, mem_gb: 64}   # the slurm launcher's jobs
     limits: {train: 3600, eval: 1800}   # seconds a task's phase may take before it is killed (none: no limit)
@@ -35,12 +44,21 @@ Later layers win: train < models < objectives < cells. ``models`` may also be a 
 which is how controls (shuffled advantages, SGD) sit beside the objectives in one table; an entry's
 ``models`` list restricts it to those models.
 
+``grid`` adds the phase diagram's cells: each objective at each (reuse, learning rate) on one model, labelled
+``grid-<objective>-r<reuse>-lr<lr>`` (:func:`grid_label`). Reuse is TRL's ``num_iterations`` with one
+mini-batch per generation (``steps_per_generation`` 1), so every update sees the same number of completions
+and only their staleness changes; a cell's length is a number of generations, so that high-reuse cells see as
+many completions as low-reuse ones (and take ``reuse`` times the optimizer steps). Validation runs at the
+start and at the end only, so a cell's checkpoint is its final one (no selection), evaluated on the grid's
+``benchmarks``. The tables leave grid cells to :mod:`pspo_repro.analysis.phase`.
+
 Each model's starting point is evaluated once (``<runs>/<profile>/<model>/start/eval``), so the tables show
 what training added. Tables are written by :mod:`pspo_repro.analysis.tables`.
 """
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -61,6 +79,7 @@ PROFILE_KEYS = {
     "train",
     "objectives",
     "cells",
+    "grid",
     "eval",
     "slurm",
     "limits",
@@ -75,6 +94,7 @@ class Run:
     label: str  # the profile's name for the arm: an objective, or a variant such as "clip-shuffled"
     seed: int
     settings: TrainSettings
+    benchmarks: tuple[str, ...] | None = None  # what its checkpoint is evaluated on (None: the profile's)
 
     @property
     def name(self) -> str:
@@ -156,6 +176,78 @@ def expand(profile: dict[str, Any]) -> list[Run]:
                     values.update(model=spec, seed=seed, label=label)
                     values["objective"] = for_label.get("objective", label)
                     runs.append(Run(spec, label, seed, TrainSettings.from_dict(values)))
+    if profile.get("grid"):  # null: a profile that extends one with a grid drops it
+        runs += _expand_grid(profile, model_settings, builds)
+    return runs
+
+
+GRID_PREFIX = "grid-"
+GRID_KEYS = {"model", "builds", "seeds", "reuse", "learning_rates", "generations", "benchmarks", "objectives"}
+_GRID_LABEL = re.compile(r"^grid-(?P<name>.+)-r(?P<reuse>\d+)-lr(?P<lr>[0-9.e+-]+)$")
+
+
+def grid_label(name: str, reuse: int, learning_rate: float) -> str:
+    """A phase-diagram cell's run label, e.g. ``grid-clip-r4-lr0.0006``."""
+    return f"{GRID_PREFIX}{name}-r{reuse}-lr{learning_rate:g}"
+
+
+def parse_grid_label(label: str) -> tuple[str, int, float] | None:
+    """(objective label, reuse, learning rate) of a grid cell's label; None for any other label."""
+    m = _GRID_LABEL.match(label)
+    return (m["name"], int(m["reuse"]), float(m["lr"])) if m else None
+
+
+def _expand_grid(
+    profile: dict[str, Any], model_settings: dict[str, Any], builds: list[int] | None
+) -> list[Run]:
+    """The phase diagram's runs (see the module docstring)."""
+    grid = profile["grid"]
+    unknown = sorted(set(grid) - GRID_KEYS)
+    if unknown:
+        raise ValueError(f"profile grid has unknown keys {unknown}; allowed: {sorted(GRID_KEYS)}")
+    model = grid.get("model")
+    if model not in model_settings:
+        raise ValueError(
+            f"profile grid model {model!r} is not among the profile's models {sorted(model_settings)}"
+        )
+    for key in ("reuse", "learning_rates", "objectives"):
+        if not grid.get(key):
+            raise ValueError(f"profile grid needs a non-empty {key!r}, got {grid.get(key)!r}")
+    if not all(isinstance(r, int) and r >= 1 for r in grid["reuse"]):
+        raise ValueError(f"profile grid reuse must be integers >= 1, got {grid['reuse']!r}")
+    generations = grid.get("generations", 6)
+    if not isinstance(generations, int) or generations < 1:
+        raise ValueError(f"profile grid generations must be an integer >= 1, got {generations!r}")
+    grid_builds = grid.get("builds", builds[:1] if builds else None)
+    specs = (
+        [f"{model}{tiny.BUILD_MARK}{b}" for b in grid_builds]
+        if grid_builds and tiny.is_tiny(model)
+        else [model]
+    )
+    benchmarks = tuple(grid["benchmarks"]) if grid.get("benchmarks") else None
+    runs = []
+    for name, for_label in grid["objectives"].items():
+        for_label = dict(for_label or {})
+        for reuse in grid["reuse"]:
+            for lr in grid["learning_rates"]:
+                steps = generations * reuse
+                label = grid_label(name, reuse, float(lr))
+                for spec in specs:
+                    for seed in grid.get("seeds", profile.get("seeds", [0])):
+                        values = {**profile.get("train", {}), **(model_settings[model] or {}), **for_label}
+                        values.update(
+                            model=spec,
+                            seed=seed,
+                            label=label,
+                            objective=for_label.get("objective", name),
+                            learning_rate=float(lr),
+                            num_iterations=reuse,
+                            steps_per_generation=1,
+                            max_steps=steps,
+                            eval_every=steps,
+                            warmup_steps=0,
+                        )
+                        runs.append(Run(spec, label, seed, TrainSettings.from_dict(values), benchmarks))
     return runs
 
 

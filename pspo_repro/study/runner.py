@@ -48,23 +48,29 @@ def tasks(
         return launch.Task(f"{model}/{BASE}", "base", folder, model, bench, options, None, data_dir, limits)
 
     def trained(run: Run) -> launch.Task:
+        from pspo_repro.evaluation import evaluate
+
+        run_bench = tuple(evaluate.parse_benchmarks(",".join(run.benchmarks))) if run.benchmarks else bench
         settings = run.settings.to_dict()
         if data_dir and settings["data_dir"] is None:
             settings["data_dir"] = data_dir
         folder = study_dir / run.name
         return launch.Task(
-            run.name, "train", folder, run.model, bench, eval_options, settings, data_dir, limits
+            run.name, "train", folder, run.model, run_bench, eval_options, settings, data_dir, limits
         )
 
+    # a parent is named by its build ("tiny-general-l" is build 0, as "tiny-general-l@0")
     parent = {m: tiny.recipe_of(m).init_from for m in by_model if tiny.is_tiny(m)}
+    parent = {m: p and tiny.split_build(p) for m, p in parent.items()}
     children = [m for m in by_model if parent.get(m) is not None]
     first = [m for m in by_model if m not in children]
+    built = {tiny.split_build(m) if tiny.is_tiny(m) else m: m for m in first}
     result = [start(m) for m in first]
     for model in first:
         # a child's warm start begins once its parent has been built and its siblings' runs have run
-        result += [start(c) for c in children if parent[c] == model]
+        result += [start(c) for c in children if built.get(parent[c]) == model]
         result += [trained(r) for r in by_model[model]]
-    result += [start(c) for c in children if parent[c] not in first]
+    result += [start(c) for c in children if parent[c] not in built]
     result += [trained(r) for c in children for r in by_model[c]]
     return result
 

@@ -1,0 +1,95 @@
+"""The phase diagram's numbers from constructed run folders: effects over each cell's own control, Holm over
+the cells, a winner only where the difference is significant, and the figures written."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pspo_repro.analysis import phase
+from pspo_repro.study import profiles
+
+N = 400  # problems in the constructed test set
+
+
+def _write_run(study: Path, label: str, seed: int, correct: np.ndarray, zero: float, validation: list[float]):
+    folder = study / "tiny-general-s@0" / label / f"seed{seed}"
+    (folder / "eval").mkdir(parents=True)
+    (folder / "config.json").write_text(json.dumps({"model": "tiny-general-s@0", "seed": seed, "label": label}))
+    (folder / "DONE").write_text("{}")
+    records = [
+        {"id": f"p{i:04d}", "grades": [{"strict": bool(c), "flexible": bool(c), "permissive": bool(c), "paper": bool(c)}]}
+        for i, c in enumerate(correct)
+    ]
+    (folder / "eval" / "synthetic.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    accuracy = float(np.mean(correct))
+    summary = {"benchmarks": {"synthetic": {"metrics": {"strict": {"accuracy": accuracy}}}}}
+    (folder / "eval" / "summary.json").write_text(json.dumps(summary))
+    probes = [{"step": s, "staleness": s % 4, "zero_weight_frac": zero} for s in range(0, 20, 5)]
+    (folder / "probes.jsonl").write_text("\n".join(json.dumps(p) for p in probes) + "\n")
+    history = [{"step": 10 * i, "strict": v} for i, v in enumerate(validation)]
+    (folder / "validation.jsonl").write_text("\n".join(json.dumps(h) for h in history) + "\n")
+
+
+def _correct(rate: float, seed: int) -> np.ndarray:
+    return np.random.default_rng(seed).random(N) < rate
+
+
+@pytest.fixture
+def study(tmp_path: Path) -> Path:
+    study = tmp_path / "cpu"
+    start = study / "tiny-general-s@0" / "start" / "eval"
+    start.mkdir(parents=True)
+    summary = {"benchmarks": {"synthetic": {"metrics": {"strict": {"accuracy": 0.40}}}}}
+    (start / "summary.json").write_text(json.dumps(summary))
+    # two cells: at reuse 1 clip and noclip learn alike; at reuse 16 noclip collapses and the clip holds
+    rates = {
+        ("clip", 1): 0.60,
+        ("noclip", 1): 0.61,
+        ("clip-shuffled", 1): 0.42,
+        ("clip", 16): 0.55,
+        ("noclip", 16): 0.05,
+        ("clip-shuffled", 16): 0.40,
+    }
+    for (objective, reuse), rate in rates.items():
+        label = profiles.grid_label(objective, reuse, 4e-4)
+        for seed in range(3):
+            zero = 0.0 if objective == "noclip" or reuse == 1 else 0.05
+            end = rate if rate > 0.1 else 0.02
+            _write_run(study, label, seed, _correct(rate, 100 * seed + reuse), zero, [0.41, end])
+    return study
+
+
+def test_effects_are_over_the_cells_own_control_and_collapses_are_counted(study):
+    rows = {(r["objective"], r["reuse"]): r for r in phase.table(study)}
+    assert len(rows) == 6
+    clip16, noclip16 = rows[("clip", 16)], rows[("noclip", 16)]
+    assert clip16["start"] == pytest.approx(0.40) and clip16["runs"] == 3
+    assert clip16["effect_over_control"] == pytest.approx(0.15, abs=0.04)
+    assert noclip16["effect_over_control"] == pytest.approx(-0.35, abs=0.04)
+    assert noclip16["effect_ci_high"] < 0 < clip16["effect_ci_low"]
+    assert noclip16["p_holm"] < 0.05 and noclip16["collapsed"] == 3 and clip16["collapsed"] == 0
+    assert clip16["zero_gradient_fraction"] == pytest.approx(0.05) and noclip16["zero_gradient_fraction"] == 0.0
+    assert rows[("clip-shuffled", 1)]["effect_over_control"] is None  # a control is not compared with itself
+
+
+def test_a_cell_has_a_winner_only_where_the_difference_is_significant(study, tmp_path):
+    wins = {w["reuse"]: w for w in phase.winners(study)}
+    assert wins[16]["best"] == "clip" and wins[16]["winner"] == "clip"
+    assert wins[16]["difference"] == pytest.approx(0.50, abs=0.05)
+    assert wins[1]["winner"] is None and wins[1]["mdd"] > abs(wins[1]["difference"])
+    out = tmp_path / "results"
+    out.mkdir()
+    assert phase.write(study, out) == out / "phase.md"
+    text = (out / "phase.md").read_text()
+    assert "| noclip | 16 | 0.0004 | 3 |" in text and "| 16 | 0.0004 | clip | noclip |" in text
+    assert "none (a difference under" in text
+    for name in ("phase-gain.png", "phase-zero-gradient.png", "phase-winners.png", "phase.csv"):
+        assert (out / name).stat().st_size > 1000
+
+
+def test_a_study_without_a_grid_has_no_phase_tables(tmp_path):
+    assert phase.write(tmp_path, tmp_path) is None and not (tmp_path / "phase.md").exists()
