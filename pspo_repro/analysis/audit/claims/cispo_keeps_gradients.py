@@ -17,8 +17,8 @@ from pspo_repro.analysis.audit.stats import mean
 
 TITLE = "CISPO keeps every gradient"
 CLAIM = (
-    "CISPO (ScaleRL, MiniMax-M1) zeroes no token's gradient: it caps the importance weight and detaches it, "
-    "so a token whose ratio leaves the trust region still contributes, where the clip drops it."
+    "CISPO (MiniMax-M1, adopted by ScaleRL) zeroes no token's gradient: it caps the importance weight and "
+    "detaches it, so a token whose ratio leaves the trust region still contributes, where the clip drops it."
 )
 TEST = (
     "The largest zero-gradient fraction (tokens with a nonzero advantage whose gradient weight is exactly 0) "

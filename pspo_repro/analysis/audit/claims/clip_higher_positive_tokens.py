@@ -22,8 +22,8 @@ from pspo_repro.analysis.audit.stats import mean, se_mean
 TITLE = "Clip-higher spares positive-advantage tokens"
 CLAIM = (
     "Raising the clip's upper bound (clip-higher, DAPO: eps_high > eps) zeroes the gradient of fewer "
-    "positive-advantage tokens than the symmetric clip, keeping the exploration that tokens a policy is "
-    "learning to favour bring."
+    "positive-advantage tokens than the symmetric clip, so tokens the policy is learning to favour keep "
+    "their gradient (DAPO's argument for exploration)."
 )
 TEST = (
     "Each clip-higher run beside the symmetric clip (eps_high absent or equal to eps) at the same eps, model, "
