@@ -6,12 +6,14 @@ from __future__ import annotations
 import json
 import re
 import shutil
+from pathlib import Path
 
 import pytest
 import yaml
 
 from pspo_repro.analysis import audit
 from pspo_repro.study import profiles, runner
+from pspo_repro.training.settings import TrainSettings
 
 PROFILE = {
     "name": "audit-test",
@@ -76,7 +78,7 @@ def test_every_claim_has_a_section_with_a_verdict_or_its_missing_runs(audited):
     root, _, path = audited
     assert path == root / "results" / "audit-test" / "audit.md"
     found = sections(path.read_text())
-    assert len(found) == len(audit.SECTIONS) == 11
+    assert len(found) == len(audit.SECTIONS) == 14
     for title, body in found.items():
         assert verdict(body) in audit.VERDICTS or "Not tested: runs missing" in body, title
         assert "Reproduce: `pspo-repro study --profile" in body
@@ -192,6 +194,114 @@ def test_audit_command_on_a_folder_without_runs_is_a_clear_error(tmp_path):
     assert result.exit_code == 2
     assert "no finished runs" in result.output
     assert not (tmp_path / "audit-test" / "audit.md").exists()
+
+
+def write_run(study: Path, label: str, seed: int, probes: list[dict], **settings) -> None:
+    """A finished run folder written by hand (settings, probes, DONE): no training, no evaluation; the label
+    is the objective unless ``settings`` says otherwise."""
+    folder = study / "tiny-test" / label / f"seed{seed}"
+    folder.mkdir(parents=True)
+    values = {"model": "tiny-test", "label": label, "objective": label, "seed": seed, **settings}
+    (folder / "config.json").write_text(json.dumps(TrainSettings.from_dict(values).to_dict()))
+    (folder / "probes.jsonl").write_text("".join(json.dumps(p) + "\n" for p in probes))
+    (folder / "DONE").write_text("{}")
+
+
+def token_probes(zero: float, pos: float, **seq: float) -> list[dict]:
+    """Two probe records: a fresh step (nothing zeroed) and a stale one zeroing ``zero`` of the tokens with
+    A != 0 and ``pos`` of those with A > 0 (``seq``: the stale step's sequence-level fields)."""
+    fresh = {
+        "staleness": 0,
+        "zero_weight_frac": 0.0,
+        "zero_weight_frac_pos": 0.0,
+        "zero_weight_frac_neg": 0.0,
+    }
+    stale = {
+        "staleness": 1,
+        "zero_weight_frac": zero,
+        "zero_weight_frac_pos": pos,
+        "zero_weight_frac_neg": zero,
+    }
+    if seq:
+        fresh.update(n_sequences=8, seq_zero_weight_frac=0.0, seq_partial_zero_frac=0.0)
+        stale.update(n_sequences=8, **seq)
+    return [{"step": 1, **fresh}, {"step": 2, **stale}]
+
+
+def test_the_audit_of_a_study_without_the_fields_objectives_names_their_runs(tmp_path):
+    """A study of the clip and PSPO only: the CISPO, GSPO and clip-higher sections say which runs they need,
+    and the command still writes the whole audit (no identities measured, no evaluation)."""
+    from typer.testing import CliRunner
+
+    from pspo_repro.cli import app
+
+    for seed in (0, 1):
+        write_run(tmp_path / "runs" / "audit-test", "clip", seed, token_probes(0.05, 0.06), epsilon=0.2)
+        write_run(tmp_path / "runs" / "audit-test", "pspo", seed, token_probes(0.0, 0.0))
+    profile = tmp_path / "audit-test.yaml"
+    profile.write_text(yaml.safe_dump(PROFILE))
+    args = ["audit", "--profile", str(profile), "--runs", str(tmp_path / "runs"), "--results", str(tmp_path)]
+    result = CliRunner().invoke(app, [*args, "--no-measure"])
+    assert result.exit_code == 0, result.output
+    found = sections((tmp_path / "audit-test" / "audit.md").read_text())
+    assert len(found) == len(audit.SECTIONS)
+    assert (
+        "needs finished cispo runs with probes: the field profile's cispo"
+        in found["CISPO keeps every gradient"]
+    )
+    assert (
+        "needs finished gspo runs with probes: the field profile's gspo"
+        in found["GSPO keeps or drops whole sequences"]
+    )
+    assert "(no clip-higher run)" in found["Clip-higher spares positive-advantage tokens"]
+    for title in (
+        "CISPO keeps every gradient",
+        "GSPO keeps or drops whole sequences",
+        "Clip-higher spares positive-advantage tokens",
+    ):
+        assert "Not tested: runs missing" in found[title] and verdict(found[title]) is None
+
+
+def test_the_fields_objectives_are_decided_from_their_runs_probes(tmp_path):
+    """CISPO never zeroing beside a binding clip, GSPO dropping only whole sequences, clip-higher zeroing
+    fewer positive tokens than the clip on every seed: each section reads its runs and says supported; GSPO
+    probes recorded before the partial count leave that section inconclusive."""
+    study = tmp_path / "study"
+    for seed in (0, 1, 2):
+        write_run(study, "clip", seed, token_probes(0.05, 0.06 + 0.002 * seed), epsilon=0.2)
+        write_run(
+            study,
+            "clip-higher",
+            seed,
+            token_probes(0.04, 0.02 + 0.001 * seed),
+            objective="clip",
+            epsilon=0.2,
+            epsilon_high=0.28,
+        )
+        write_run(study, "cispo", seed, token_probes(0.0, 0.0), epsilon_high=5.0)
+        gspo = token_probes(0.1, 0.1, seq_zero_weight_frac=0.125, seq_partial_zero_frac=0.0)
+        write_run(study, "gspo", seed, gspo, epsilon=3e-4, epsilon_high=4e-4, loss_type="grpo")
+    found = sections(
+        audit.write_audit(study, tmp_path / "out", "x", "synthetic", None, plot=False).read_text()
+    )
+    assert verdict(found["CISPO keeps every gradient"]) == audit.SUPPORTED
+    assert "CISPO 0.000%, clip in the same arms 5.000%" in found["CISPO keeps every gradient"]
+    assert verdict(found["GSPO keeps or drops whole sequences"]) == audit.SUPPORTED
+    assert verdict(found["Clip-higher spares positive-advantage tokens"]) == audit.SUPPORTED
+    assert "| 0.2 / 0.28 | 3 |" in found["Clip-higher spares positive-advantage tokens"]
+
+    probes = study / "tiny-test" / "gspo" / "seed1" / "probes.jsonl"
+    records = [json.loads(line) for line in probes.read_text().splitlines()]
+    probes.write_text(
+        "".join(
+            json.dumps({k: v for k, v in r.items() if k != "seq_partial_zero_frac"}) + "\n" for r in records
+        )
+    )
+    found = sections(
+        audit.write_audit(study, tmp_path / "out", "x", "synthetic", None, plot=False).read_text()
+    )
+    assert verdict(found["GSPO keeps or drops whole sequences"]) == audit.INCONCLUSIVE
+    assert "(1 runs not recorded)" in found["GSPO keeps or drops whole sequences"]
 
 
 def test_identity_steps_are_few_even_when_a_run_counts_epochs():

@@ -8,8 +8,11 @@ from pspo_repro.analysis import identities
 from pspo_repro.analysis.audit import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED
 from pspo_repro.analysis.audit.claims import (
     alpha_matters,
+    cispo_keeps_gradients,
     clip_baseline,
+    clip_higher_positive_tokens,
     gradient_preservation,
+    gspo_whole_sequences,
     noise_floor,
     permissive_inflation,
     rescaled_surrogate,
@@ -126,3 +129,43 @@ def test_topr_collapse():
     assert rule(collapsed=2, unexplained=0) == INCONCLUSIVE
     assert topr_collapse.collapses(first=0.5, last=0.3)
     assert not topr_collapse.collapses(first=0.5, last=0.45)
+
+
+def test_cispo_keeps_gradients():
+    rule = cispo_keeps_gradients.rule
+    # (largest zero-gradient fraction on one step of the CISPO runs, of the clip runs in their arms)
+    assert rule(cispo_max=0.0, clip_max=0.03) == SUPPORTED
+    assert rule(cispo_max=0.0, clip_max=0.01) == SUPPORTED  # at least 1% binds
+    assert rule(cispo_max=0.02, clip_max=0.03) == NOT_SUPPORTED
+    assert rule(cispo_max=0.01, clip_max=None) == NOT_SUPPORTED  # a material zero decides alone
+    assert rule(cispo_max=0.0, clip_max=0.005) == INCONCLUSIVE  # the clip never bound: nothing to keep
+    assert rule(cispo_max=0.0, clip_max=None) == INCONCLUSIVE  # no clip beside it
+    assert rule(cispo_max=1e-4, clip_max=0.03) == INCONCLUSIVE  # a few tokens: an underflowed ratio?
+
+
+def test_gspo_whole_sequences():
+    rule = gspo_whole_sequences.rule
+    # (largest fraction of sequences zeroed in part on one step, None: not recorded; of those dropped whole)
+    assert rule(partial_max=0.0, dropped_max=0.05) == SUPPORTED
+    assert rule(partial_max=0.0, dropped_max=0.01) == SUPPORTED
+    assert rule(partial_max=0.02, dropped_max=0.05) == NOT_SUPPORTED
+    assert rule(partial_max=1e-3, dropped_max=0.0) == NOT_SUPPORTED  # one sequence zeroed in part decides
+    assert rule(partial_max=0.0, dropped_max=0.005) == INCONCLUSIVE  # the sequence clip never acted
+    assert rule(partial_max=None, dropped_max=0.05) == INCONCLUSIVE  # probes without the partial count
+
+
+def test_clip_higher_positive_tokens():
+    verdict = clip_higher_positive_tokens.comparison_verdict
+    # (clip-higher minus symmetric zeroed +A fraction, its paired se, the symmetric clip's fraction)
+    assert verdict(-0.02, 0.002, 0.04) == SUPPORTED  # 0.02 > 3 * 0.002
+    assert verdict(0.02, 0.002, 0.04) == NOT_SUPPORTED  # more zeroed, beyond noise
+    assert verdict(-0.001, 0.002, 0.04) == NOT_SUPPORTED  # at most 0.7 points spared: under 1
+    assert verdict(-0.01, 0.004, 0.04) == INCONCLUSIVE  # within noise, but up to 2.2 points possible
+    assert verdict(-0.004, 0.0, 0.005) == INCONCLUSIVE  # the symmetric clip zeroes under 1%
+    assert verdict(-0.02, NAN, 0.04) == INCONCLUSIVE  # one paired seed
+    rule = clip_higher_positive_tokens.rule
+    assert rule([(-0.02, 0.002, 0.04), (0.0, 0.0, 0.002)]) == SUPPORTED  # the untested arm is left out
+    assert rule([(0.02, 0.002, 0.04), (-0.001, 0.002, 0.03)]) == NOT_SUPPORTED
+    assert rule([(-0.02, 0.002, 0.04), (0.02, 0.002, 0.04)]) == INCONCLUSIVE  # the arms disagree
+    assert rule([(0.0, 0.0, 0.005)]) == INCONCLUSIVE  # nothing to spare anywhere
+    assert rule([]) == INCONCLUSIVE

@@ -484,6 +484,7 @@ def test_probes_record_the_sequences_a_sequence_level_objective_drops(
     assert record["seq_zero_weight_frac"] == pytest.approx(float(dropped.float().mean()))
     assert record["seq_zero_weight_frac_pos"] == pytest.approx(float(dropped[adv > 0].float().mean()))
     assert record["seq_zero_weight_frac_neg"] == pytest.approx(float(dropped[adv < 0].float().mean()))
+    assert record["seq_partial_zero_frac"] == 0  # GSPO keeps or drops a sequence whole
     tokens = mask.sum(-1)
     assert record["zero_weight_frac"] == pytest.approx(float((dropped * tokens).sum() / tokens.sum()))
     assert record["seq_ratio"]["min"] == pytest.approx(float(s.min()), rel=1e-6)
@@ -504,6 +505,7 @@ def test_probes_record_the_sequences_a_sequence_level_objective_drops(
         "seq_zero_weight_frac",
         "seq_zero_weight_frac_pos",
         "seq_zero_weight_frac_neg",
+        "seq_partial_zero_frac",
     }
 
     # VESPO reads its sequence's product ratio W: recorded per sequence, and every token carries phi(W) > 0
@@ -511,6 +513,37 @@ def test_probes_record_the_sequences_a_sequence_level_objective_drops(
     big_w = torch.exp(((logps - inputs["old_per_token_logps"]) * mask).sum(-1))
     assert vespo["seq_ratio"]["max"] == pytest.approx(float(big_w.max()), rel=1e-5)
     assert vespo["seq_zero_weight_frac"] == 0 and vespo["zero_weight_frac"] == 0
+
+
+def test_probes_count_the_sequences_zeroed_in_part():
+    """A sequence with some but not all of its completion tokens' weights 0 is zeroed in part; one with all
+    of them 0 is dropped whole; padding (mask 0) counts neither way, and sequences with A = 0 are left out."""
+    from pspo_repro.training.probes import StepProbe
+
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 1, 1], [1, 1, 0, 0], [1, 1, 1, 1], [1, 1, 1, 1]])
+    weight = torch.tensor(
+        [
+            [1.0, 0.0, 1.0, 0.0],  # in part (the padded 0 is not a token)
+            [0.0, 0.0, 0.0, 0.0],  # whole
+            [0.0, 0.0, 1.0, 1.0],  # whole: its zeroed tokens are all it has
+            [1.0, 1.0, 1.0, 1.0],  # kept
+            [0.0, 1.0, 1.0, 1.0],  # in part, but A = 0: not counted
+        ]
+    )
+    adv = torch.tensor([[1.0], [-1.0], [1.0], [-1.0], [0.0]])
+    probe = StepProbe()
+    probe.add_tokens(torch.ones(5, 4), adv, weight, mask, None, seq_ratio=torch.ones(5, 1))
+    record = probe.summary(0.8, 1.2, 0, torch.Generator())
+    assert record["seq_partial_zero_frac"] == pytest.approx(1 / 4)
+    assert record["seq_zero_weight_frac"] == pytest.approx(2 / 4)
+    # split over two micro-batches, and merged over processes: the same counts
+    parts = [StepProbe(), StepProbe()]
+    for part, rows in zip(parts, (slice(0, 2), slice(2, 5)), strict=True):
+        part.add_tokens(
+            torch.ones(5, 4)[rows], adv[rows], weight[rows], mask[rows], None, torch.ones(5, 1)[rows]
+        )
+    merged = StepProbe.merged(parts).summary(0.8, 1.2, 0, torch.Generator())
+    assert merged["seq_partial_zero_frac"] == record["seq_partial_zero_frac"]
 
 
 def test_a_resumed_epoch_keeps_the_order_it_would_have_had():

@@ -14,7 +14,8 @@ One JSON line per optimizer step in ``probes.jsonl``:
   geometric mean of the token ratios; VESPO's product W of them): ``n_sequences``, ``seq_ratio``
   (statistics over sequences, one value each), ``seq_mean_abs_s_minus_1`` (mean |s - 1| over sequences)
   and ``seq_zero_weight_frac`` / ``_pos`` / ``_neg``: the fraction of sequences with A != 0 whose every
-  token's gradient is zeroed (a sequence dropped whole);
+  token's gradient is zeroed (a sequence dropped whole), and ``seq_partial_zero_frac``: the fraction of
+  them where some tokens' gradients are zeroed but not all (0 for an objective that acts on whole sequences);
 - ``staleness``: optimizer updates made since this step's rollouts were generated (0 on the first step
   of each reuse cycle, where every ratio is 1);
 - ``kl_old_theta`` (the k3 estimate of KL(pi_old || pi_theta) on the sampled tokens), ``mean_abs_r_minus_1``,
@@ -59,6 +60,7 @@ ACCUMULATED = (
     "seq_ratio",
     "seq_adv",
     "seq_zero",
+    "seq_partial",
     "cosines",
 )
 
@@ -136,6 +138,7 @@ class StepProbe:
         self.seq_ratio: list[torch.Tensor] = []  # per sequence
         self.seq_adv: list[torch.Tensor] = []
         self.seq_zero: list[torch.Tensor] = []
+        self.seq_partial: list[torch.Tensor] = []
         self.cosines: list[float] = []
         self.grad_norm: float | None = None
         self.grad_norm_groups: dict[str, float] = {}
@@ -174,10 +177,12 @@ class StepProbe:
             self.read.append(seq_ratio.expand(shape)[keep].float().cpu())
             seqs = keep.any(-1)  # sequences with at least one completion token
             adv = (advantages.expand(shape) * mask).sum(-1) / mask.sum(-1).clamp(min=1)
-            dropped = ((weight.expand(shape) == 0) | ~keep).all(-1)  # every token's gradient zeroed
+            zeroed = (weight.expand(shape) == 0) & keep
+            dropped = (zeroed | ~keep).all(-1)  # every token's gradient zeroed
             self.seq_ratio.append(seq_ratio.reshape(-1)[seqs].float().cpu())
             self.seq_adv.append(adv[seqs].float().cpu())
             self.seq_zero.append(dropped[seqs].cpu())
+            self.seq_partial.append((zeroed.any(-1) & ~dropped)[seqs].cpu())
 
     @torch.no_grad()
     def add_is_weights(self, weight: torch.Tensor, mask: torch.Tensor) -> None:
@@ -242,12 +247,14 @@ class StepProbe:
         return rec
 
     def _sequence_summary(self) -> dict[str, Any]:
-        """Per-sequence fields: the sequence ratio's statistics and the sequences dropped whole."""
+        """Per-sequence fields: the sequence ratio's statistics, the sequences dropped whole and those zeroed
+        in part."""
         s, a, dropped = torch.cat(self.seq_ratio), torch.cat(self.seq_adv), torch.cat(self.seq_zero)
+        partial = torch.cat(self.seq_partial)
 
-        def frac(sel: torch.Tensor) -> float | None:
+        def frac(sel: torch.Tensor, flag: torch.Tensor = dropped) -> float | None:
             n = int(sel.sum())
-            return float((dropped & sel).sum()) / n if n else None
+            return float((flag & sel).sum()) / n if n else None
 
         return {
             "n_sequences": int(s.numel()),
@@ -256,6 +263,7 @@ class StepProbe:
             "seq_zero_weight_frac": frac(a != 0),
             "seq_zero_weight_frac_pos": frac(a > 0),
             "seq_zero_weight_frac_neg": frac(a < 0),
+            "seq_partial_zero_frac": frac(a != 0, partial),
         }
 
 

@@ -8,8 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from pspo_repro.analysis.audit.claims.alpha_matters import alpha_matters_adam, alpha_matters_sgd
+from pspo_repro.analysis.audit.claims.cispo_keeps_gradients import cispo_keeps_gradients
 from pspo_repro.analysis.audit.claims.clip_baseline import clip_baseline
+from pspo_repro.analysis.audit.claims.clip_higher_positive_tokens import clip_higher_positive_tokens
 from pspo_repro.analysis.audit.claims.gradient_preservation import gradient_preservation
+from pspo_repro.analysis.audit.claims.gspo_whole_sequences import gspo_whole_sequences
 from pspo_repro.analysis.audit.claims.noise_floor import noise_floor
 from pspo_repro.analysis.audit.claims.permissive_inflation import permissive_inflation
 from pspo_repro.analysis.audit.claims.rescaled_surrogate import rescaled_surrogate
@@ -32,6 +35,9 @@ SECTIONS: list[Callable[[Context], Section]] = [
     clip_baseline,
     noise_floor,
     trust_region_acts,
+    clip_higher_positive_tokens,
+    gspo_whole_sequences,
+    cispo_keeps_gradients,
     sigmoid_saturation,
     permissive_inflation,
     topr_collapse,

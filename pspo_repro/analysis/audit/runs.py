@@ -117,6 +117,12 @@ def staleness_means(runs: list[Run], field_name: str) -> dict[int, float]:
     return {k: mean(v) for k, v in sorted(values.items())}
 
 
+def largest(runs: list[Run], field_name: str) -> float | None:
+    """The largest value of a probe field on any step of the runs (None: no step recorded it)."""
+    values = [p[field_name] for r in runs for p in r.probes if p.get(field_name) is not None]
+    return max(values) if values else None
+
+
 def accuracies(runs: list[Run], benchmark: str, metric: str = "strict") -> list[float]:
     """The test accuracies of the runs that were evaluated on ``benchmark`` (the others left out)."""
     return [a for a in (r.accuracy(benchmark, metric) for r in runs) if a is not None]
