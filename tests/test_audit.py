@@ -142,18 +142,20 @@ def test_an_empty_study_is_a_clear_error(tmp_path):
         audit.write_audit(tmp_path, tmp_path / "out", "x", "synthetic", None)
 
 
-def test_audit_profile_is_the_cpu_profiles_runs_on_one_model():
+def test_audit_profile_adds_its_arms_to_the_cpu_study_on_one_model():
     profile = profiles.load_profile("audit")
     assert profile["name"] == "cpu"  # the cpu study's folder: its runs are reused
     audit_runs = {(r.model, r.label, r.seed): r.settings for r in profiles.expand(profile)}
     cpu_runs = {(r.model, r.label, r.seed): r.settings for r in profiles.expand(profiles.load_profile("cpu"))}
-    assert len(audit_runs) == 22 * 3 and set(audit_runs) <= set(cpu_runs)
-    assert all(audit_runs[k] == cpu_runs[k] for k in audit_runs)
-    assert {model for model, _, _ in audit_runs} == {"tiny-general-l"}
-    only_on_l = {label for model, label, _ in cpu_runs if model == "tiny-general-l"} - {
-        label for model, label, _ in cpu_runs if model == "tiny-general-s"
-    }
-    assert only_on_l == {
+    assert len(audit_runs) == 22 * 2 * 2  # arms x builds x seeds
+    shared = set(audit_runs) & set(cpu_runs)
+    assert shared == {k for k in cpu_runs if k[0].startswith("tiny-general-l@")}  # every cpu run on the model
+    assert all(audit_runs[k] == cpu_runs[k] for k in shared)  # ... with the same settings, so it is reused
+    assert {model for model, _, _ in audit_runs} == {"tiny-general-l@0", "tiny-general-l@1"}
+    assert {label for _, label, _ in set(audit_runs) - shared} == {
+        "sigmoid",
+        "topr",
+        "noclip-onpolicy",
         "clip-stress",
         "pspo-stress",
         "noclip-stress",
@@ -165,15 +167,14 @@ def test_audit_profile_is_the_cpu_profiles_runs_on_one_model():
         "pspo-sgd",
         "pspo-a0.4-sgd",
         "pspo-a0.9-sgd",
-        "clip-eps0",
         "clip-eps0.1",
         "clip-stress-eps0",
         "clip-stress-eps0.1",
     }
-    s = audit_runs[("tiny-general-l", "pspo-a0.9-sgd", 2)]
+    s = audit_runs[("tiny-general-l@1", "pspo-a0.9-sgd", 1)]
     assert (s.objective, s.alpha, s.optimizer, s.learning_rate) == ("pspo", 0.9, "sgd", 0.2)
     assert (s.steps_per_generation, s.num_iterations, s.max_steps) == (2, 2, 20)
-    stress = audit_runs[("tiny-general-l", "clip-stress-eps0", 0)]
+    stress = audit_runs[("tiny-general-l@0", "clip-stress-eps0", 0)]
     assert (stress.epsilon, stress.learning_rate, stress.num_iterations, stress.max_steps) == (
         0.0,
         6e-4,
@@ -246,11 +247,11 @@ def test_the_audit_of_a_study_without_the_fields_objectives_names_their_runs(tmp
     found = sections((tmp_path / "audit-test" / "audit.md").read_text())
     assert len(found) == len(audit.SECTIONS)
     assert (
-        "needs finished cispo runs with probes: the field profile's cispo"
+        "needs finished cispo runs with probes beside clip runs of the same arm: the cpu profile's phase grid"
         in found["CISPO keeps every gradient"]
     )
     assert (
-        "needs finished gspo runs with probes: the field profile's gspo"
+        "needs finished gspo runs with probes: the cpu profile's phase grid"
         in found["GSPO keeps or drops whole sequences"]
     )
     assert "(no clip-higher run)" in found["Clip-higher spares positive-advantage tokens"]
@@ -316,10 +317,10 @@ def test_identity_steps_are_few_even_when_a_run_counts_epochs():
     for s in measured.values():
         assert s.max_steps == -1
         assert measurement.identity_steps(s) == 8
-    cpu = {(r.model, r.label): r.settings for r in profiles.expand(profiles.load_profile("cpu"))}
-    assert measurement.identity_steps(cpu[("tiny-general-l", "pspo")]) == 8  # two cycles of 4
-    assert measurement.identity_steps(cpu[("tiny-general-l", "pspo-stress")]) == 16  # one cycle of 16
-    short = cpu[("tiny-general-l", "pspo")]
+    cpu = {(r.model, r.label): r.settings for r in profiles.expand(profiles.load_profile("audit"))}
+    assert measurement.identity_steps(cpu[("tiny-general-l@0", "pspo")]) == 8  # two cycles of 4
+    assert measurement.identity_steps(cpu[("tiny-general-l@0", "pspo-stress")]) == 16  # one cycle of 16
+    short = cpu[("tiny-general-l@0", "pspo")]
     assert measurement.identity_steps(type(short).from_dict({**short.to_dict(), "max_steps": 4})) == 4
     long_cycle = {**short.to_dict(), "steps_per_generation": 64, "num_iterations": 4, "max_steps": -1}
     assert measurement.identity_steps(type(short).from_dict(long_cycle)) == 32

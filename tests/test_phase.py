@@ -18,10 +18,15 @@ N = 400  # problems in the constructed test set
 def _write_run(study: Path, label: str, seed: int, correct: np.ndarray, zero: float, validation: list[float]):
     folder = study / "tiny-general-s@0" / label / f"seed{seed}"
     (folder / "eval").mkdir(parents=True)
-    (folder / "config.json").write_text(json.dumps({"model": "tiny-general-s@0", "seed": seed, "label": label}))
+    (folder / "config.json").write_text(
+        json.dumps({"model": "tiny-general-s@0", "seed": seed, "label": label})
+    )
     (folder / "DONE").write_text("{}")
     records = [
-        {"id": f"p{i:04d}", "grades": [{"strict": bool(c), "flexible": bool(c), "permissive": bool(c), "paper": bool(c)}]}
+        {
+            "id": f"p{i:04d}",
+            "grades": [{"strict": bool(c), "flexible": bool(c), "permissive": bool(c), "paper": bool(c)}],
+        }
         for i, c in enumerate(correct)
     ]
     (folder / "eval" / "synthetic.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
@@ -72,7 +77,9 @@ def test_effects_are_over_the_cells_own_control_and_collapses_are_counted(study)
     assert noclip16["effect_over_control"] == pytest.approx(-0.35, abs=0.04)
     assert noclip16["effect_ci_high"] < 0 < clip16["effect_ci_low"]
     assert noclip16["p_holm"] < 0.05 and noclip16["collapsed"] == 3 and clip16["collapsed"] == 0
-    assert clip16["zero_gradient_fraction"] == pytest.approx(0.05) and noclip16["zero_gradient_fraction"] == 0.0
+    assert (
+        clip16["zero_gradient_fraction"] == pytest.approx(0.05) and noclip16["zero_gradient_fraction"] == 0.0
+    )
     assert rows[("clip-shuffled", 1)]["effect_over_control"] is None  # a control is not compared with itself
 
 

@@ -138,10 +138,11 @@ def test_the_disk_of_a_run_counts_one_trainer_checkpoint_whatever_the_number_of_
 
 def test_dry_run_of_a_slice_and_unknown_sizes():
     result = CliRunner().invoke(
-        app, ["study", "--profile", "cpu", "--dry-run", "--models", "tiny-general-l", "--seeds", "0"]
+        app, ["study", "--profile", "audit", "--dry-run", "--models", "tiny-general-l@1", "--seeds", "0"]
     )
     assert result.exit_code == 0, result.output
     rows = {line.split()[1]: line.split() for line in result.output.splitlines() if line.startswith("tiny-")}
+    assert len(rows) == len([line for line in result.output.splitlines() if line.startswith("tiny-")])
     assert set(rows) == {
         "clip",
         "pspo",
@@ -170,7 +171,8 @@ def test_dry_run_of_a_slice_and_unknown_sizes():
     # 20 steps of 64 completions; each generation of 128 serves 4 steps: 5 generations; validation at
     # steps 0, 5, 10, 15 and 20 on 512 problems, greedy
     assert rows["clip"][-5:-1] == ["20", "640", "2,560", "-"]
-    assert rows["noclip-onpolicy"][-5:-2] == ["20", "1,280", "2,560"]  # one generation of 64 per step
+    # one generation of 64 per step, matched in completions: 10 steps
+    assert rows["noclip-onpolicy"][-5:-2] == ["10", "640", "1,536"]  # validated at steps 0, 5 and 10
     assert float(rows["clip"][-1]) < 0.1  # a tiny model's best checkpoint, twice (no trainer checkpoints)
     assert "GPU-hours not estimated" in result.output
     assert (

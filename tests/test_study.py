@@ -210,7 +210,9 @@ def test_a_profile_extends_another(tmp_path):
     assert profile["objectives"] == base["objectives"] and profile["eval"] == base["eval"]
     runs = profiles.expand(profile)
     main = [r for r in profiles.expand(base) if not r.label.startswith(profiles.GRID_PREFIX)]
-    assert len(runs) == len(main) // 2 * 5 + len(profiles.expand(base)) - len(main)  # the grid keeps its seeds
+    assert len(runs) == len(main) // 2 * 5 + len(profiles.expand(base)) - len(
+        main
+    )  # the grid keeps its seeds
     assert {r.settings.max_steps for r in runs if r.label == "clip"} == {7}
     full = profiles.load_profile("cpu-full")
     assert full["seeds"] == [0, 1, 2, 3, 4] and "extends" not in full
@@ -409,7 +411,13 @@ GRID = {
     "models": {"tiny-general-s": {"learning_rate": 2e-4}, "tiny-general-l": {}},
     "seeds": [0, 1, 2],
     "builds": [0, 1],
-    "train": {"max_steps": 20, "eval_every": 5, "warmup_steps": 4, "steps_per_generation": 2, "batch_size": 64},
+    "train": {
+        "max_steps": 20,
+        "eval_every": 5,
+        "warmup_steps": 4,
+        "steps_per_generation": 2,
+        "batch_size": 64,
+    },
     "objectives": {"clip": {}},
     "grid": {
         "model": "tiny-general-s",

@@ -93,7 +93,11 @@ def write_audit(
     if not runs:
         raise FileNotFoundError(f"no finished runs (*/*/seed*/DONE) in {study_dir}")
     out_dir.mkdir(parents=True, exist_ok=True)
-    ctx = Context(study_dir, out_dir, profile, benchmark, runs, starts(study_dir), ident, plot)
+    from pspo_repro.study.profiles import parse_grid_label
+
+    grid = [r for r in runs if parse_grid_label(r.label) is not None]
+    main = [r for r in runs if parse_grid_label(r.label) is None]
+    ctx = Context(study_dir, out_dir, profile, benchmark, main, starts(study_dir), ident, plot, grid)
     sections = [make(ctx) for make in SECTIONS]
     for s in sections:
         if s.verdict is not None and s.verdict not in VERDICTS:

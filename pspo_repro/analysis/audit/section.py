@@ -48,6 +48,12 @@ class Context:
     starts: dict[str, dict[str, Any]]
     identities: dict[str, Any] | None
     plot: bool = True
+    grid_runs: list[Run] = field(default_factory=list)  # the phase diagram's cells (not in ``runs``)
+
+    @property
+    def all_runs(self) -> list[Run]:
+        """The main runs and the phase diagram's cells: for claims about an objective wherever it ran."""
+        return self.runs + self.grid_runs
 
     def figure(self, name: str, draw: Callable[[Any], None]) -> str | None:
         """Draw a PNG with ``draw(axes)`` into the output folder; returns its file name."""

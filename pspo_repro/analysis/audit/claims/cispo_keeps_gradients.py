@@ -49,17 +49,17 @@ def cispo_keeps_gradients(ctx: Context) -> Section:
     """The section: CISPO's and the clip's largest zero-gradient fractions per arm, the verdict by
     :func:`rule`."""
     s = Section(TITLE, CLAIM, TEST, RULE)
-    cispo = [r for r in ctx.runs if r.objective == "cispo" and not r.control and r.probes]
+    cispo = [r for r in ctx.all_runs if r.objective == "cispo" and not r.control and r.probes]
     if not cispo:
         s.missing = (
-            "needs finished cispo runs with probes: the field profile's cispo and cispo-stress (beside its "
-            "clip and clip-stress)"
+            "needs finished cispo runs with probes beside clip runs of the same arm: the cpu profile's phase "
+            "grid, or the field profile's cispo and cispo-stress"
         )
         return s
     arms = {(r.model, r.arm) for r in cispo}
     clip = [
         r
-        for r in ctx.runs
+        for r in ctx.all_runs
         if r.objective == "clip"
         and not r.control
         and r.config["epsilon"] > 0

@@ -91,7 +91,7 @@ def clip_higher_positive_tokens(ctx: Context) -> Section:
     """The section: zeroed positive-token fractions of clip-higher against the symmetric clip per seed, the
     verdict by :func:`rule`."""
     s = Section(TITLE, CLAIM, TEST, RULE)
-    clips = [r for r in ctx.runs if r.objective == "clip" and not r.control and r.probes]
+    clips = [r for r in ctx.all_runs if r.objective == "clip" and not r.control and r.probes]
 
     def key(r: Run) -> tuple:
         return (r.model, r.arm, r.config["epsilon"], r.config.get("ratio_level") or "token")
@@ -134,8 +134,9 @@ def clip_higher_positive_tokens(ctx: Context) -> Section:
     if not comparisons:
         s.missing = (
             "needs clip-higher runs (the clip with epsilon_high > epsilon) and symmetric clip runs at the same "
-            "eps, model, arm and seeds, with probes: the field profile's clip-higher beside clip and "
-            "clip-higher-stress beside clip-stress" + ("" if highs else " (no clip-higher run)")
+            "eps, model, arm and seeds, with probes: the cpu-full profile's phase grid, or the field "
+            "profile's clip-higher beside clip and clip-higher-stress beside clip-stress"
+            + ("" if highs else " (no clip-higher run)")
         )
         return s
     s.labels = sorted({r.label for r in used})

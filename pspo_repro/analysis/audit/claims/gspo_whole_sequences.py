@@ -54,9 +54,12 @@ def gspo_whole_sequences(ctx: Context) -> Section:
     """The section: sequences zeroed in part and dropped whole per model and arm, the verdict by
     :func:`rule`."""
     s = Section(TITLE, CLAIM, TEST, RULE)
-    gspo = [r for r in ctx.runs if r.objective == "gspo" and not r.control and r.probes]
+    gspo = [r for r in ctx.all_runs if r.objective == "gspo" and not r.control and r.probes]
     if not gspo:
-        s.missing = "needs finished gspo runs with probes: the field profile's gspo and gspo-stress"
+        s.missing = (
+            "needs finished gspo runs with probes: the cpu profile's phase grid, or the field profile's gspo "
+            "and gspo-stress"
+        )
         return s
     rows = []
     groups = by(gspo, lambda r: (r.model, r.arm))
