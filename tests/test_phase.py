@@ -3,53 +3,19 @@ the cells, a winner only where the difference is significant, and the figures wr
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
-import numpy as np
 import pytest
+from fake_runs import correct, write_run, write_start
 
 from pspo_repro.analysis import phase
 from pspo_repro.study import profiles
-
-N = 400  # problems in the constructed test set
-
-
-def _write_run(study: Path, label: str, seed: int, correct: np.ndarray, zero: float, validation: list[float]):
-    folder = study / "tiny-general-s@0" / label / f"seed{seed}"
-    (folder / "eval").mkdir(parents=True)
-    (folder / "config.json").write_text(
-        json.dumps({"model": "tiny-general-s@0", "seed": seed, "label": label})
-    )
-    (folder / "DONE").write_text("{}")
-    records = [
-        {
-            "id": f"p{i:04d}",
-            "grades": [{"strict": bool(c), "flexible": bool(c), "permissive": bool(c), "paper": bool(c)}],
-        }
-        for i, c in enumerate(correct)
-    ]
-    (folder / "eval" / "synthetic.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
-    accuracy = float(np.mean(correct))
-    summary = {"benchmarks": {"synthetic": {"metrics": {"strict": {"accuracy": accuracy}}}}}
-    (folder / "eval" / "summary.json").write_text(json.dumps(summary))
-    probes = [{"step": s, "staleness": s % 4, "zero_weight_frac": zero} for s in range(0, 20, 5)]
-    (folder / "probes.jsonl").write_text("\n".join(json.dumps(p) for p in probes) + "\n")
-    history = [{"step": 10 * i, "strict": v} for i, v in enumerate(validation)]
-    (folder / "validation.jsonl").write_text("\n".join(json.dumps(h) for h in history) + "\n")
-
-
-def _correct(rate: float, seed: int) -> np.ndarray:
-    return np.random.default_rng(seed).random(N) < rate
 
 
 @pytest.fixture
 def study(tmp_path: Path) -> Path:
     study = tmp_path / "cpu"
-    start = study / "tiny-general-s@0" / "start" / "eval"
-    start.mkdir(parents=True)
-    summary = {"benchmarks": {"synthetic": {"metrics": {"strict": {"accuracy": 0.40}}}}}
-    (start / "summary.json").write_text(json.dumps(summary))
+    write_start(study, "tiny-general-s@0", 0.40)
     # two cells: at reuse 1 clip and noclip learn alike; at reuse 16 noclip collapses and the clip holds
     rates = {
         ("clip", 1): 0.60,
@@ -64,7 +30,9 @@ def study(tmp_path: Path) -> Path:
         for seed in range(3):
             zero = 0.0 if objective == "noclip" or reuse == 1 else 0.05
             end = rate if rate > 0.1 else 0.02
-            _write_run(study, label, seed, _correct(rate, 100 * seed + reuse), zero, [0.41, end])
+            write_run(
+                study, "tiny-general-s@0", label, seed, correct(rate, 100 * seed + reuse), zero, (0.41, end)
+            )
     return study
 
 

@@ -10,6 +10,7 @@ Written to ``results/<profile>/`` (CSV for every row, Markdown for reading), wit
   (the noise floor): the difference, its standard error, and whether it exceeds 3 standard errors;
 - ``staleness``: the zero-gradient token fraction and the fraction of ratios outside the clip range by
   staleness (optimizer updates since the rollouts were generated);
+- ``headline``: PSPO against the unclipped surrogate, the clip and the eps-0 clip (:mod:`pspo_repro.analysis.headline`);
 - ``phase``: the phase diagram's cells, when the profile has a ``grid`` (:mod:`pspo_repro.analysis.phase`);
 - ``timing``: the compute each stage took, in core-seconds summed over tasks (warm starts of the tiny
   models used, training runs including their validation, evaluations).
@@ -413,9 +414,10 @@ def write_tables(study_dir: Path, out_dir: Path, profile: dict[str, Any]) -> Pat
     rundir.atomic_write_text(out_dir / "control.md", control_table(control))
     rundir.atomic_write_text(out_dir / "staleness.md", staleness_table(staleness))
     rundir.atomic_write_text(out_dir / "timing.md", timing_table(collect_timing(study_dir)))
-    from pspo_repro.analysis import phase  # numpy and matplotlib only when tables are written
+    from pspo_repro.analysis import headline, phase  # numpy and matplotlib only when tables are written
 
     phase.write(study_dir, out_dir)
+    headline.write(study_dir, out_dir, benchmarks[0])
     by_build = builds(control)
     if by_build:
         _write_csv(out_dir / "builds.csv", by_build)

@@ -44,8 +44,16 @@ SECTIONS: list[Callable[[Context], Section]] = [
 ]
 
 
-def render(sections: list[Section], profile: str, study_dir: str, n_runs: int, benchmark: str) -> str:
-    """The Markdown of audit.md: a summary table of verdicts, then each section with its reproduce command."""
+def render(
+    sections: list[Section],
+    profile: str,
+    study_dir: str,
+    n_runs: int,
+    benchmark: str,
+    headline: str | None = None,
+) -> str:
+    """The Markdown of audit.md: the headline (:mod:`pspo_repro.analysis.headline`) when there is one, a summary
+    table of verdicts, then each section with its reproduce command."""
     lines = [
         f"# Claims audit: `{profile}`",
         "",
@@ -53,6 +61,10 @@ def render(sections: list[Section], profile: str, study_dir: str, n_runs: int, b
         f"accuracies are on `{benchmark}` (strict unless said). Every number below is computed from the run "
         "folders and `identities.json`; every verdict by the rule printed with it.",
         "",
+    ]
+    if headline:
+        lines += ["## Headline: PSPO against the clip, decomposed", "", headline.rstrip("\n"), ""]
+    lines += [
         "| claim | verdict |",
         "|---|---|",
     ]
@@ -102,7 +114,17 @@ def write_audit(
     for s in sections:
         if s.verdict is not None and s.verdict not in VERDICTS:
             raise AssertionError(f"section {s.title!r} has verdict {s.verdict!r}; allowed: {VERDICTS}")
-    text = render(sections, profile, study_dir.name, len(runs), benchmark)
+    from pspo_repro.analysis import headline
+
+    rows = headline.table(study_dir, benchmark)
+    text = render(
+        sections,
+        profile,
+        study_dir.name,
+        len(runs),
+        benchmark,
+        headline.markdown(rows, benchmark) if rows else None,
+    )
     path = out_dir / "audit.md"
     rundir.atomic_write_text(path, text)
     return path
