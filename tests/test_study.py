@@ -463,3 +463,45 @@ def test_the_grid_changes_only_staleness_along_reuse_and_runs_generations_not_st
 def test_bad_grids_are_clear_errors(change, message):
     with pytest.raises(ValueError, match=message):
         profiles.expand({**GRID, "grid": {**GRID["grid"], **change}})
+
+
+@pytest.mark.slow
+def test_a_grid_study_end_to_end_keeps_its_cells_out_of_the_main_tables(tiny_model, tmp_path):
+    profile = yaml.safe_load((resources.files("pspo_repro") / "profiles" / "smoke.yaml").read_text())
+    profile["objectives"] = {"clip": {"epsilon": 0.2}}
+    profile["train"].update(max_steps=2, validation_limit=8, batch_size=8)
+    profile["eval"].update(benchmarks=["synthetic", "synthetic-asdiv"], limit=6)
+    profile["grid"] = {
+        "model": "tiny-test",
+        "seeds": [0, 1],
+        "reuse": [1, 2],
+        "learning_rates": [1e-3],
+        "generations": 1,
+        "benchmarks": ["synthetic"],
+        "objectives": {
+            "clip": {"epsilon": 0.2},
+            "clip-shuffled": {"objective": "clip", "shuffle_advantages": True},
+        },
+    }
+    path = tmp_path / "grid.yaml"
+    path.write_text(yaml.safe_dump(profile))
+    result = runner.run_study(str(path), tmp_path / "runs", tmp_path / "results", progress=False)
+    assert (result.failed, result.busy) == ([], [])
+    out = result.table.parent
+    main = list(csv.DictReader((out / "accuracy.csv").read_text().splitlines()))
+    assert {r["objective"] for r in main} == {"start", "clip"}  # the grid's cells have their own tables
+    cells = list(csv.DictReader((out / "phase.csv").read_text().splitlines()))
+    assert sorted((r["objective"], r["reuse"], r["runs"]) for r in cells) == [
+        ("clip", "1", "2"),
+        ("clip", "2", "2"),
+        ("clip-shuffled", "1", "2"),
+        ("clip-shuffled", "2", "2"),
+    ]
+    study = tmp_path / "runs" / out.name / "tiny-test"
+    cell = study / "grid-clip-r2-lr0.001" / "seed1"
+    history = [json.loads(line) for line in (cell / "validation.jsonl").read_text().splitlines()]
+    assert [h["step"] for h in history] == [0, 2]  # one generation used twice: validated at start and end
+    assert sorted(p.name for p in (cell / "eval").glob("*.jsonl")) == ["synthetic.jsonl"]
+    assert (out / "phase-winners.png").is_file() and "| clip | 2 | 0.001 | 2 |" in (
+        out / "phase.md"
+    ).read_text()

@@ -398,7 +398,7 @@ def _write_csv(path: Path, rows: list[dict[str, Any]]) -> None:
 def write_tables(study_dir: Path, out_dir: Path, profile: dict[str, Any]) -> Path:
     """Every table of a study (see the module docstring) from its finished runs; returns accuracy.md."""
     rows = collect(study_dir)
-    if not any(r["objective"] != START for r in rows):
+    if not _runs(study_dir, grid=True):
         raise FileNotFoundError(f"no finished, evaluated runs under {study_dir}")
     training = collect_training(study_dir)
     staleness = collect_staleness(study_dir)
