@@ -1,15 +1,19 @@
 """The importance ratio at staleness 0: its statistics on constructed log-probabilities, the pairings
-measured, and the measurement on real rollouts of the tiny test model (TRL's own log-probability passes, in
-float32 and under bf16 autocast)."""
+measured, the audit section built from them, and the measurement on real rollouts of the tiny test model
+(TRL's own log-probability passes, in float32 and under bf16 autocast)."""
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import pytest
 import torch
 
 from pspo_repro.analysis import staleness_numerics as sn
+from pspo_repro.analysis.audit import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, Context
+from pspo_repro.analysis.audit.claims import staleness_zero_ratio
+from pspo_repro.analysis.audit.measurement import STALENESS_ZERO
 from pspo_repro.training.settings import TrainSettings
 
 
@@ -43,6 +47,44 @@ def test_default_pairings():
     # one micro-batch per generation: its old-policy pass is already the whole generation
     names = [p.name for p in sn.default_pairings(16, 16)]
     assert names == ["old 16 / train 16", "old 16 / train 16 shuffled", "old all / train 8"]
+
+
+def record(precision: str, pairing: str, zero: float | None, spread: float) -> dict:
+    return {
+        "precision": precision,
+        "pairing": pairing,
+        "tokens_signed": 100,
+        "max_abs_r_minus_1": spread,
+        "sd_r_minus_1": spread / 4,
+        "frac_r_not_1": 0.5 if spread else 0.0,
+        "zero_frac_eps0": zero,
+        "max_abs_logp_vs_float32": 0.0 if precision == "float32" else 0.07,
+    }
+
+
+def context(ident: dict | None) -> Context:
+    return Context(Path("study"), Path("out"), "p", "synthetic", [], {}, ident, plot=False)
+
+
+def test_the_section_reads_the_measurements_and_names_what_is_missing():
+    measured = {"completions": 64, "micro_batch": 8, "device": "cpu"}
+    exact = [record("float32", "old 8 / train 8", 0.0, 0.0), record("bf16", "old all / train 8", 0.0, 0.0)]
+    ident = {"m/clip/seed0": {"alpha": 0.1, STALENESS_ZERO: {**measured, "records": exact}}}
+    s = staleness_zero_ratio.staleness_zero_ratio(context(ident))
+    assert s.verdict == SUPPORTED and s.labels == ["clip"]
+    assert "64 completions in micro-batches of 8" in s.body
+    assert "| m/clip/seed0 | cpu | bf16 | old all / train 8 | 100 | 0.00e+00 |" in s.body
+    rounded = [*exact, record("bf16", "old all / train 8", 0.3, 0.02), record("bf16", "x", None, 0.0)]
+    ident["m/pspo/seed0"] = {STALENESS_ZERO: {**measured, "records": rounded}}
+    s = staleness_zero_ratio.staleness_zero_ratio(context(ident))
+    assert s.verdict == NOT_SUPPORTED and s.labels == ["clip", "pspo"]
+    assert "| 2.00e-02 | 5.00e-03 | 50.00 | 30.00 | 7.00e-02 |" in s.body
+    ident["m/pspo/seed0"][STALENESS_ZERO]["records"] = [record("bf16", "x", 0.001, 1e-3)]
+    assert staleness_zero_ratio.staleness_zero_ratio(context(ident)).verdict == INCONCLUSIVE
+    # identities kept before the staleness-0 measurement existed, or none at all
+    for ident in ({"m/clip/seed0": {"alpha": 0.1}}, None):
+        s = staleness_zero_ratio.staleness_zero_ratio(context(ident))
+        assert s.verdict is None and "no staleness-0 measurements in identities.json" in s.missing
 
 
 @pytest.mark.slow
