@@ -106,7 +106,7 @@ def train_logps(
 
 
 def _inputs(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor, int]:
-    """The forward's inputs as TRL builds them: prompt and completion ids, their masks, the completion length."""
+    """The forward's inputs as TRL builds them: prompt and completion ids, their masks, completion length."""
     ids = torch.cat([batch["prompt_ids"], batch["completion_ids"]], dim=1)
     mask = torch.cat([batch["prompt_mask"], batch["completion_mask"]], dim=1)
     return ids, mask, batch["completion_ids"].size(1)
