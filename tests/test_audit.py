@@ -78,13 +78,16 @@ def test_every_claim_has_a_section_with_a_verdict_or_its_missing_runs(audited):
     root, _, path = audited
     assert path == root / "results" / "audit-test" / "audit.md"
     found = sections(path.read_text())
-    assert len(found) == len(audit.SECTIONS) == 14
+    assert len(found) == len(audit.SECTIONS) == 15
     for title, body in found.items():
         assert verdict(body) in audit.VERDICTS or "Not tested: runs missing" in body, title
         assert "Reproduce: `pspo-repro study --profile" in body
     # the identities hold on the study's own training batches
     assert verdict(found["PSPO is a rescaled unclipped surrogate"]) == audit.SUPPORTED
     assert verdict(found["Soft trust region"]) == audit.SUPPORTED
+    # the staleness-0 ratio is measured beside the identities, in both precisions (its verdict depends on
+    # the machine's kernels)
+    assert verdict(found["The ratio at staleness 0"]) in audit.VERDICTS
     # PSPO's weight (1 - alpha) r is never 0: the gradient-preservation rule can only say supported or
     # inconclusive (when no clip binds), never not supported
     assert verdict(found["Gradient preservation"]) in (audit.SUPPORTED, audit.INCONCLUSIVE)
@@ -107,6 +110,14 @@ def test_numbers_come_from_the_run_folders(audited):
     assert set(ident) == {"tiny-test/clip/seed0", "tiny-test/pspo/seed0"}
     worst = max(m["grad_rel_diff_max"] for m in ident.values())
     assert 0 < worst < 1e-4
+    # each run's first generation (8 prompts x 4 rollouts in micro-batches of 16), scored at staleness 0
+    for m in ident.values():
+        zero = m["staleness_zero"]
+        assert (zero["completions"], zero["micro_batch"], zero["device"]) == (32, 16, "cpu")
+        assert {(r["precision"], r["pairing"]) for r in zero["records"]} >= {
+            ("float32", "old 16 / train 16 shuffled"),
+            ("bf16", "old all / train 8"),
+        }
     assert f"Largest relative difference: {worst:.2e}." in path.read_text()
 
 
@@ -393,6 +404,7 @@ def test_identities_measured_in_a_process_on_one_device_and_nothing_in_results(
         assert (m["steps"], m["precision"], m["device"]) == (4, "float32", "cpu")
         assert m["cuda_visible_devices"] == "4"
         assert m["batches"] == 4
+        assert m["staleness_zero"]["device"] == "cpu"
     assert verdict(sections(path.read_text())["PSPO is a rescaled unclipped surrogate"]) == audit.SUPPORTED
 
 

@@ -18,6 +18,7 @@ from pspo_repro.analysis.audit.claims import (
     rescaled_surrogate,
     sigmoid_saturation,
     soft_trust_region,
+    staleness_zero_ratio,
     topr_collapse,
     trust_region_acts,
 )
@@ -101,6 +102,17 @@ def test_trust_region_acts():
     assert rule([0.02, 0.01]) == SUPPORTED  # at least 1% binds
     assert rule([0.0, 0.005]) == NOT_SUPPORTED
     assert rule([0.02, 0.0]) == INCONCLUSIVE
+    assert rule([]) == INCONCLUSIVE
+
+
+def test_staleness_zero_ratio():
+    rule = staleness_zero_ratio.rule
+    # the eps-0 clip's zero-gradient share at staleness 0 of each (run, precision, pairing)
+    assert rule([0.0, 0.0, 0.0]) == SUPPORTED  # every ratio 1 in the advantage's direction
+    assert rule([0.0, 0.3]) == NOT_SUPPORTED  # rounding alone makes the clip act
+    assert rule([0.0, 0.01]) == NOT_SUPPORTED  # at least 1%: the audit's threshold for a clip acting
+    assert rule([0.0, 0.002]) == INCONCLUSIVE  # some gradients zeroed, fewer than that
+    assert rule([0.0, NAN]) == INCONCLUSIVE
     assert rule([]) == INCONCLUSIVE
 
 

@@ -165,7 +165,9 @@ class RecordingTrainer(PSPOGRPOTrainer):
 
     def _old_logits(self, input_ids, attention_mask, n_completion: int) -> torch.Tensor:
         """pi_old's logits, under the same autocast as the live model's forward (bf16 under bf16=True), so
-        that at staleness 0 both give the same distributions, not two roundings of them."""
+        that at staleness 0 both give the same distributions, not two roundings of them (the copy scores
+        the live model's own batch; TRL's stored log-probabilities come from other batches, see
+        :mod:`pspo_repro.analysis.staleness_numerics`)."""
         assert self._old_model is not None
         with self.accelerator.autocast():
             return self._completion_logits(self._old_model, input_ids, attention_mask, n_completion)

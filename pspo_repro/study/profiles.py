@@ -50,7 +50,8 @@ mini-batch per generation (``steps_per_generation`` 1), so every update sees the
 and only their staleness changes; a cell's length is a number of generations, so that high-reuse cells see as
 many completions as low-reuse ones (and take ``reuse`` times the optimizer steps). Validation runs at the
 start and at the end only, so a cell's checkpoint is its final one (no selection), evaluated on the grid's
-``benchmarks``. The tables leave grid cells to :mod:`pspo_repro.analysis.phase`.
+``benchmarks``; a ``probe_every`` that is a multiple of a cell's reuse is raised to the next one that is not, so
+that the probes rotate through the staleness values. The tables leave grid cells to :mod:`pspo_repro.analysis.phase`.
 
 Each model's starting point is evaluated once (``<runs>/<profile>/<model>/start/eval``), so the tables show
 what training added. Tables are written by :mod:`pspo_repro.analysis.tables`.
@@ -235,6 +236,9 @@ def _expand_grid(
                 for spec in specs:
                     for seed in grid.get("seeds", profile.get("seeds", [0])):
                         values = {**profile.get("train", {}), **(model_settings[model] or {}), **for_label}
+                        probe_every = int(values.get("probe_every", TrainSettings.probe_every))
+                        while reuse > 1 and probe_every % reuse == 0:  # probes must rotate through staleness
+                            probe_every += 1
                         values.update(
                             model=spec,
                             seed=seed,
@@ -246,6 +250,7 @@ def _expand_grid(
                             max_steps=steps,
                             eval_every=steps,
                             warmup_steps=0,
+                            probe_every=probe_every,
                         )
                         runs.append(Run(spec, label, seed, TrainSettings.from_dict(values), benchmarks))
     return runs

@@ -17,7 +17,10 @@ One JSON line per optimizer step in ``probes.jsonl``:
   token's gradient is zeroed (a sequence dropped whole), and ``seq_partial_zero_frac``: the fraction of
   them where some tokens' gradients are zeroed but not all (0 for an objective that acts on whole sequences);
 - ``staleness``: optimizer updates made since this step's rollouts were generated (0 on the first step
-  of each reuse cycle, where every ratio is 1);
+  of each reuse cycle, whose weights generated them: r is 1 up to the rounding by which TRL's old-policy
+  pass and the training pass differ, none measured on CPUs in float32 or under bf16 autocast, see
+  :mod:`pspo_repro.analysis.staleness_numerics`; on-policy, where TRL keeps no old log-probabilities,
+  exactly 1);
 - ``kl_old_theta`` (the k3 estimate of KL(pi_old || pi_theta) on the sampled tokens), ``mean_abs_r_minus_1``,
   ``entropy``;
 - with vLLM rollouts (:mod:`pspo_repro.training.rollouts`): ``vllm_logp_diff``, statistics of the per-token

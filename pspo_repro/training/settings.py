@@ -75,7 +75,9 @@ class TrainSettings:
     batch_size: int = field(default=4, metadata={"help": "completions per micro-batch"})
     grad_accum: int = field(default=16, metadata={"help": "micro-batches per optimizer step"})
     steps_per_generation: int | None = field(default=None, metadata={"help": "default: grad_accum"})
-    num_iterations: int = field(default=2, metadata={"help": "updates per rollout batch (1: ratio is 1)"})
+    num_iterations: int = field(
+        default=2, metadata={"help": "updates per rollout batch (1, with no rollout reuse: ratio 1)"}
+    )
     num_generations: int = field(default=4, metadata={"help": "group size G"})
     temperature: float = 0.8
     top_p: float = 0.9

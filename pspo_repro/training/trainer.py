@@ -101,8 +101,8 @@ class PSPOGRPOConfig(GRPOConfig):
             raise ValueError(
                 f"probe_every={self.probe_every} is a multiple of the {cycle} optimizer steps per generation "
                 f"(steps_per_generation x num_iterations / gradient_accumulation_steps), so every probe would "
-                f"land on the first, on-policy step of the cycle where all ratios are 1; choose a K that is "
-                f"not a multiple of {cycle}, e.g. {self.probe_every + 1}"
+                f"land on the first step of the cycle, before any update, where every ratio is 1 up to "
+                f"rounding; choose a K that is not a multiple of {cycle}, e.g. {self.probe_every + 1}"
             )
         objective = self.build_objective()  # validates the objective name and its parameters early
         correction = self.use_vllm and self.vllm_importance_sampling_correction
@@ -116,7 +116,9 @@ class PSPOGRPOConfig(GRPOConfig):
                 setattr(self, name, value)
 
     def optimizer_steps_per_generation(self) -> int:
-        """How many optimizer steps one generation batch serves (1: on-policy, every ratio is 1)."""
+        """How many optimizer steps one generation batch serves (1: on-policy; every ratio is then exactly 1
+        where TRL keeps no old log-probabilities, and 1 up to rounding where it scores them in a pass of its
+        own, as for vLLM's importance-sampling correction: :mod:`pspo_repro.analysis.staleness_numerics`)."""
         micro_steps = self.steps_per_generation * self.num_iterations
         return max(1, micro_steps // self.gradient_accumulation_steps)
 
@@ -291,7 +293,9 @@ class PSPOGRPOTrainer(GRPOTrainer):
         if advantages.dim() == 1:
             advantages = advantages.unsqueeze(1)
         old_logps = inputs.get("old_per_token_logps")
-        old_logps = logps.detach() if old_logps is None else old_logps  # on-policy: r = 1
+        # None: TRL kept no old log-probabilities (on-policy), so r = 1 exactly; kept ones come from a pass of
+        # their own, and at staleness 0 r is 1 up to that pass's rounding (analysis/staleness_numerics.py)
+        old_logps = logps.detach() if old_logps is None else old_logps
 
         log_r = objectives.log_ratio(logps, old_logps, self.objective.level, mask)
         if (

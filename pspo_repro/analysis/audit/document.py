@@ -18,6 +18,7 @@ from pspo_repro.analysis.audit.claims.permissive_inflation import permissive_inf
 from pspo_repro.analysis.audit.claims.rescaled_surrogate import rescaled_surrogate
 from pspo_repro.analysis.audit.claims.sigmoid_saturation import sigmoid_saturation
 from pspo_repro.analysis.audit.claims.soft_trust_region import soft_trust_region
+from pspo_repro.analysis.audit.claims.staleness_zero_ratio import staleness_zero_ratio
 from pspo_repro.analysis.audit.claims.topr_collapse import topr_collapse
 from pspo_repro.analysis.audit.claims.trust_region_acts import trust_region_acts
 from pspo_repro.analysis.audit.measurement import IDENTITIES_FILE, measure_identities
@@ -34,6 +35,7 @@ SECTIONS: list[Callable[[Context], Section]] = [
     alpha_matters_sgd,
     clip_baseline,
     noise_floor,
+    staleness_zero_ratio,
     trust_region_acts,
     clip_higher_positive_tokens,
     gspo_whole_sequences,

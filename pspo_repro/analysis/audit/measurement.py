@@ -1,5 +1,7 @@
 """The exact identities measured on real training batches of the study's own runs (kept beside audit.md
-in ``identities.json``): which runs, how many steps of each are trained again, and in which process.
+in ``identities.json``): which runs, how many steps of each are trained again, and in which process. Beside
+each run's identities, under :data:`STALENESS_ZERO`, the importance ratio at staleness 0 on its first
+generation batch, in float32 and under bf16 autocast (:mod:`pspo_repro.analysis.staleness_numerics`).
 
 On a machine with GPUs each run is measured in a fresh process that sees exactly one of them
 (``CUDA_VISIBLE_DEVICES``): in one process that sees several, transformers counts them all (``n_gpu``) and
@@ -18,11 +20,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from pspo_repro.analysis import identities
+from pspo_repro.analysis import identities, staleness_numerics
 from pspo_repro.analysis.audit.runs import load_runs
 from pspo_repro.training.settings import TrainSettings
 
 IDENTITIES_FILE = "identities.json"
+# Each run's key for its staleness-0 ratio measurement (staleness_numerics.measure_settings).
+STALENESS_ZERO = "staleness_zero"
 # The runs whose real training batches the identities are measured on (one seed each), when present.
 IDENTITY_LABELS = ("pspo", "clip", "pspo-stress", "clip-stress")
 # Optimizer steps of each measurement: two reuse cycles, so that every staleness is seen twice, but at
@@ -75,16 +79,21 @@ def measurement_environment(environ: Mapping[str, str] | None = None) -> dict[st
 
 def measure_run(settings: TrainSettings, steps: int, work_dir: Path) -> dict[str, Any]:
     """The identities on ``steps`` optimizer steps of one run's settings, in this process: the summary with
-    the run's alpha, the steps, and the device the training ran on."""
+    the run's alpha, the steps, and the device the training ran on; then, under :data:`STALENESS_ZERO`, the
+    staleness-0 ratio on the run's first generation batch from its starting model (measured after the
+    identities' training, whose numbers it therefore leaves as they were)."""
     trainer = identities.recording_trainer(settings, work_dir, steps)
     trainer.train()
-    return {
+    out = {
         "alpha": settings.alpha,
         "steps": steps,
         "device": str(trainer.args.device),
         "cuda_visible_devices": os.environ.get(CUDA_VISIBLE),
         **identities.summarise(trainer.records),
     }
+    del trainer  # the staleness-0 measurement loads the starting model afresh
+    out[STALENESS_ZERO] = staleness_numerics.measure_settings(settings, work_dir / "staleness-zero")
+    return out
 
 
 def measure_run_in_process(settings: TrainSettings, steps: int, work_dir: Path, name: str) -> dict[str, Any]:
