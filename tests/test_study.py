@@ -480,6 +480,7 @@ def test_a_grid_study_end_to_end_keeps_its_cells_out_of_the_main_tables(tiny_mod
         "benchmarks": ["synthetic"],
         "objectives": {
             "clip": {"epsilon": 0.2},
+            "noclip": {},
             "clip-shuffled": {"objective": "clip", "shuffle_advantages": True},
         },
     }
@@ -496,6 +497,13 @@ def test_a_grid_study_end_to_end_keeps_its_cells_out_of_the_main_tables(tiny_mod
         ("clip", "2", "2"),
         ("clip-shuffled", "1", "2"),
         ("clip-shuffled", "2", "2"),
+        ("noclip", "1", "2"),
+        ("noclip", "2", "2"),
+    ]
+    winners = list(csv.DictReader((out / "phase-winners.csv").read_text().splitlines()))
+    assert [(w["reuse"], {w["best"], w["runner_up"]}) for w in winners] == [
+        ("1", {"clip", "noclip"}),
+        ("2", {"clip", "noclip"}),
     ]
     study = tmp_path / "runs" / out.name / "tiny-test"
     cell = study / "grid-clip-r2-lr0.001" / "seed1"
