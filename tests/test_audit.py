@@ -211,9 +211,9 @@ def test_audit_command_on_a_folder_without_runs_is_a_clear_error(tmp_path):
 def write_run(study: Path, label: str, seed: int, probes: list[dict], **settings) -> None:
     """A finished run folder written by hand (settings, probes, DONE): no training, no evaluation; the label
     is the objective unless ``settings`` says otherwise."""
-    folder = study / "tiny-test" / label / f"seed{seed}"
-    folder.mkdir(parents=True)
     values = {"model": "tiny-test", "label": label, "objective": label, "seed": seed, **settings}
+    folder = study / values["model"] / label / f"seed{seed}"
+    folder.mkdir(parents=True)
     (folder / "config.json").write_text(json.dumps(TrainSettings.from_dict(values).to_dict()))
     (folder / "probes.jsonl").write_text("".join(json.dumps(p) + "\n" for p in probes))
     (folder / "DONE").write_text("{}")
@@ -420,3 +420,26 @@ def test_a_failed_measurement_process_is_a_clear_error(tmp_path):
         measurement.measure_run_in_process(settings, 2, tmp_path / "work", "m/pspo/seed0")
     with pytest.raises(ValueError, match="identity steps must be >= 1, got 0"):
         measurement.measure_identities(tmp_path, steps=0)
+
+
+def test_kept_identities_count_only_for_the_runs_they_measured(tmp_path):
+    """The audit reuses identities.json only while the study's chosen runs are the ones measured, as they were."""
+    from pspo_repro.analysis.audit import measurement
+
+    study = tmp_path / "study"
+    for build in (1, 0):
+        for seed in (1, 0):
+            write_run(study, "pspo", seed, token_probes(0.0, 0.0), model=f"tiny-general-l@{build}")
+    chosen = measurement.identity_runs(audit.load_runs(study))
+    assert [r.name for r in chosen] == [
+        "tiny-general-l@0/pspo/seed0"
+    ]  # one build: the identities are algebra
+    folder = study / "tiny-general-l@0" / "pspo" / "seed0"
+    kept = {"tiny-general-l@0/pspo/seed0": {"run_digest": measurement.run_digest(folder)}}
+    assert measurement.measured_the_study(kept, study)
+    assert not measurement.measured_the_study({"tiny-general-l@0/pspo/seed0": {}}, study)  # no digest kept
+    assert not measurement.measured_the_study(
+        {**kept, "other/pspo/seed0": kept["tiny-general-l@0/pspo/seed0"]}, study
+    )
+    (folder / "train_log.jsonl").write_text('{"step": 1, "reward": 0.5}\n')  # the run retrained
+    assert not measurement.measured_the_study(kept, study)

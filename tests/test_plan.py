@@ -105,7 +105,7 @@ def test_dry_run_of_the_paper_profile():
     assert "about 230 GPU-hours" in result.output
     # the audit retrains the first steps of pspo and clip on each model to measure the identities
     assert (
-        "audit identities: 6 runs (lowest seed of each model's pspo, clip, pspo-stress, clip-stress), "
+        "audit identities: 6 runs (lowest build and seed of each model's pspo, clip, pspo-stress, clip-stress), "
         "8 optimizer steps each (48 in all), about 0.09 GPU-hours (not in the total above)"
     ) in result.output
     assert "0.025 s per decoding step of a batch for models <= 1B" in result.output
@@ -176,7 +176,7 @@ def test_dry_run_of_a_slice_and_unknown_sizes():
     assert float(rows["clip"][-1]) < 0.1  # a tiny model's best checkpoint, twice (no trainer checkpoints)
     assert "GPU-hours not estimated" in result.output
     assert (
-        "audit identities: 4 runs (lowest seed of each model's pspo, clip, pspo-stress, clip-stress), "
+        "audit identities: 4 runs (lowest build and seed of each model's pspo, clip, pspo-stress, clip-stress), "
         "8 to 16 optimizer steps each (48 in all), GPU-hours not estimated (a model of unknown size)"
     ) in result.output
 

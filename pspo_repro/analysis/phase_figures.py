@@ -82,10 +82,11 @@ def _heatmaps(
         ax.set_xlabel("reuse (updates per generation)", fontsize=7)
         ax.set_ylabel("learning rate", fontsize=7)
     fig.suptitle(title, fontsize=9)
-    fig.tight_layout(rect=(0, 0, 0.9, 0.95))
-    cax = fig.add_axes((0.92, 0.15, 0.015, 0.7))
+    fig.tight_layout(rect=(0, 0, 0.88, 0.95))
+    cax = fig.add_axes((0.9, 0.15, 0.015, 0.7))
     bar = fig.colorbar(image, cax=cax)
-    bar.set_label(colourbar, fontsize=8)
+    bar.set_label(colourbar, fontsize=7)
+    bar.ax.tick_params(labelsize=7)
     _save(fig, path)
 
 
@@ -113,7 +114,7 @@ def _winner_map(wins: list[dict[str, Any]], path: Path) -> None:
         else:
             text = (
                 f"no winner\nbest {w['best']}, {100 * w['difference']:+.1f} pp\n"
-                f"over {w['runner_up']} (p {w['p_holm']:.2f});\nmissed: < {100 * w['mdd']:.0f} pp"
+                f"over {w['runner_up']} (p {w['p_holm']:.2f});\ndetectable: {100 * w['mdd']:.0f} pp or more"
             )
         ax.text(x, y, text, ha="center", va="center", fontsize=6.5, color="white" if w["winner"] else "black")
     ax.set_xlim(-0.5, len(reuses) - 0.5)

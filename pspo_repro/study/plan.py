@@ -224,7 +224,7 @@ def identity_line(runs: list[profiles.Run]) -> str:
     from pspo_repro.analysis.audit.measurement import IDENTITY_LABELS, identity_runs, identity_steps
 
     measured = identity_runs(runs)
-    which = f"lowest seed of each model's {', '.join(IDENTITY_LABELS)}"
+    which = f"lowest build and seed of each model's {', '.join(IDENTITY_LABELS)}"
     if not measured:
         return f"audit identities: none of these runs is measured ({which})"
     steps = [identity_steps(r.settings) for r in measured]

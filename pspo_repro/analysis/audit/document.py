@@ -21,7 +21,7 @@ from pspo_repro.analysis.audit.claims.soft_trust_region import soft_trust_region
 from pspo_repro.analysis.audit.claims.staleness_zero_ratio import staleness_zero_ratio
 from pspo_repro.analysis.audit.claims.topr_collapse import topr_collapse
 from pspo_repro.analysis.audit.claims.trust_region_acts import trust_region_acts
-from pspo_repro.analysis.audit.measurement import IDENTITIES_FILE, measure_identities
+from pspo_repro.analysis.audit.measurement import IDENTITIES_FILE, measure_identities, measured_the_study
 from pspo_repro.analysis.audit.runs import load_runs, starts
 from pspo_repro.analysis.audit.section import VERDICTS, Context, Section
 from pspo_repro.study import rundir
@@ -154,6 +154,8 @@ def run_audit(
     benchmarks = evaluate.parse_benchmarks(",".join(profile.get("eval", {}).get("benchmarks", ["synthetic"])))
     ident_path = out_dir / IDENTITIES_FILE
     ident = rundir.read_json(ident_path) if ident_path.is_file() else None
+    if ident is not None and measure and not measured_the_study(ident, study_dir):
+        ident = None  # measured on other runs (another study, or these retrained): measure these
     if ident is None and measure:
         ident = measure_identities(study_dir, steps=identity_steps, isolate=isolate)
         if ident:

@@ -48,16 +48,44 @@ def identity_steps(settings: TrainSettings) -> int:
 
 
 def identity_runs(runs: list[Any]) -> list[Any]:
-    """The runs measured: those labelled :data:`IDENTITY_LABELS`, the lowest seed of each (model, label), in
-    (model, label) order; of a study's finished runs (:class:`~pspo_repro.analysis.audit.runs.Run`) or of a
-    profile's planned ones (:class:`~pspo_repro.study.profiles.Run`) alike."""
+    """The runs measured: those labelled :data:`IDENTITY_LABELS`, of each (model, label) the lowest build's
+    lowest seed (the identities are algebra, the same on every build), in (model, label) order; of a study's
+    finished runs (:class:`~pspo_repro.analysis.audit.runs.Run`) or of a profile's planned ones
+    (:class:`~pspo_repro.study.profiles.Run`) alike."""
     chosen: dict[tuple[str, str], Any] = {}
     for r in runs:
         if r.label in IDENTITY_LABELS:
-            key = (r.model, r.label)
-            if key not in chosen or r.seed < chosen[key].seed:
+            base, build = _build_of(r.model)
+            key = (base, r.label)
+            if key not in chosen or (build, r.seed) < (_build_of(chosen[key].model)[1], chosen[key].seed):
                 chosen[key] = r
     return [chosen[key] for key in sorted(chosen)]
+
+
+def _build_of(model: str) -> tuple[str, int]:
+    """(model without its build, build number): ``tiny-general-l@1`` -> (``tiny-general-l``, 1)."""
+    base, _, build = model.partition("@")
+    return base, int(build) if build.isdigit() else 0
+
+
+def run_digest(folder: Path) -> str:
+    """A digest of what a run is: its settings and its training log (a retrained run has another)."""
+    import hashlib
+
+    h = hashlib.sha256()
+    for name in ("config.json", "train_log.jsonl"):
+        path = Path(folder) / name
+        h.update(path.read_bytes() if path.is_file() else b"")
+    return h.hexdigest()[:16]
+
+
+def measured_the_study(ident: dict[str, Any], study_dir: Path) -> bool:
+    """The kept identities were measured on the runs the study now has: the same runs chosen, each with the
+    digest it had (a measurement without digests, from before they were kept, does not count)."""
+    chosen = {r.name: r for r in identity_runs(load_runs(study_dir))}
+    if set(ident) != set(chosen):
+        return False
+    return all(ident[name].get("run_digest") == run_digest(r.folder) for name, r in chosen.items())
 
 
 def measurement_environment(environ: Mapping[str, str] | None = None) -> dict[str, str]:
@@ -147,4 +175,5 @@ def measure_identities(
                 out[r.name] = measure_run_in_process(settings, n, folder, r.name)
             else:
                 out[r.name] = measure_run(settings, n, folder)
+            out[r.name]["run_digest"] = run_digest(r.folder)  # which run was measured, as it was
     return out
