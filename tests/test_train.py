@@ -115,6 +115,25 @@ def test_best_checkpoint_is_chosen_after_step_0(tiny_model, tmp_path):
     assert done["validation_best"]["step"] == best["step"] > 0
     assert done["validation_first"]["step"] == 0
     assert json.loads((run / "checkpoint" / "checkpoint_step.json").read_text())["step"] == best["step"]
+    assert (done["checkpoint"], done["checkpoint_step"]) == ("best", best["step"])
+    lowest = min(history[1:], key=lambda r: r["strict"])
+    assert done["validation_lowest"]["strict"] == lowest["strict"]
+
+
+@pytest.mark.slow
+def test_a_run_that_keeps_its_final_checkpoint_selects_nothing(tiny_model, tmp_path):
+    """checkpoint: final keeps the last step's model whatever validation says, and still records the best step."""
+    settings = tiny_settings(
+        tiny_model, objective="clip", max_steps=4, eval_every=1, learning_rate=3e-2, checkpoint="final"
+    )
+    run = train(settings, tmp_path / "run", progress=False)
+    history = rundir.read_jsonl(run / "validation.jsonl")
+    done = json.loads((run / "DONE").read_text())
+    assert (done["checkpoint"], done["checkpoint_step"]) == ("final", 4)
+    assert json.loads((run / "checkpoint" / "checkpoint_step.json").read_text())["step"] == 4
+    assert done["validation_best"]["step"] == max(history[1:], key=lambda r: r["reward"])["step"]
+    with pytest.raises(ValueError, match="checkpoint must be one of best, final, got 'last'"):
+        tiny_settings(tiny_model, checkpoint="last")
 
 
 @pytest.mark.slow

@@ -107,8 +107,8 @@ def gap_share(rows: list[dict[str, Any]], model: str) -> float | None:
 def markdown(rows: list[dict[str, Any]], benchmark: str = "synthetic") -> str:
     """The headline as audit.md, the README and the main_results notebook show it."""
     lines = [
-        f"PSPO against each part of the paper's comparison, test accuracy ({benchmark}, strict, the selected "
-        "checkpoint), in points: a bootstrap over builds, seeds and problems, 95% intervals, p Holm-corrected "
+        f"PSPO against each part of the paper's comparison, test accuracy ({benchmark}, strict, each run's kept "
+        "checkpoint: the final one in the cpu profiles), in points: a bootstrap over builds, seeds and problems, 95% intervals, p Holm-corrected "
         "over the table.",
         "",
         "| model | PSPO against | runs | PSPO % | other % | PSPO − other [95% CI] | p (Holm) | reading |",

@@ -2,10 +2,11 @@
 
 Written to ``results/<profile>/`` (CSV for every row, Markdown for reading), with the profile beside them:
 
-- ``accuracy``: test and out-of-distribution accuracy of each run's selected checkpoint (strict, flexible,
+- ``accuracy``: test and out-of-distribution accuracy of each run's kept checkpoint (the final one under
+  ``checkpoint: final``, as in the cpu profiles; else the best validation step's) (strict, flexible,
   permissive, paper), mean ± sd over seeds, with each starting model's accuracy in its own row (``start``);
-- ``training``: validation strict accuracy at step 0, at the best step after 0 (the selected checkpoint)
-  and at the end, speed, and the gradient probes averaged over steps;
+- ``training``: validation strict accuracy at step 0, at the best step after 0 and at the end, the lowest
+  after step 0 (collapses), speed, and the gradient probes averaged over steps;
 - ``control``: each arm's test gain over its starting model against the shuffled-advantage control's
   (the noise floor): the difference, its standard error, and whether it exceeds 3 standard errors;
 - ``staleness``: the zero-gradient token fraction and the fraction of ratios outside the clip range by
@@ -106,6 +107,8 @@ def collect_training(study_dir: Path) -> list[dict[str, Any]]:
             "validation_best": finished["validation_best"]["strict"],
             "best_step": finished["validation_best"]["step"],
             "validation_last": finished["validation_last"]["strict"],
+            "validation_lowest": _lowest(run_dir),
+            "checkpoint": config.get("checkpoint", "best"),
             "seconds_per_step": finished["seconds_per_step"],
         }
         for key in PROBE_MEANS:
@@ -182,13 +185,20 @@ def accuracy_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _lowest(run_dir: Path) -> float:
+    """The run's lowest validation strict accuracy after step 0 (a collapse shows here whatever is kept)."""
+    history = rundir.read_jsonl(run_dir / rundir.VALIDATION)
+    return min(r["strict"] for r in [r for r in history if r["step"] > 0] or history)
+
+
 def training_table(rows: list[dict[str, Any]]) -> str:
     """Validation strict accuracy (percent, mean ± sd over seeds) at step 0, at the best step after 0 and
-    at the end, speed, and probe means (percent of completion tokens)."""
+    at the end, the lowest after step 0 of any seed (where a collapse shows), speed (measured while the
+    study's other workers shared the machine), and probe means (percent of completion tokens)."""
     lines = [
-        "| model | objective | seeds | validation at step 0 | best | best step | end | end - step 0 | s/step "
-        "| zero-gradient tokens % | ratios outside clip range % | mean abs(r-1) | min cos to unclipped |",
-        "|" + "---|" * 13,
+        "| model | objective | seeds | validation at step 0 | best | best step | end | end - step 0 | lowest "
+        "| s/step | zero-gradient tokens % | ratios outside clip range % | mean abs(r-1) | min cos to unclipped |",
+        "|" + "---|" * 14,
     ]
 
     def col(group: list[dict[str, Any]], key: str, scale: float = 1.0, digits: int = 1) -> str:
@@ -199,7 +209,8 @@ def training_table(rows: list[dict[str, Any]]) -> str:
         lines.append(
             f"| {model} | {label} | {len(group)} | {col(group, 'validation_first', 100)} | "
             f"{col(group, 'validation_best', 100)} | {col(group, 'best_step', 1, 0)} | "
-            f"{col(group, 'validation_last', 100)} | {_mean_sd(change, 100)} | {col(group, 'seconds_per_step', 1, 2)} | "
+            f"{col(group, 'validation_last', 100)} | {_mean_sd(change, 100)} | "
+            f"{100 * min(r['validation_lowest'] for r in group):.1f} | {col(group, 'seconds_per_step', 1, 2)} | "
             f"{col(group, 'zero_weight_frac', 100, 2)} | {col(group, 'ratio_outside', 100, 2)} | "
             f"{col(group, 'mean_abs_r_minus_1', 1, 4)} | {col(group, 'cos_to_noclip_min', 1, 2)} |"
         )

@@ -251,6 +251,7 @@ def _expand_grid(
                             eval_every=steps,
                             warmup_steps=0,
                             probe_every=probe_every,
+                            checkpoint="final",
                         )
                         runs.append(Run(spec, label, seed, TrainSettings.from_dict(values), benchmarks))
     return runs

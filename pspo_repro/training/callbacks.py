@@ -75,7 +75,8 @@ def sampled_completions(
 
 
 class Validation(TrainerCallback):
-    """Validation reward every N steps (as the authors did); keeps the best checkpoint in <run>/checkpoint.
+    """Validation reward every N steps (as the authors did); keeps the best checkpoint in <run>/checkpoint, or
+    the final one (``checkpoint: final``: no selection, the validation records still name the best step).
 
     Step 0 (the starting model) is validated and logged but is never a candidate for the best checkpoint,
     as with ``load_best_model_at_end`` in the authors' setup: a run that only degrades then shows it.
@@ -191,13 +192,16 @@ class Validation(TrainerCallback):
             record["completions"] = len(completions)
         return record
 
-    def validate(self, model: Any, step: int) -> dict[str, Any]:
+    def validate(self, model: Any, step: int, final: bool = False) -> dict[str, Any]:
         """Validate on the main process (the others wait, and raise with it when it fails: see
-        :func:`pspo_repro.training.distributed.on_main`); the record there, {} on the others."""
-        record = distributed.on_main(lambda: self._validate_here(model, step), f"validation at step {step}")
+        :func:`pspo_repro.training.distributed.on_main`); the record there, {} on the others. ``final``: the
+        run's last step, whose checkpoint a run that keeps its final checkpoint keeps."""
+        record = distributed.on_main(
+            lambda: self._validate_here(model, step, final), f"validation at step {step}"
+        )
         return record if record is not None else {}
 
-    def _validate_here(self, model: Any, step: int) -> dict[str, Any]:
+    def _validate_here(self, model: Any, step: int, final: bool = False) -> dict[str, Any]:
         if step == 0 and self.initial is not None:
             record = {**self.initial, "step": 0}
         else:
@@ -205,6 +209,8 @@ class Validation(TrainerCallback):
         record["best"] = step > 0 and record["reward"] > self.best
         if record["best"]:
             self.best = record["reward"]
+        keep = record["best"] if self.settings.checkpoint == "best" else final and step > 0
+        if keep:
             self._save_checkpoint(model, step)
         rundir.append_jsonl(self.run_dir / rundir.VALIDATION, record)
         self.last = record
@@ -244,7 +250,7 @@ class Validation(TrainerCallback):
     def on_step_end(self, args, state, control, model=None, **kwargs):
         step = state.global_step
         if step % self.settings.eval_every == 0 or step == state.max_steps:
-            self.validate(model, step)
+            self.validate(model, step, final=step == state.max_steps)
 
 
 class RunLog(TrainerCallback):

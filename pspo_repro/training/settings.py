@@ -24,6 +24,9 @@ RETIRED = {
 }
 
 
+CHECKPOINTS = ("best", "final")  # the checkpoint a run keeps and is evaluated with
+
+
 @dataclass
 class TrainSettings:
     """Everything that defines a run. Defaults are the authors' script for Qwen2.5-0.5B with PSPO."""
@@ -90,6 +93,13 @@ class TrainSettings:
         default=False, metadata={"help": "noise-floor control: no reward signal"}
     )
     eval_every: int = field(default=100, metadata={"help": "validation every N optimizer steps"})
+    checkpoint: str = field(
+        default="best",
+        metadata={
+            "help": "the checkpoint kept and evaluated: best (highest validation reward after step 0, the "
+            "authors' load_best_model_at_end) or final (no selection)"
+        },
+    )
     validation_limit: int | None = field(default=None, metadata={"help": "first N validation problems"})
     train_limit: int | None = field(
         default=None, metadata={"help": "first N training problems (a smoke test's epoch); default: all"}
@@ -170,6 +180,8 @@ class TrainSettings:
         prompts.check_system_prompt(self.system_prompt)
         if self.eval_every <= 0:
             raise ValueError(f"eval_every must be > 0, got {self.eval_every}")
+        if self.checkpoint not in CHECKPOINTS:
+            raise ValueError(f"checkpoint must be one of {', '.join(CHECKPOINTS)}, got {self.checkpoint!r}")
         if self.learning_rate <= 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
         self.objective_params()  # validates the objective name and parameters

@@ -316,6 +316,12 @@ def train(
                 "validation_first": history[0],
                 "validation_last": history[-1],
                 "validation_best": best,
+                # the checkpoint kept and evaluated: the best step's, or the last step's (checkpoint: final)
+                "checkpoint": settings.checkpoint,
+                "checkpoint_step": history[-1]["step"] if settings.checkpoint == "final" else best["step"],
+                "validation_lowest": min(
+                    [r for r in history if r["step"] > 0] or history, key=lambda r: r["strict"]
+                ),
             },
         )
 

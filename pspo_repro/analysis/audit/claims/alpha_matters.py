@@ -79,6 +79,11 @@ def start_folder(run: Run) -> Path | None:
     return path if path.is_dir() else None
 
 
+def checkpoint_step(run: Run) -> int:
+    """The step of the checkpoint the run kept (runs finished before that was recorded kept the best)."""
+    return run.done.get("checkpoint_step", run.done["validation_best"]["step"])
+
+
 def rewards(run: Run) -> list[tuple[int, float]]:
     """(step, training reward) of the logged steps that have one."""
     return [(x["step"], x["reward"]) for x in run.train_log if x.get("reward") is not None]
@@ -135,7 +140,7 @@ def alpha_matters(ctx: Context, optimizer: str) -> Section:
                 diffs = [abs(a - b) for a, b in zip(rr, nr, strict=False) if a is not None and b is not None]
                 if diffs:
                     reward_diffs.append(max(diffs))
-                same_step = r.done["validation_best"]["step"] == ref.done["validation_best"]["step"]
+                same_step = checkpoint_step(r) == checkpoint_step(ref)
                 d = param_distance(r.folder / "checkpoint", ref.folder / "checkpoint") if same_step else None
                 start = start_folder(ref)
                 moved = param_distance(ref.folder / "checkpoint", start) if start is not None else None
