@@ -57,7 +57,10 @@ def table(study_dir: Path, benchmark: str = "synthetic", metric: str = "strict")
     """One row per (model, comparison) of PSPO against each arm that ran on that model."""
     runs = _arm_runs(study_dir)
     pairs, keys = [], []
-    for (model, label), folders in sorted(runs.items()):
+    order = list(ARMS)
+    for (model, label), folders in sorted(
+        runs.items(), key=lambda kv: (kv[0][0], (order + [PSPO]).index(kv[0][1]))
+    ):
         if label == PSPO or (model, PSPO) not in runs:
             continue
         pspo = inference.arm_from_runs(runs[(model, PSPO)], benchmark, metric, name=PSPO)
