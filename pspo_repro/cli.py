@@ -281,9 +281,12 @@ def report(
         typer.echo(f"{executed.name}: {verdict} in {executed.seconds:.0f} s ({executed.output})")
 
     try:
-        report_module.run_report(
-            profile, runs, results, figures, notebooks or report_module.NOTEBOOKS_DIR, on_done=done
-        )
+        try:
+            report_module.run_report(
+                profile, runs, results, figures, notebooks or report_module.NOTEBOOKS_DIR, on_done=done
+            )
+        finally:
+            _update_readme(report_module.profile_name(profile), results)
     except FileNotFoundError as err:
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None
@@ -292,6 +295,16 @@ def report(
         raise typer.Exit(1) from None
     name = report_module.profile_name(profile)
     typer.echo(f"tables in {results / name / 'tables'}, figures in {figures / name}")
+
+
+def _update_readme(name: str, results: Path) -> None:
+    """The README's results block for this profile, from its result files (when the README has its markers)."""
+    from pspo_repro.analysis import readme_block
+    from pspo_repro.analysis import report as report_module
+
+    readme = report_module.REPO_ROOT / "README.md"
+    if (results / name).is_dir() and readme.is_file() and readme_block.update(readme, name, results / name):
+        typer.echo(f"README.md: results block for {name} rewritten from {results / name}")
 
 
 @app.command()

@@ -18,13 +18,26 @@ PANEL_HEIGHT = 2.6
 METRIC_MARKERS = {"paper": "P", "strict": "o", "flexible": "s", "permissive": "^"}
 
 
-def _panels(n: int, height: float = PANEL_HEIGHT, sharey: bool = True) -> tuple[Any, list[Any]]:
+def _panels(
+    n: int, height: float = PANEL_HEIGHT, sharey: bool = True, columns: int | None = None
+) -> tuple[Any, list[Any]]:
+    """``n`` panels in rows of ``columns`` (default: one row)."""
     import matplotlib.pyplot as plt
 
+    cols = max(1, min(n, columns or n))
+    rows = -(-max(n, 1) // cols)
     fig, axes = plt.subplots(
-        1, max(n, 1), figsize=(style.FIGURE_WIDTH, height), sharey=sharey, squeeze=False, layout="constrained"
+        rows,
+        cols,
+        figsize=(style.FIGURE_WIDTH, height * rows),
+        sharey=sharey,
+        squeeze=False,
+        layout="constrained",
     )
-    return fig, list(axes[0])
+    flat = list(axes.ravel())
+    for ax in flat[n:]:
+        ax.set_visible(False)
+    return fig, flat[: max(n, 1)]
 
 
 def _legend(fig: Any, axes: list[Any]) -> None:
@@ -87,7 +100,7 @@ def accuracy_points(table: pd.DataFrame, panels: Sequence[tuple[str, str]], labe
     :func:`pspo_repro.analysis.aggregate.accuracy_table`)."""
     models = list(dict.fromkeys(table["model"]))
     arms = _present(labels, table)
-    fig, axes = _panels(len(panels), height=PANEL_HEIGHT + 0.4)
+    fig, axes = _panels(len(panels), height=PANEL_HEIGHT + 0.4, columns=2)
     width = 0.8 / max(len(arms), 1)
     for ax, (benchmark, metric) in zip(axes, panels, strict=False):
         d = table[(table["benchmark"] == benchmark) & (table["metric"] == metric)]

@@ -6,7 +6,8 @@ has the run's coordinates first: ``model``, ``label`` (the profile's name for th
 ``clip-shuffled``), ``objective`` (the objective it trains) and ``seed``; each model's starting point has
 label and objective ``start`` and no seed.
 
-Frames hold the finished runs (``DONE``) only. Every run the profile expects that is missing, partial
+Frames hold the finished runs (``DONE``) only, and leave out the phase diagram's cells
+(:mod:`pspo_repro.analysis.phase`). Every run the profile expects that is missing, partial
 (started, not finished), failed or not evaluated on every benchmark is listed by :attr:`Study.problems`
 (and warned about once when loading), so it is reported rather than silently left out.
 
@@ -94,11 +95,18 @@ class Study:
         rows = [
             {"model": r.model, "label": r.label, "objective": r.settings.objective, "seed": r.seed}
             for r in profiles.expand(self.spec)
+            if profiles.parse_grid_label(r.label) is None  # the phase diagram's cells: analysis.phase
         ]
         return pd.DataFrame(rows, columns=["model", "label", "objective", "seed"])
 
     def _run_folders(self) -> list[Path]:
-        return sorted(p for p in self.study_dir.glob("*/*/seed*") if p.is_dir() and p.parent.name != START)
+        """The run folders, without the phase diagram's cells (their tables are :mod:`~pspo_repro.analysis.phase`'s)."""
+        profiles = _quiet_import("pspo_repro.study.profiles")
+        return sorted(
+            p
+            for p in self.study_dir.glob("*/*/seed*")
+            if p.is_dir() and p.parent.name != START and profiles.parse_grid_label(p.parent.name) is None
+        )
 
     @cached_property
     def runs(self) -> pd.DataFrame:
