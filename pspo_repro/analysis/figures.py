@@ -69,7 +69,7 @@ def curves(
     bootstrap interval as a band (none with one seed). Rows of one run with the same ``x`` are averaged
     first (e.g. the steps of one staleness level)."""
     models = [m for m in models if m in set(frame.get("model", []))]
-    fig, axes = _panels(len(models))
+    fig, axes = _panels(len(models), columns=3)  # a row per three models (or builds)
     for ax, model in zip(axes, models, strict=False):
         data = frame[frame["model"] == model]
         for label in _present(labels, data):
@@ -123,7 +123,7 @@ def accuracy_points(table: pd.DataFrame, panels: Sequence[tuple[str, str]], labe
                 markersize=5,
                 capsize=2,
             )
-        ax.set_xticks(np.arange(len(models)), models, rotation=20, ha="right", fontsize="small")
+        ax.set_xticks(np.arange(len(models)), models, rotation=30, ha="right", fontsize="x-small")
         ax.set_title(f"{benchmark}, {metric}", fontsize="medium")
     if axes:
         axes[0].set_ylabel("accuracy (%)")
@@ -217,7 +217,7 @@ def grad_norm_groups(probes: pd.DataFrame, labels: Sequence[str], models: Sequen
     long["group"] = long["group"].str.removeprefix("grad_norm_")
     long = long.dropna(subset=["norm"])
     models = [m for m in models if m in set(long["model"])]
-    fig, axes = _panels(len(models), height=PANEL_HEIGHT + 0.4)
+    fig, axes = _panels(len(models), height=PANEL_HEIGHT + 0.4, columns=3)
     for ax, model in zip(axes, models, strict=False):
         d = long[long["model"] == model]
         arms = _present(labels, d)
