@@ -1,5 +1,6 @@
 """The report: every notebook in ``notebooks/`` executed with papermill on one study's results.
 
+First every run's small files are copied to ``<results>/<profile>/run-logs/`` (:mod:`pspo_repro.analysis.run_logs`).
 Each notebook is executed into ``<results>/<profile>/notebooks/<name>.ipynb``; the notebooks write their
 figures (PNG and PDF) to ``<figures>/<profile>/`` and their tables (CSV, Markdown, LaTeX) to
 ``<results>/<profile>/tables/`` through :class:`pspo_repro.analysis.style.Outputs`.
@@ -140,6 +141,9 @@ def run_report(
         raise FileNotFoundError(
             f"no study folder {study_dir}; run `pspo-repro study --profile {profile} --runs {runs_dir}` first"
         )
+    from pspo_repro.analysis import run_logs
+
+    run_logs.collect(study_dir, Path(results_dir) / profile)  # the small files behind every number
     params = parameters(profile, runs_dir, results_dir, figures_dir)
     out_dir = Path(results_dir) / profile / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -21,6 +21,8 @@ and JSON-lines logs grow by whole lines (:func:`append_jsonl`), read back by :fu
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import json
 import os
 import platform
@@ -195,12 +197,27 @@ def device_info() -> dict[str, Any]:
     return info
 
 
+@functools.lru_cache(maxsize=1)
+def package_digest() -> str:
+    """A digest of the package's code and profiles as installed here (every .py, .yaml and .csv file under
+    ``pspo_repro/``): equal digests mean the same code, with or without git."""
+    root = Path(__file__).resolve().parents[1]
+    h = hashlib.sha256()
+    for path in sorted(p for p in root.rglob("*") if p.suffix in (".py", ".yaml", ".csv") and p.is_file()):
+        if "__pycache__" in path.parts:
+            continue
+        h.update(path.relative_to(root).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
+    return h.hexdigest()[:20]
+
+
 def provenance(seed: int | None = None) -> dict[str, Any]:
-    """Where a result came from: code version, packages, machine, seed, start time."""
+    """Where a result came from: code version (git, and a digest of the package's files), packages, machine,
+    seed, start time."""
     status = _git(["status", "--porcelain", "--untracked-files=no"])
     return {
         "git_commit": _git(["rev-parse", "HEAD"]),
         "git_dirty": bool(status) if status is not None else None,
+        "package_digest": package_digest(),
         "packages": package_versions(),
         "python": sys.version.split()[0],
         "platform": platform.platform(),
