@@ -197,7 +197,7 @@ def training_table(rows: list[dict[str, Any]]) -> str:
     study's other workers shared the machine), and probe means (percent of completion tokens)."""
     lines = [
         "| model | objective | seeds | validation at step 0 | best | best step | end | end - step 0 | lowest "
-        "| s/step | zero-gradient tokens % | ratios outside clip range % | mean abs(r-1) | min cos to unclipped |",
+        "| s/step (workers sharing the cores) | zero-gradient tokens % | ratios outside clip range % | mean abs(r-1) | min cos to unclipped |",
         "|" + "---|" * 14,
     ]
 
