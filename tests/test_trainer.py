@@ -168,6 +168,12 @@ def assert_matches_stock(ours, stock, model, inputs, ulps: float | None = None):
     rounding, the whole gradient to float32 rounding (tests/numerics.py)."""
     loss_ours, grads_ours = loss_and_grads(ours, model, inputs)
     loss_stock, grads_stock = loss_and_grads(stock, model, inputs)
+    largest = max(float((a - b).abs().max()) for a, b in zip(grads_ours, grads_stock, strict=True))
+    # seen with pytest -s: the parity measured, beside the tolerance asserted
+    print(
+        f"\nparity: loss {float(loss_ours):.6g}, |loss - TRL| {abs(float(loss_ours) - float(loss_stock)):.2e}, "
+        f"largest |grad - TRL| {largest:.2e}"
+    )
     assert loss_ours.abs() > 1e-4  # a loss that says something
     assert abs(float(loss_ours) - float(loss_stock)) <= 1e-6
     assert_losses_close(loss_ours, loss_stock)
