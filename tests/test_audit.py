@@ -208,15 +208,72 @@ def test_audit_command_on_a_folder_without_runs_is_a_clear_error(tmp_path):
     assert not (tmp_path / "audit-test" / "audit.md").exists()
 
 
-def write_run(study: Path, label: str, seed: int, probes: list[dict], **settings) -> None:
-    """A finished run folder written by hand (settings, probes, DONE): no training, no evaluation; the label
-    is the objective unless ``settings`` says otherwise."""
+def write_run(
+    study: Path,
+    label: str,
+    seed: int,
+    probes: list[dict],
+    correct: list[int] | None = None,
+    done: dict | None = None,
+    **settings,
+) -> Path:
+    """A finished run folder written by hand (settings, probes, DONE): no training; ``correct``, the greedy
+    answers' grades on the synthetic test problems (none: not evaluated); the label is the objective unless
+    ``settings`` says otherwise."""
     values = {"model": "tiny-test", "label": label, "objective": label, "seed": seed, **settings}
     folder = study / values["model"] / label / f"seed{seed}"
     folder.mkdir(parents=True)
     (folder / "config.json").write_text(json.dumps(TrainSettings.from_dict(values).to_dict()))
     (folder / "probes.jsonl").write_text("".join(json.dumps(p) + "\n" for p in probes))
-    (folder / "DONE").write_text("{}")
+    (folder / "DONE").write_text(json.dumps(done or {}))
+    if correct is not None:
+        (folder / "eval").mkdir()
+        grades = [dict.fromkeys(("strict", "flexible", "permissive", "paper"), bool(c)) for c in correct]
+        records = [{"id": f"p{i:04d}", "grades": [g]} for i, g in enumerate(grades)]
+        (folder / "eval" / "synthetic.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        metrics = {m: {"accuracy": sum(correct) / len(correct)} for m in ("strict", "flexible", "permissive")}
+        summary = {"benchmarks": {"synthetic": {"metrics": metrics}}}
+        (folder / "eval" / "summary.json").write_text(json.dumps(summary))
+    return folder
+
+
+def answers(accuracy: float, seed: int, n: int = 200) -> list[int]:
+    """``n`` graded answers, about ``accuracy`` of them right (a seeded draw)."""
+    import random
+
+    rng = random.Random(seed)
+    return [int(rng.random() < accuracy) for _ in range(n)]
+
+
+def test_the_noise_floor_compares_each_arm_with_its_own_spread(tmp_path):
+    """Two builds, two seeds: PSPO far above the clip differs after Holm (supported); the same accuracies
+    leave no pair different, every MDD under 5 points on 2000 problems (not supported)."""
+    study = tmp_path / "study"
+    for build in (0, 1):
+        for seed in (0, 1):
+            model = f"tiny-test@{build}"
+            k = 10 * build + seed
+            write_run(study, "clip", seed, [], answers(0.3, k), model=model, epsilon=0.2)
+            write_run(study, "pspo", seed, [], answers(0.7, k + 100), model=model)
+            write_run(study, "clip-shuffled", seed, [], answers(0.3, k + 200), model=model,
+                      objective="clip", shuffle_advantages=True)  # fmt: skip
+    found = sections(audit.write_audit(study, tmp_path / "a", "x", "synthetic", None, plot=False).read_text())
+    text = found["Noise floor"]
+    assert verdict(text) == audit.SUPPORTED, text
+    assert "| clip - pspo |" in text and "clip - clip-shuffled (control)" in text
+    assert "Holm over all 3" in text
+
+    same = tmp_path / "same"
+    for build in (0, 1):
+        for seed in (0, 1):
+            model = f"tiny-test@{build}"
+            grades = answers(0.5, 10 * build + seed, n=2000)
+            write_run(same, "clip", seed, [], grades, model=model, epsilon=0.2)
+            write_run(same, "pspo", seed, [], grades, model=model)
+    found = sections(audit.write_audit(same, tmp_path / "b", "x", "synthetic", None, plot=False).read_text())
+    text = found["Noise floor"]
+    assert verdict(text) == audit.NOT_SUPPORTED, text
+    assert "largest MDD" in text
 
 
 def token_probes(zero: float, pos: float, **seq: float) -> list[dict]:

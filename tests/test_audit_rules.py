@@ -90,9 +90,11 @@ def test_clip_baseline():
 
 def test_noise_floor():
     rule = noise_floor.rule
-    # (difference of two objectives' mean accuracy, the control's standard error for it)
-    assert rule([(0.02, 0.01), (0.1, 0.01)]) == SUPPORTED
-    assert rule([(0.02, 0.01), (-0.029, 0.01)]) == INCONCLUSIVE
+    # (Holm-adjusted p, MDD in points) of each pair of objectives
+    assert rule([(0.4, 9.0), (0.001, 3.0)]) == SUPPORTED  # one pair differs after Holm
+    assert rule([(0.4, 3.0), (0.9, 4.9)]) == NOT_SUPPORTED  # none differs, none of 5 points missed
+    assert rule([(0.4, 3.0), (0.9, 5.0)]) == INCONCLUSIVE  # a 5-point difference could have been missed
+    assert rule([(0.05, 1.0)]) == NOT_SUPPORTED  # p must be below 0.05
     assert rule([]) == INCONCLUSIVE
 
 
