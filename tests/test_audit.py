@@ -373,6 +373,36 @@ def test_the_fields_objectives_are_decided_from_their_runs_probes(tmp_path):
     assert "(1 runs not recorded)" in found["GSPO keeps or drops whole sequences"]
 
 
+def test_topr_is_judged_only_where_something_collapses(tmp_path):
+    """TOPR holding beside a clip that holds too: inconclusive; beside a clip that collapses (DONE's lowest
+    validation 20 points under step 0): not supported; TOPR collapsing itself, read from the validation
+    history of a run whose DONE lacks the lowest: supported."""
+
+    def done(first: float, lowest: float) -> dict:
+        return {"validation_first": {"strict": first}, "validation_lowest": {"strict": lowest}}
+
+    def audit_of(study: Path) -> str:
+        out = audit.write_audit(study, study.parent / f"{study.name}-out", "x", "synthetic", None, plot=False)
+        return sections(out.read_text())["TOPR under group-relative advantages"]
+
+    held, collapsed = tmp_path / "held", tmp_path / "collapsed"
+    for seed in (0, 1):
+        for study, clip_lowest in ((held, 0.45), (collapsed, 0.3)):
+            write_run(study, "topr", seed, [], done=done(0.5, 0.48))
+            write_run(study, "clip", seed, [], done=done(0.5, clip_lowest), epsilon=0.2)
+    text = audit_of(held)
+    assert verdict(text) == audit.INCONCLUSIVE and "TOPR never ran where another objective collapses" in text
+    text = audit_of(collapsed)
+    assert verdict(text) == audit.NOT_SUPPORTED and "| clip |" in text
+
+    folder = held / "tiny-test" / "topr" / "seed1"
+    (folder / "DONE").write_text(json.dumps({"validation_first": {"strict": 0.5}}))
+    (folder / "validation.jsonl").write_text(
+        "".join(json.dumps({"step": s, "strict": v}) + "\n" for s, v in ((0, 0.5), (2, 0.2), (4, 0.45)))
+    )
+    assert verdict(audit_of(held)) == audit.SUPPORTED
+
+
 def test_identity_steps_are_few_even_when_a_run_counts_epochs():
     """The identities are measured on a few optimizer steps of each run: two reuse cycles, at least 8, at most
     one cycle beyond 8 and never more than 32 or the run's own length; the paper's runs count epochs

@@ -137,12 +137,16 @@ def test_permissive_inflation():
 
 def test_topr_collapse():
     rule = topr_collapse.rule
-    # (TOPR runs that collapse, of which those whose model's control does not)
-    assert rule(collapsed=2, unexplained=1) == SUPPORTED
-    assert rule(collapsed=0, unexplained=0) == NOT_SUPPORTED
-    assert rule(collapsed=2, unexplained=0) == INCONCLUSIVE
-    assert topr_collapse.collapses(first=0.5, last=0.3)
-    assert not topr_collapse.collapses(first=0.5, last=0.45)
+    # each of TOPR's arms: (a TOPR run collapses, another objective's run collapses, the control collapses)
+    assert rule([(True, False, False)]) == SUPPORTED
+    assert rule([(False, True, False), (True, True, False)]) == SUPPORTED  # TOPR collapses in one arm
+    assert rule([(False, True, False)]) == NOT_SUPPORTED  # others collapse where TOPR holds
+    assert rule([(False, False, False)]) == INCONCLUSIVE  # nothing collapses where TOPR ran
+    assert rule([(True, True, True), (False, True, True)]) == INCONCLUSIVE  # the control collapses too
+    assert rule([]) == INCONCLUSIVE
+    assert topr_collapse.collapses(first=0.5, lowest=0.3)
+    assert topr_collapse.collapses(first=0.5, lowest=0.4)  # 10 points: a collapse
+    assert not topr_collapse.collapses(first=0.5, lowest=0.45)
 
 
 def test_cispo_keeps_gradients():
