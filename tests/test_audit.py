@@ -403,6 +403,22 @@ def test_topr_is_judged_only_where_something_collapses(tmp_path):
     assert verdict(audit_of(held)) == audit.SUPPORTED
 
 
+def test_sigmoid_saturation_is_judged_by_how_far_the_ratios_went(tmp_path):
+    """Ratios near 1: inconclusive; a ratio of 2.5 (|r - 1| past the reach of 0.987 at tau 1) with its weight
+    well above 1%: not supported; a ratio of 0.005 with its weight under 1%: supported."""
+
+    def verdict_for(name: str, ratio: float, w: float) -> str:
+        study = tmp_path / name
+        samples = [[1.1, 0.5, 1.05], [0.9, -0.5, 0.9], [ratio, 0.5, w]]
+        write_run(study, "sigmoid", 0, [{"step": 1, "samples": samples}])
+        out = audit.write_audit(study, tmp_path / f"{name}-out", "x", "synthetic", None, plot=False)
+        return verdict(sections(out.read_text())["Sigmoid saturation"])
+
+    assert verdict_for("near", 1.2, 1.1) == audit.INCONCLUSIVE
+    assert verdict_for("far", 2.5, 1.49) == audit.NOT_SUPPORTED
+    assert verdict_for("saturated", 0.005, 0.004) == audit.SUPPORTED
+
+
 def test_identity_steps_are_few_even_when_a_run_counts_epochs():
     """The identities are measured on a few optimizer steps of each run: two reuse cycles, at least 8, at most
     one cycle beyond 8 and never more than 32 or the run's own length; the paper's runs count epochs

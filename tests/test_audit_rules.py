@@ -1,6 +1,5 @@
 """The audit's verdict rules as pure functions of numbers: constructed numbers give each verdict a rule
-can return. Four rules have two verdicts only: the rescaled surrogate and the soft trust region (exact
-identities: never inconclusive), the noise floor and sigmoid saturation (never not supported)."""
+can return. One rule has two verdicts only: the rescaled surrogate (an exact identity: never inconclusive)."""
 
 from __future__ import annotations
 
@@ -120,10 +119,17 @@ def test_staleness_zero_ratio():
 
 def test_sigmoid_saturation():
     rule = sigmoid_saturation.rule
-    assert rule(0.05) == SUPPORTED
-    assert rule(0.01) == SUPPORTED
-    assert rule(0.001) == INCONCLUSIVE
-    assert rule(0.0) == INCONCLUSIVE
+    # (sampled tokens whose weight is saturated, tokens whose |r - 1| reached the saturating distance)
+    assert rule(saturated=3, reached=3) == SUPPORTED
+    assert rule(saturated=0, reached=2) == NOT_SUPPORTED  # far from 1 (above it), the weight held
+    assert rule(saturated=0, reached=0) == INCONCLUSIVE  # the ratios never went that far
+    # the closed form: w(1) = 1, saturated outside [r_lo, r_hi]; at tau 1 below r 0.0126 and above r 9.21
+    assert sigmoid_saturation.weight(1.0, 1.0) == 1.0
+    r_lo, r_hi = sigmoid_saturation.saturation_bounds(1.0)
+    assert 0.012 < r_lo < 0.013 and 9.2 < r_hi < 9.3
+    assert sigmoid_saturation.weight(r_lo / 2, 1.0) < 0.01 < sigmoid_saturation.weight(2 * r_lo, 1.0)
+    assert sigmoid_saturation.reach(1.0) == 1.0 - r_lo  # the nearer side
+    assert sigmoid_saturation.reach(10.0) < 0.6  # a hotter sigmoid saturates nearer 1
 
 
 def test_permissive_inflation():
