@@ -419,6 +419,29 @@ def test_sigmoid_saturation_is_judged_by_how_far_the_ratios_went(tmp_path):
     assert verdict_for("saturated", 0.005, 0.004) == audit.SUPPORTED
 
 
+def test_the_clip_baseline_shares_a_gap_only_where_pspo_beats_eps_0(tmp_path):
+    """PSPO below the eps-0 clip: no gap to share, whatever the clips do; PSPO far above it: the intended
+    eps's share of that gap."""
+
+    def section(name: str, pspo: float) -> str:
+        study = tmp_path / name
+        for build in (0, 1):
+            for seed in (0, 1):
+                model, k = f"tiny-test@{build}", 10 * build + seed
+                write_run(study, "clip", seed, [], answers(0.5, k), model=model, epsilon=0.2)
+                write_run(study, "clip-eps0", seed, [], answers(0.3, k + 100), model=model,
+                          objective="clip", epsilon=0.0)  # fmt: skip
+                write_run(study, "pspo", seed, [], answers(pspo, k + 200), model=model)
+        out = audit.write_audit(study, tmp_path / f"{name}-out", "x", "synthetic", None, plot=False)
+        return sections(out.read_text())["The clip baseline"]
+
+    text = section("below", 0.2)
+    assert verdict(text) == audit.SUPPORTED, text
+    assert "| no gap to share (PSPO does not beat eps 0) |" in text
+    text = section("above", 0.7)
+    assert "| no gap to share" not in text and "% of +" in text
+
+
 def test_identity_steps_are_few_even_when_a_run_counts_epochs():
     """The identities are measured on a few optimizer steps of each run: two reuse cycles, at least 8, at most
     one cycle beyond 8 and never more than 32 or the run's own length; the paper's runs count epochs

@@ -75,15 +75,16 @@ def test_alpha_matters():
 
 
 def test_clip_baseline():
-    assert clip_baseline.arm_verdict(0.1, 0.01) == SUPPORTED
-    assert clip_baseline.arm_verdict(-0.1, 0.01) == NOT_SUPPORTED
-    assert clip_baseline.arm_verdict(0.02, 0.01) == INCONCLUSIVE
-    assert clip_baseline.arm_verdict(0.1, NAN) == INCONCLUSIVE
+    # (intended-eps clip minus the eps-0 clip in points, Holm-adjusted p)
+    assert clip_baseline.arm_verdict(4.0, 0.01) == SUPPORTED
+    assert clip_baseline.arm_verdict(-4.0, 0.01) == NOT_SUPPORTED
+    assert clip_baseline.arm_verdict(4.0, 0.2) == INCONCLUSIVE
+    assert clip_baseline.arm_verdict(4.0, 0.05) == INCONCLUSIVE  # p must be below 0.05
     rule = clip_baseline.rule
-    assert rule([(0.1, 0.01), (0.2, 0.05)]) == SUPPORTED
-    assert rule([(-0.1, 0.01), (-0.3, 0.02)]) == NOT_SUPPORTED
-    assert rule([(0.1, 0.01), (-0.1, 0.01)]) == INCONCLUSIVE  # the arms disagree
-    assert rule([(0.01, 0.01)]) == INCONCLUSIVE
+    assert rule([(4.0, 0.01), (2.0, 0.03)]) == SUPPORTED
+    assert rule([(-4.0, 0.01), (-6.0, 0.001)]) == NOT_SUPPORTED
+    assert rule([(4.0, 0.01), (-4.0, 0.01)]) == INCONCLUSIVE  # the arms disagree
+    assert rule([(1.0, 0.6)]) == INCONCLUSIVE
     assert rule([]) == INCONCLUSIVE
 
 
