@@ -84,7 +84,8 @@ def test_every_claim_has_a_section_with_a_verdict_or_its_missing_runs(audited):
         assert "Reproduce: `pspo-repro study --profile" in body
     # the identities hold on the study's own training batches
     assert verdict(found["PSPO is a rescaled unclipped surrogate"]) == audit.SUPPORTED
-    assert verdict(found["Soft trust region"]) == audit.SUPPORTED
+    # the pi~ identity holds (a fact beside the verdict, which is on how far pi_theta moves)
+    assert "The identity for pi~ (a fact, not the verdict): it holds" in found["Soft trust region"]
     # the staleness-0 ratio is measured beside the identities, in both precisions (its verdict depends on
     # the machine's kernels)
     assert verdict(found["The ratio at staleness 0"]) in audit.VERDICTS
@@ -440,6 +441,28 @@ def test_the_clip_baseline_shares_a_gap_only_where_pspo_beats_eps_0(tmp_path):
     assert "| no gap to share (PSPO does not beat eps 0) |" in text
     text = section("above", 0.7)
     assert "| no gap to share" not in text and "% of +" in text
+
+
+def test_the_soft_trust_region_is_judged_on_the_trained_policy(tmp_path):
+    """PSPO's policy moving further from pi_old than the clip's on every seed: not supported, without
+    identities (said so); the same movement under both: inconclusive or supported, never not supported."""
+
+    def probes(kl: float) -> list[dict]:
+        fresh, stale = token_probes(0.0, 0.0)
+        return [{**fresh, "kl_old_theta": 0.0}, {**stale, "kl_old_theta": kl}]
+
+    def section(name: str, pspo: float) -> str:
+        study = tmp_path / name
+        for seed in range(4):
+            write_run(study, "clip", seed, probes(0.010 + 0.0001 * seed), epsilon=0.2)
+            write_run(study, "pspo", seed, probes(pspo + 0.0001 * seed))
+        out = audit.write_audit(study, tmp_path / f"{name}-out", "x", "synthetic", None, plot=False)
+        return sections(out.read_text())["Soft trust region"]
+
+    text = section("further", 0.02)
+    assert verdict(text) == audit.NOT_SUPPORTED, text
+    assert "no identity measurements" in text
+    assert verdict(section("same", 0.010)) == audit.SUPPORTED
 
 
 def test_identity_steps_are_few_even_when_a_run_counts_epochs():

@@ -55,11 +55,22 @@ def test_rescaled_surrogate():
 
 
 def test_soft_trust_region():
+    # (PSPO's movement minus the clip's, its se over runs, the clip's movement)
+    verdict = soft_trust_region.arm_verdict
+    assert verdict(0.05, 0.01, 0.1) == NOT_SUPPORTED  # further by 5 se
+    assert verdict(-0.02, 0.005, 0.1) == SUPPORTED  # -0.02 + 0.015 <= 10% of 0.1
+    assert verdict(0.0, 0.005, 0.1) == INCONCLUSIVE  # 0.015 further cannot be excluded
+    assert verdict(0.05, NAN, 0.1) == INCONCLUSIVE  # one run a side
     rule = soft_trust_region.rule
-    assert rule(tv_error=1e-13, kl_excess=-1e-3) == SUPPORTED  # negative excess: the bound's slack
-    assert rule(tv_error=identities.DIST_ATOL, kl_excess=identities.DIST_ATOL) == SUPPORTED
-    assert rule(tv_error=1e-6, kl_excess=0.0) == NOT_SUPPORTED
-    assert rule(tv_error=0.0, kl_excess=1e-6) == NOT_SUPPORTED
+    assert rule([(-0.02, 0.005, 0.1), (0.05, 0.01, 0.1)]) == NOT_SUPPORTED  # one arm moves further
+    assert rule([(-0.02, 0.005, 0.1), (0.0, 0.001, 0.1)]) == SUPPORTED
+    assert rule([(-0.02, 0.005, 0.1), (0.0, 0.005, 0.1)]) == INCONCLUSIVE
+    assert rule([]) == INCONCLUSIVE
+    # the pi~ identity, reported beside the verdict: exact, to the tolerance
+    holds = soft_trust_region.identity_holds
+    assert holds(tv_error=1e-13, kl_excess=-1e-3)  # negative excess: the bound's slack
+    assert holds(tv_error=identities.DIST_ATOL, kl_excess=identities.DIST_ATOL)
+    assert not holds(tv_error=1e-6, kl_excess=0.0) and not holds(tv_error=0.0, kl_excess=1e-6)
 
 
 def test_alpha_matters():
