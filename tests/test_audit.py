@@ -465,6 +465,20 @@ def test_the_soft_trust_region_is_judged_on_the_trained_policy(tmp_path):
     assert verdict(section("same", 0.010)) == audit.SUPPORTED
 
 
+def test_alpha_under_adam_counts_the_seeds_that_answer_alike(tmp_path):
+    """PSPO and noclip answering every test problem alike on one seed and not on the other: the count is in
+    the section (no checkpoints to compare: inconclusive)."""
+    study = tmp_path / "study"
+    for seed in (0, 1):
+        done = {"checkpoint_step": 4}
+        write_run(study, "noclip", seed, [], answers(0.5, seed), done=done)
+        write_run(study, "pspo", seed, [], answers(0.5, seed + 10 * seed), done=done)
+    out = audit.write_audit(study, tmp_path / "out", "x", "synthetic", None, plot=False)
+    text = sections(out.read_text())["Does alpha matter under Adam?"]
+    assert verdict(text) == audit.INCONCLUSIVE
+    assert "| 1 of 2 |" in text and "1 of 2 (build, seed) pairs of PSPO and noclip" in text
+
+
 def test_identity_steps_are_few_even_when_a_run_counts_epochs():
     """The identities are measured on a few optimizer steps of each run: two reuse cycles, at least 8, at most
     one cycle beyond 8 and never more than 32 or the run's own length; the paper's runs count epochs
