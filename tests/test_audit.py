@@ -84,7 +84,8 @@ def test_every_claim_has_a_section_with_a_verdict_or_its_missing_runs(audited):
         assert "Reproduce: `pspo-repro study --profile" in body
     # the identities hold on the study's own training batches
     assert verdict(found["PSPO is a rescaled unclipped surrogate"]) == audit.SUPPORTED
-    assert verdict(found["Soft trust region"]) == audit.SUPPORTED
+    # the pi~ identity holds (a fact beside the verdict, which is on how far pi_theta moves)
+    assert "The identity for pi~ (a fact, not the verdict): it holds" in found["Soft trust region"]
     # the staleness-0 ratio is measured beside the identities, in both precisions (its verdict depends on
     # the machine's kernels)
     assert verdict(found["The ratio at staleness 0"]) in audit.VERDICTS
@@ -208,15 +209,72 @@ def test_audit_command_on_a_folder_without_runs_is_a_clear_error(tmp_path):
     assert not (tmp_path / "audit-test" / "audit.md").exists()
 
 
-def write_run(study: Path, label: str, seed: int, probes: list[dict], **settings) -> None:
-    """A finished run folder written by hand (settings, probes, DONE): no training, no evaluation; the label
-    is the objective unless ``settings`` says otherwise."""
+def write_run(
+    study: Path,
+    label: str,
+    seed: int,
+    probes: list[dict],
+    correct: list[int] | None = None,
+    done: dict | None = None,
+    **settings,
+) -> Path:
+    """A finished run folder written by hand (settings, probes, DONE): no training; ``correct``, the greedy
+    answers' grades on the synthetic test problems (none: not evaluated); the label is the objective unless
+    ``settings`` says otherwise."""
     values = {"model": "tiny-test", "label": label, "objective": label, "seed": seed, **settings}
     folder = study / values["model"] / label / f"seed{seed}"
     folder.mkdir(parents=True)
     (folder / "config.json").write_text(json.dumps(TrainSettings.from_dict(values).to_dict()))
     (folder / "probes.jsonl").write_text("".join(json.dumps(p) + "\n" for p in probes))
-    (folder / "DONE").write_text("{}")
+    (folder / "DONE").write_text(json.dumps(done or {}))
+    if correct is not None:
+        (folder / "eval").mkdir()
+        grades = [dict.fromkeys(("strict", "flexible", "permissive", "paper"), bool(c)) for c in correct]
+        records = [{"id": f"p{i:04d}", "grades": [g]} for i, g in enumerate(grades)]
+        (folder / "eval" / "synthetic.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+        metrics = {m: {"accuracy": sum(correct) / len(correct)} for m in ("strict", "flexible", "permissive")}
+        summary = {"benchmarks": {"synthetic": {"metrics": metrics}}}
+        (folder / "eval" / "summary.json").write_text(json.dumps(summary))
+    return folder
+
+
+def answers(accuracy: float, seed: int, n: int = 200) -> list[int]:
+    """``n`` graded answers, about ``accuracy`` of them right (a seeded draw)."""
+    import random
+
+    rng = random.Random(seed)
+    return [int(rng.random() < accuracy) for _ in range(n)]
+
+
+def test_the_noise_floor_compares_each_arm_with_its_own_spread(tmp_path):
+    """Two builds, two seeds: PSPO far above the clip differs after Holm (supported); the same accuracies
+    leave no pair different, every MDD under 5 points on 2000 problems (not supported)."""
+    study = tmp_path / "study"
+    for build in (0, 1):
+        for seed in (0, 1):
+            model = f"tiny-test@{build}"
+            k = 10 * build + seed
+            write_run(study, "clip", seed, [], answers(0.3, k), model=model, epsilon=0.2)
+            write_run(study, "pspo", seed, [], answers(0.7, k + 100), model=model)
+            write_run(study, "clip-shuffled", seed, [], answers(0.3, k + 200), model=model,
+                      objective="clip", shuffle_advantages=True)  # fmt: skip
+    found = sections(audit.write_audit(study, tmp_path / "a", "x", "synthetic", None, plot=False).read_text())
+    text = found["Noise floor"]
+    assert verdict(text) == audit.SUPPORTED, text
+    assert "| clip - pspo |" in text and "clip - clip-shuffled (control)" in text
+    assert "Holm over all 3" in text
+
+    same = tmp_path / "same"
+    for build in (0, 1):
+        for seed in (0, 1):
+            model = f"tiny-test@{build}"
+            grades = answers(0.5, 10 * build + seed, n=2000)
+            write_run(same, "clip", seed, [], grades, model=model, epsilon=0.2)
+            write_run(same, "pspo", seed, [], grades, model=model)
+    found = sections(audit.write_audit(same, tmp_path / "b", "x", "synthetic", None, plot=False).read_text())
+    text = found["Noise floor"]
+    assert verdict(text) == audit.NOT_SUPPORTED, text
+    assert "largest MDD" in text
 
 
 def token_probes(zero: float, pos: float, **seq: float) -> list[dict]:
@@ -314,6 +372,111 @@ def test_the_fields_objectives_are_decided_from_their_runs_probes(tmp_path):
     )
     assert verdict(found["GSPO keeps or drops whole sequences"]) == audit.INCONCLUSIVE
     assert "(1 runs not recorded)" in found["GSPO keeps or drops whole sequences"]
+
+
+def test_topr_is_judged_only_where_something_collapses(tmp_path):
+    """TOPR holding beside a clip that holds too: inconclusive; beside a clip that collapses (DONE's lowest
+    validation 20 points under step 0): not supported; TOPR collapsing itself, read from the validation
+    history of a run whose DONE lacks the lowest: supported."""
+
+    def done(first: float, lowest: float) -> dict:
+        return {"validation_first": {"strict": first}, "validation_lowest": {"strict": lowest}}
+
+    def audit_of(study: Path) -> str:
+        out = audit.write_audit(study, study.parent / f"{study.name}-out", "x", "synthetic", None, plot=False)
+        return sections(out.read_text())["TOPR under group-relative advantages"]
+
+    held, collapsed = tmp_path / "held", tmp_path / "collapsed"
+    for seed in (0, 1):
+        for study, clip_lowest in ((held, 0.45), (collapsed, 0.3)):
+            write_run(study, "topr", seed, [], done=done(0.5, 0.48))
+            write_run(study, "clip", seed, [], done=done(0.5, clip_lowest), epsilon=0.2)
+    text = audit_of(held)
+    assert verdict(text) == audit.INCONCLUSIVE and "TOPR never ran where another objective collapses" in text
+    text = audit_of(collapsed)
+    assert verdict(text) == audit.NOT_SUPPORTED and "| clip |" in text
+
+    folder = held / "tiny-test" / "topr" / "seed1"
+    (folder / "DONE").write_text(json.dumps({"validation_first": {"strict": 0.5}}))
+    (folder / "validation.jsonl").write_text(
+        "".join(json.dumps({"step": s, "strict": v}) + "\n" for s, v in ((0, 0.5), (2, 0.2), (4, 0.45)))
+    )
+    assert verdict(audit_of(held)) == audit.SUPPORTED
+
+
+def test_sigmoid_saturation_is_judged_by_how_far_the_ratios_went(tmp_path):
+    """Ratios near 1: inconclusive; a ratio of 2.5 (|r - 1| past the reach of 0.987 at tau 1) with its weight
+    well above 1%: not supported; a ratio of 0.005 with its weight under 1%: supported."""
+
+    def verdict_for(name: str, ratio: float, w: float) -> str:
+        study = tmp_path / name
+        samples = [[1.1, 0.5, 1.05], [0.9, -0.5, 0.9], [ratio, 0.5, w]]
+        write_run(study, "sigmoid", 0, [{"step": 1, "samples": samples}])
+        out = audit.write_audit(study, tmp_path / f"{name}-out", "x", "synthetic", None, plot=False)
+        return verdict(sections(out.read_text())["Sigmoid saturation"])
+
+    assert verdict_for("near", 1.2, 1.1) == audit.INCONCLUSIVE
+    assert verdict_for("far", 2.5, 1.49) == audit.NOT_SUPPORTED
+    assert verdict_for("saturated", 0.005, 0.004) == audit.SUPPORTED
+
+
+def test_the_clip_baseline_shares_a_gap_only_where_pspo_beats_eps_0(tmp_path):
+    """PSPO below the eps-0 clip: no gap to share, whatever the clips do; PSPO far above it: the intended
+    eps's share of that gap."""
+
+    def section(name: str, pspo: float) -> str:
+        study = tmp_path / name
+        for build in (0, 1):
+            for seed in (0, 1):
+                model, k = f"tiny-test@{build}", 10 * build + seed
+                write_run(study, "clip", seed, [], answers(0.5, k), model=model, epsilon=0.2)
+                write_run(study, "clip-eps0", seed, [], answers(0.3, k + 100), model=model,
+                          objective="clip", epsilon=0.0)  # fmt: skip
+                write_run(study, "pspo", seed, [], answers(pspo, k + 200), model=model)
+        out = audit.write_audit(study, tmp_path / f"{name}-out", "x", "synthetic", None, plot=False)
+        return sections(out.read_text())["The clip baseline"]
+
+    text = section("below", 0.2)
+    assert verdict(text) == audit.SUPPORTED, text
+    assert "| no gap to share (PSPO does not beat eps 0) |" in text
+    text = section("above", 0.7)
+    assert "| no gap to share" not in text and "% of +" in text
+
+
+def test_the_soft_trust_region_is_judged_on_the_trained_policy(tmp_path):
+    """PSPO's policy moving further from pi_old than the clip's on every seed: not supported, without
+    identities (said so); the same movement under both: inconclusive or supported, never not supported."""
+
+    def probes(kl: float) -> list[dict]:
+        fresh, stale = token_probes(0.0, 0.0)
+        return [{**fresh, "kl_old_theta": 0.0}, {**stale, "kl_old_theta": kl}]
+
+    def section(name: str, pspo: float) -> str:
+        study = tmp_path / name
+        for seed in range(4):
+            write_run(study, "clip", seed, probes(0.010 + 0.0001 * seed), epsilon=0.2)
+            write_run(study, "pspo", seed, probes(pspo + 0.0001 * seed))
+        out = audit.write_audit(study, tmp_path / f"{name}-out", "x", "synthetic", None, plot=False)
+        return sections(out.read_text())["Soft trust region"]
+
+    text = section("further", 0.02)
+    assert verdict(text) == audit.NOT_SUPPORTED, text
+    assert "no identity measurements" in text
+    assert verdict(section("same", 0.010)) == audit.SUPPORTED
+
+
+def test_alpha_under_adam_counts_the_seeds_that_answer_alike(tmp_path):
+    """PSPO and noclip answering every test problem alike on one seed and not on the other: the count is in
+    the section (no checkpoints to compare: inconclusive)."""
+    study = tmp_path / "study"
+    for seed in (0, 1):
+        done = {"checkpoint_step": 4}
+        write_run(study, "noclip", seed, [], answers(0.5, seed), done=done)
+        write_run(study, "pspo", seed, [], answers(0.5, seed + 10 * seed), done=done)
+    out = audit.write_audit(study, tmp_path / "out", "x", "synthetic", None, plot=False)
+    text = sections(out.read_text())["Does alpha matter under Adam?"]
+    assert verdict(text) == audit.INCONCLUSIVE
+    assert "| 1 of 2 |" in text and "1 of 2 (build, seed) pairs of PSPO and noclip" in text
 
 
 def test_identity_steps_are_few_even_when_a_run_counts_epochs():

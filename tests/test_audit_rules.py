@@ -1,6 +1,5 @@
 """The audit's verdict rules as pure functions of numbers: constructed numbers give each verdict a rule
-can return. Four rules have two verdicts only: the rescaled surrogate and the soft trust region (exact
-identities: never inconclusive), the noise floor and sigmoid saturation (never not supported)."""
+can return. One rule has two verdicts only: the rescaled surrogate (an exact identity: never inconclusive)."""
 
 from __future__ import annotations
 
@@ -56,11 +55,22 @@ def test_rescaled_surrogate():
 
 
 def test_soft_trust_region():
+    # (PSPO's movement minus the clip's, its se over runs, the clip's movement)
+    verdict = soft_trust_region.arm_verdict
+    assert verdict(0.05, 0.01, 0.1) == NOT_SUPPORTED  # further by 5 se
+    assert verdict(-0.02, 0.005, 0.1) == SUPPORTED  # -0.02 + 0.015 <= 10% of 0.1
+    assert verdict(0.0, 0.005, 0.1) == INCONCLUSIVE  # 0.015 further cannot be excluded
+    assert verdict(0.05, NAN, 0.1) == INCONCLUSIVE  # one run a side
     rule = soft_trust_region.rule
-    assert rule(tv_error=1e-13, kl_excess=-1e-3) == SUPPORTED  # negative excess: the bound's slack
-    assert rule(tv_error=identities.DIST_ATOL, kl_excess=identities.DIST_ATOL) == SUPPORTED
-    assert rule(tv_error=1e-6, kl_excess=0.0) == NOT_SUPPORTED
-    assert rule(tv_error=0.0, kl_excess=1e-6) == NOT_SUPPORTED
+    assert rule([(-0.02, 0.005, 0.1), (0.05, 0.01, 0.1)]) == NOT_SUPPORTED  # one arm moves further
+    assert rule([(-0.02, 0.005, 0.1), (0.0, 0.001, 0.1)]) == SUPPORTED
+    assert rule([(-0.02, 0.005, 0.1), (0.0, 0.005, 0.1)]) == INCONCLUSIVE
+    assert rule([]) == INCONCLUSIVE
+    # the pi~ identity, reported beside the verdict: exact, to the tolerance
+    holds = soft_trust_region.identity_holds
+    assert holds(tv_error=1e-13, kl_excess=-1e-3)  # negative excess: the bound's slack
+    assert holds(tv_error=identities.DIST_ATOL, kl_excess=identities.DIST_ATOL)
+    assert not holds(tv_error=1e-6, kl_excess=0.0) and not holds(tv_error=0.0, kl_excess=1e-6)
 
 
 def test_alpha_matters():
@@ -76,23 +86,26 @@ def test_alpha_matters():
 
 
 def test_clip_baseline():
-    assert clip_baseline.arm_verdict(0.1, 0.01) == SUPPORTED
-    assert clip_baseline.arm_verdict(-0.1, 0.01) == NOT_SUPPORTED
-    assert clip_baseline.arm_verdict(0.02, 0.01) == INCONCLUSIVE
-    assert clip_baseline.arm_verdict(0.1, NAN) == INCONCLUSIVE
+    # (intended-eps clip minus the eps-0 clip in points, Holm-adjusted p)
+    assert clip_baseline.arm_verdict(4.0, 0.01) == SUPPORTED
+    assert clip_baseline.arm_verdict(-4.0, 0.01) == NOT_SUPPORTED
+    assert clip_baseline.arm_verdict(4.0, 0.2) == INCONCLUSIVE
+    assert clip_baseline.arm_verdict(4.0, 0.05) == INCONCLUSIVE  # p must be below 0.05
     rule = clip_baseline.rule
-    assert rule([(0.1, 0.01), (0.2, 0.05)]) == SUPPORTED
-    assert rule([(-0.1, 0.01), (-0.3, 0.02)]) == NOT_SUPPORTED
-    assert rule([(0.1, 0.01), (-0.1, 0.01)]) == INCONCLUSIVE  # the arms disagree
-    assert rule([(0.01, 0.01)]) == INCONCLUSIVE
+    assert rule([(4.0, 0.01), (2.0, 0.03)]) == SUPPORTED
+    assert rule([(-4.0, 0.01), (-6.0, 0.001)]) == NOT_SUPPORTED
+    assert rule([(4.0, 0.01), (-4.0, 0.01)]) == INCONCLUSIVE  # the arms disagree
+    assert rule([(1.0, 0.6)]) == INCONCLUSIVE
     assert rule([]) == INCONCLUSIVE
 
 
 def test_noise_floor():
     rule = noise_floor.rule
-    # (difference of two objectives' mean accuracy, the control's standard error for it)
-    assert rule([(0.02, 0.01), (0.1, 0.01)]) == SUPPORTED
-    assert rule([(0.02, 0.01), (-0.029, 0.01)]) == INCONCLUSIVE
+    # (Holm-adjusted p, MDD in points) of each pair of objectives
+    assert rule([(0.4, 9.0), (0.001, 3.0)]) == SUPPORTED  # one pair differs after Holm
+    assert rule([(0.4, 3.0), (0.9, 4.9)]) == NOT_SUPPORTED  # none differs, none of 5 points missed
+    assert rule([(0.4, 3.0), (0.9, 5.0)]) == INCONCLUSIVE  # a 5-point difference could have been missed
+    assert rule([(0.05, 1.0)]) == NOT_SUPPORTED  # p must be below 0.05
     assert rule([]) == INCONCLUSIVE
 
 
@@ -118,10 +131,17 @@ def test_staleness_zero_ratio():
 
 def test_sigmoid_saturation():
     rule = sigmoid_saturation.rule
-    assert rule(0.05) == SUPPORTED
-    assert rule(0.01) == SUPPORTED
-    assert rule(0.001) == INCONCLUSIVE
-    assert rule(0.0) == INCONCLUSIVE
+    # (sampled tokens whose weight is saturated, tokens whose |r - 1| reached the saturating distance)
+    assert rule(saturated=3, reached=3) == SUPPORTED
+    assert rule(saturated=0, reached=2) == NOT_SUPPORTED  # far from 1 (above it), the weight held
+    assert rule(saturated=0, reached=0) == INCONCLUSIVE  # the ratios never went that far
+    # the closed form: w(1) = 1, saturated outside [r_lo, r_hi]; at tau 1 below r 0.0126 and above r 9.21
+    assert sigmoid_saturation.weight(1.0, 1.0) == 1.0
+    r_lo, r_hi = sigmoid_saturation.saturation_bounds(1.0)
+    assert 0.012 < r_lo < 0.013 and 9.2 < r_hi < 9.3
+    assert sigmoid_saturation.weight(r_lo / 2, 1.0) < 0.01 < sigmoid_saturation.weight(2 * r_lo, 1.0)
+    assert sigmoid_saturation.reach(1.0) == 1.0 - r_lo  # the nearer side
+    assert sigmoid_saturation.reach(10.0) < 0.6  # a hotter sigmoid saturates nearer 1
 
 
 def test_permissive_inflation():
@@ -135,12 +155,16 @@ def test_permissive_inflation():
 
 def test_topr_collapse():
     rule = topr_collapse.rule
-    # (TOPR runs that collapse, of which those whose model's control does not)
-    assert rule(collapsed=2, unexplained=1) == SUPPORTED
-    assert rule(collapsed=0, unexplained=0) == NOT_SUPPORTED
-    assert rule(collapsed=2, unexplained=0) == INCONCLUSIVE
-    assert topr_collapse.collapses(first=0.5, last=0.3)
-    assert not topr_collapse.collapses(first=0.5, last=0.45)
+    # each of TOPR's arms: (a TOPR run collapses, another objective's run collapses, the control collapses)
+    assert rule([(True, False, False)]) == SUPPORTED
+    assert rule([(False, True, False), (True, True, False)]) == SUPPORTED  # TOPR collapses in one arm
+    assert rule([(False, True, False)]) == NOT_SUPPORTED  # others collapse where TOPR holds
+    assert rule([(False, False, False)]) == INCONCLUSIVE  # nothing collapses where TOPR ran
+    assert rule([(True, True, True), (False, True, True)]) == INCONCLUSIVE  # the control collapses too
+    assert rule([]) == INCONCLUSIVE
+    assert topr_collapse.collapses(first=0.5, lowest=0.3)
+    assert topr_collapse.collapses(first=0.5, lowest=0.4)  # 10 points: a collapse
+    assert not topr_collapse.collapses(first=0.5, lowest=0.45)
 
 
 def test_cispo_keeps_gradients():

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from pspo_repro.analysis import tables
+from pspo_repro.analysis import inference, tables
 from pspo_repro.analysis.audit.stats import mean
 from pspo_repro.study import rundir
 from pspo_repro.training.settings import read_run_settings
@@ -126,3 +126,26 @@ def largest(runs: list[Run], field_name: str) -> float | None:
 def accuracies(runs: list[Run], benchmark: str, metric: str = "strict") -> list[float]:
     """The test accuracies of the runs that were evaluated on ``benchmark`` (the others left out)."""
     return [a for a in (r.accuracy(benchmark, metric) for r in runs) if a is not None]
+
+
+def base_model(model: str) -> str:
+    """The model without its build: builds of one model (``tiny-general-l@0``, ``@1``) are compared as one,
+    the build a random factor (:mod:`pspo_repro.analysis.inference`)."""
+    return model.partition("@")[0]
+
+
+def evaluated_arm(runs: list[Run], benchmark: str, name: str) -> inference.Arm | None:
+    """The runs' per-problem test answers as one arm for :mod:`~pspo_repro.analysis.inference`: only the
+    runs evaluated on ``benchmark`` (None when there is none), so unevaluated runs leave a section untested
+    instead of failing it."""
+    folders = [r.folder for r in runs if (r.folder / rundir.EVAL / f"{benchmark}.jsonl").is_file()]
+    return inference.arm_from_runs(folders, benchmark, name=name) if folders else None
+
+
+def comparable(a: inference.Arm, b: inference.Arm) -> bool:
+    """Two arms can be compared: the same test problems, and a build in common (the comparison is paired on
+    builds); a study still running may have one arm on a build the other has not reached."""
+    same = a.n_problems == b.n_problems and (
+        a.problem_ids is None or b.problem_ids is None or a.problem_ids == b.problem_ids
+    )
+    return same and bool(set(a.builds) & set(b.builds))

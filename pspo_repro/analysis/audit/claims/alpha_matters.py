@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from pspo_repro.analysis.audit.formatting import num, pct, pct_sd, table
-from pspo_repro.analysis.audit.runs import Run, accuracies, arm_name, by
+from pspo_repro.analysis.audit.runs import Run, accuracies, arm_name, by, evaluated_arm
 from pspo_repro.analysis.audit.section import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, Context, Section, Z
 from pspo_repro.analysis.audit.stats import mean, se_diff
 from pspo_repro.study import rundir
@@ -17,7 +17,8 @@ from pspo_repro.study import rundir
 TEST = (
     "Per seed, the distance between each PSPO run's selected checkpoint and noclip's (same seed, same "
     "checkpoint step), relative to how far noclip moved from the starting model; the largest difference "
-    "of their training rewards (logged once per generation); and test accuracy (strict), mean ± sd over seeds."
+    "of their training rewards (logged once per generation); whether they answer every test problem "
+    "identically (per-problem grades); and test accuracy (strict), mean ± sd over seeds."
 )
 RULE = (
     f"{SUPPORTED} if some alpha's test accuracy differs from noclip's by more than {Z:g} standard errors; "
@@ -81,7 +82,17 @@ def start_folder(run: Run) -> Path | None:
 
 def checkpoint_step(run: Run) -> int:
     """The step of the checkpoint the run kept (runs finished before that was recorded kept the best)."""
-    return run.done.get("checkpoint_step", run.done["validation_best"]["step"])
+    step = run.done.get("checkpoint_step")
+    return step if step is not None else run.done["validation_best"]["step"]
+
+
+def same_answers(a: Run, b: Run, benchmark: str) -> bool | None:
+    """The two runs answered every test problem alike (the per-problem grades of their greedy completions);
+    None when either was not evaluated or their problems differ."""
+    x, y = evaluated_arm([a], benchmark, a.label), evaluated_arm([b], benchmark, b.label)
+    if x is None or y is None or x.n_problems != y.n_problems or x.problem_ids != y.problem_ids:
+        return None
+    return bool((next(iter(x.runs.values())) == next(iter(y.runs.values()))).all())
 
 
 def rewards(run: Run) -> list[tuple[int, float]]:
@@ -124,16 +135,21 @@ def alpha_matters(ctx: Context, optimizer: str) -> Section:
     rows = []
     comparisons: list[tuple[float, float, float | None]] = []
     curves: dict[str, list[tuple[int, float]]] = {}
+    matched: list[tuple[int, int]] = []  # per alpha: (seed pairs with identical test answers, pairs compared)
     for (model, arm), g in sorted(usable.items(), key=lambda kv: (kv[0][0], str(kv[0][1]))):
         noclip = {r.config["seed"]: r for r in g if r.objective == "noclip"}
         base = accuracies(list(noclip.values()), ctx.benchmark)
         for alpha in sorted({r.config["alpha"] for r in g if r.objective == "pspo"}):
             rs = [r for r in g if r.objective == "pspo" and r.config["alpha"] == alpha]
-            dists, reward_diffs = [], []
+            dists, reward_diffs, identical, paired = [], [], 0, 0
             for r in rs:
                 ref = noclip.get(r.config["seed"])
                 if ref is None:
                     continue
+                same = same_answers(r, ref, ctx.benchmark)
+                if same is not None:
+                    paired += 1
+                    identical += same
                 rr = [x.get("reward") for x in r.train_log]
                 nr = [x.get("reward") for x in ref.train_log]
                 diffs = [abs(a - b) for a, b in zip(rr, nr, strict=False) if a is not None and b is not None]
@@ -145,6 +161,7 @@ def alpha_matters(ctx: Context, optimizer: str) -> Section:
                 moved = param_distance(ref.folder / "checkpoint", start) if start is not None else None
                 if d is not None and moved:
                     dists.append(d / moved)
+            matched.append((identical, paired))
             accs = accuracies(rs, ctx.benchmark)
             diff = mean(accs) - mean(base) if accs and base else float("nan")
             se = se_diff(accs, base)
@@ -158,6 +175,7 @@ def alpha_matters(ctx: Context, optimizer: str) -> Section:
                     str(len(rs)),
                     num(distance, ".2e"),
                     num(max(reward_diffs) if reward_diffs else None, ".2e"),
+                    f"{identical} of {paired}" if paired else "-",
                     pct_sd(accs),
                     pct_sd(base),
                     f"{pct(diff)} ({num(se * 100, '.1f')})",
@@ -179,6 +197,7 @@ def alpha_matters(ctx: Context, optimizer: str) -> Section:
             "seeds",
             "checkpoint distance to noclip (relative, largest)",
             "largest training-reward difference (per generation)",
+            "seeds with identical test answers",
             "test strict %",
             "noclip test strict %",
             "difference (se), points",
@@ -186,6 +205,15 @@ def alpha_matters(ctx: Context, optimizer: str) -> Section:
         ],
         rows,
     )
+    same, paired = sum(i for i, _ in matched), sum(n for _, n in matched)
+    if s.verdict == NOT_SUPPORTED:
+        s.body += (
+            f"\n\nAlpha has no effect under {'SGD' if optimizer == 'sgd' else 'Adam'}: PSPO equals the "
+            "unclipped surrogate seed for seed (every alpha's checkpoints within 1% of noclip's; "
+            f"{same} of {paired} (build, seed) pairs answer every test problem identically)."
+        )
+    elif paired:
+        s.body += f"\n\n{same} of {paired} (build, seed) pairs of PSPO and noclip answer every test problem identically."
 
     def draw(ax: Any) -> None:
         for name, points in sorted(curves.items()):

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from pspo_repro.analysis.audit.formatting import num, pct, table
-from pspo_repro.analysis.audit.runs import Run
+from pspo_repro.analysis.audit.runs import Run, arm_name, base_model, by
 from pspo_repro.analysis.audit.section import (
     COLLAPSE,
     INCONCLUSIVE,
@@ -13,6 +15,8 @@ from pspo_repro.analysis.audit.section import (
     Section,
 )
 from pspo_repro.analysis.audit.stats import mean
+from pspo_repro.study import rundir
+from pspo_repro.study.profiles import parse_grid_label
 
 PROBE_SIGNATURE = ("entropy", "mean_abs_r_minus_1", "kl_old_theta", "grad_norm", "zero_weight_frac_neg")
 
@@ -22,31 +26,66 @@ CLAIM = (
     "advantages are group-relative, as GRPO's are."
 )
 TEST = (
-    f"A run collapses when its final validation accuracy (strict) is {pct(COLLAPSE, 0)} points or more "
-    "below its step-0 value. For each TOPR run: validation at step 0 and at the end, and the probe "
-    "signature (entropy, mean |r - 1|, KL(pi_old || pi_theta), gradient norm, zeroed negative-advantage "
-    "tokens) over the first and the last quarter of its steps."
+    f"A run collapses when its validation accuracy (strict) at some step after 0 (DONE's lowest, else the "
+    f"validation history) is {pct(COLLAPSE, 0)} points or more below its step-0 value. Every run in TOPR's "
+    "arms (same model, optimizer, learning rate, reuse and length; main runs and phase-diagram cells) is "
+    "checked, TOPR's and the other objectives', with the arm's shuffled-advantage control where there is one. "
+    "For each TOPR run: validation at step 0 and its lowest after, and the probe signature (entropy, mean "
+    "|r - 1|, KL(pi_old || pi_theta), gradient norm, zeroed negative-advantage tokens) over the first and the "
+    "last quarter of its steps."
 )
 RULE = (
-    f"{SUPPORTED} if some TOPR run collapses and its model's control does not; {NOT_SUPPORTED} if no TOPR run "
-    f"collapses (in the regimes run); {INCONCLUSIVE} if the control collapses too."
+    f"{SUPPORTED} if TOPR collapses in some arm whose control does not; {NOT_SUPPORTED} if another objective "
+    f"collapses in an arm where TOPR does not; {INCONCLUSIVE} if nothing collapses in TOPR's arms (TOPR never "
+    "ran where anything collapses) or only where the control collapses too."
 )
 
 
-def collapses(first: float, last: float) -> bool:
-    """A run collapses: its last validation accuracy is COLLAPSE or more below its first."""
-    return last <= first - COLLAPSE
+def collapses(first: float, lowest: float) -> bool:
+    """A run collapses: its lowest validation accuracy after step 0 is COLLAPSE or more below step 0's."""
+    return lowest <= first - COLLAPSE
 
 
-def rule(collapsed: int, unexplained: int) -> str:
-    """The verdict from the number of TOPR runs that collapse and of those whose model's control does not:
-    only a collapse the control does not reproduce is TOPR's doing."""
-    return NOT_SUPPORTED if not collapsed else SUPPORTED if unexplained else INCONCLUSIVE
+def rule(arms: Sequence[tuple[bool, bool, bool]]) -> str:
+    """The verdict from each of TOPR's arms' (a TOPR run collapses, another objective's run collapses, the
+    control collapses): a collapse is TOPR's doing only where the control holds; TOPR holding where others
+    collapse refutes the claim; an arm where nothing collapses cannot tell TOPR from the rest."""
+    if any(topr and not control for topr, _, control in arms):
+        return SUPPORTED
+    if any(other and not topr and not control for topr, other, control in arms):
+        return NOT_SUPPORTED
+    return INCONCLUSIVE
 
 
-def run_collapses(r: Run) -> bool:
-    """:func:`collapses` on a run's validation at step 0 and at the end (strict)."""
-    return collapses(r.done["validation_first"]["strict"], r.done["validation_last"]["strict"])
+def validation_lowest(r: Run) -> float | None:
+    """The run's lowest validation accuracy (strict) after step 0: DONE's record, else the history's."""
+    lowest = r.done.get("validation_lowest")
+    if lowest is not None:
+        return lowest["strict"]
+    history = rundir.read_jsonl(r.folder / rundir.VALIDATION)
+    after = [h["strict"] for h in history if h["step"] > 0]
+    return min(after) if after else None
+
+
+def validation_first(r: Run) -> float | None:
+    """The run's validation accuracy (strict) at step 0: DONE's record, else the history's."""
+    first = r.done.get("validation_first")
+    if first is not None:
+        return first["strict"]
+    history = [h for h in rundir.read_jsonl(r.folder / rundir.VALIDATION) if h["step"] == 0]
+    return history[0]["strict"] if history else None
+
+
+def run_collapses(r: Run) -> bool | None:
+    """:func:`collapses` on a run's validation at step 0 and its lowest after (None: not recorded)."""
+    first, lowest = validation_first(r), validation_lowest(r)
+    return None if first is None or lowest is None else collapses(first, lowest)
+
+
+def cell(r: Run) -> str:
+    """Where a run ran: the phase diagram's cell (reuse, learning rate) or the main study's arm."""
+    grid = parse_grid_label(r.label)
+    return f"grid reuse {grid[1]}, lr {grid[2]:g}" if grid else arm_name(r.arm)
 
 
 def probe_mean(probes: list[dict], key: str) -> float | None:
@@ -56,13 +95,35 @@ def probe_mean(probes: list[dict], key: str) -> float | None:
 
 
 def topr_collapse(ctx: Context) -> Section:
-    """The section: each TOPR run's validation and probe signature, its control, the verdict by :func:`rule`."""
+    """The section: every run in TOPR's arms (main runs and phase-diagram cells), whether it collapses, each
+    TOPR run's probe signature, the verdict by :func:`rule`."""
     s = Section(TITLE, CLAIM, TEST, RULE)
-    topr = [r for r in ctx.runs if r.objective == "topr" and not r.control]
+    runs = ctx.all_runs
+    topr = [r for r in runs if r.objective == "topr" and not r.control]
     if not topr:
         s.missing = "needs finished topr runs"
         return s
-    rows, collapsed, unexplained = [], 0, 0
+    groups = by(runs, lambda r: (base_model(r.model), r.arm))
+    arms, rows, signatures = [], [], []
+    for key in sorted({(base_model(r.model), r.arm) for r in topr}, key=str):
+        g = groups[key]
+        state = {r.name: run_collapses(r) for r in g}
+        t = any(state[r.name] for r in g if r.objective == "topr" and not r.control)
+        other = sorted({r.label for r in g if r.objective != "topr" and not r.control and state[r.name]})
+        control = any(state[r.name] for r in g if r.control)
+        arms.append((t, bool(other), control))
+        has_control = any(r.control for r in g)
+        rows.append(
+            [
+                key[0],
+                cell(g[0]),
+                str(len(g)),
+                "yes" if t else "no",
+                ", ".join(other) or "none",
+                ("yes" if control else "no") if has_control else "no control",
+            ]
+        )
+        s.labels += sorted({r.label for r in g})
     for r in sorted(topr, key=lambda r: r.name):
         q = max(1, len(r.probes) // 4)
         sig = " ; ".join(
@@ -70,30 +131,34 @@ def topr_collapse(ctx: Context) -> Section:
             for k in PROBE_SIGNATURE
         )
         c = run_collapses(r)
-        control_collapses = any(run_collapses(x) for x in ctx.control_runs(r.model))
-        collapsed += c
-        unexplained += c and not control_collapses
-        rows.append(
+        signatures.append(
             [
                 r.name,
-                pct(r.done["validation_first"]["strict"]),
-                pct(r.done["validation_last"]["strict"]),
-                "yes" if c else "no",
-                "yes" if control_collapses else "no",
+                pct(validation_first(r)),
+                pct(validation_lowest(r)),
+                "-" if c is None else "yes" if c else "no",
                 sig,
             ]
         )
-    s.labels = sorted({r.label for r in topr} | {x.label for r in topr for x in ctx.control_runs(r.model)})
-    s.verdict = rule(collapsed, unexplained)
+    s.labels = sorted(set(s.labels))
+    s.verdict = rule(arms)
     s.body = table(
+        ["model", "arm", "runs", "TOPR collapses", "other objectives that collapse", "control collapses"],
+        rows,
+    )
+    if s.verdict == INCONCLUSIVE:
+        s.body += (
+            "\n\nNo collapse in TOPR's arms that the control does not share: TOPR never ran where another "
+            "objective collapses, so holding there does not tell it apart."
+        )
+    s.body += "\n\nTOPR runs:\n\n" + table(
         [
             "run",
             "validation step 0 %",
-            "end %",
+            "lowest after %",
             "collapses",
-            "a control run collapses",
             "probe signature (first → last quarter)",
         ],
-        rows,
+        signatures,
     )
     return s
