@@ -169,8 +169,8 @@ def test_dry_run_of_a_slice_and_unknown_sizes():
         "clip-stress-eps0.1",
     }
     # 20 steps of 64 completions; each generation of 128 serves 4 steps: 5 generations; validation at
-    # steps 0, 5, 10, 15 and 20 on 512 problems, greedy
-    assert rows["clip"][-5:-1] == ["20", "640", "2,560", "-"]
+    # steps 0, 7, 14 and 20 on 512 problems, greedy
+    assert rows["clip"][-5:-1] == ["20", "640", "2,048", "-"]
     # one generation of 64 per step, matched in completions: 10 steps
     assert rows["noclip-onpolicy"][-5:-2] == ["10", "640", "1,536"]  # validated at steps 0, 5 and 10
     assert float(rows["clip"][-1]) < 0.1  # a tiny model's best checkpoint, twice (no trainer checkpoints)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 from importlib import resources
+from pathlib import Path
 
 import pytest
 import yaml
@@ -448,6 +449,22 @@ def test_the_grid_changes_only_staleness_along_reuse_and_runs_generations_not_st
     assert profiles.parse_grid_label("clip-shuffled") is None
     main = next(r for r in runs if r.label == "clip")
     assert (main.settings.num_iterations, main.settings.max_steps, main.benchmarks) == (2, 20, None)
+    assert (cell.eval_limit, main.eval_limit) == (None, None)
+    limited = profiles.expand({**GRID, "grid": {**GRID["grid"], "eval_limit": 512}})
+    assert {r.eval_limit for r in limited if r.label.startswith(profiles.GRID_PREFIX)} == {512}
+    # an objective evaluated on some benchmarks only
+    narrow = profiles.expand({**GRID, "objectives": {"clip": {"benchmarks": ["synthetic"]}}, "grid": None})
+    assert {r.benchmarks for r in narrow} == {("synthetic",)}
+    tasks = runner.tasks(narrow[:1], Path("/tmp/x"), ["synthetic", "synthetic-asdiv"], {"limit": None}, None)
+    assert tasks[-1].benchmarks == ("synthetic",)
+    limited_tasks = runner.tasks(
+        [r for r in limited if r.label.startswith(profiles.GRID_PREFIX)][:1],
+        Path("/tmp/x"),
+        ["synthetic"],
+        {},
+        None,
+    )
+    assert limited_tasks[-1].eval_options == {"limit": 512}
 
 
 @pytest.mark.parametrize(
@@ -458,6 +475,7 @@ def test_the_grid_changes_only_staleness_along_reuse_and_runs_generations_not_st
         ({"reuse": [0, 4]}, r"grid reuse must be integers >= 1, got \[0, 4\]"),
         ({"generations": 0}, "grid generations must be an integer >= 1, got 0"),
         ({"steps": 3}, r"grid has unknown keys \['steps'\]"),
+        ({"eval_limit": 0}, "grid eval_limit must be an integer >= 1 or absent, got 0"),
     ],
 )
 def test_bad_grids_are_clear_errors(change, message):

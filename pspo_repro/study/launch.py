@@ -94,7 +94,7 @@ def _seconds(value: float) -> str:
 
 @dataclass(frozen=True)
 class Task:
-    """One unit of a study: ``train`` (train ``settings`` into ``folder``, then evaluate its best
+    """One unit of a study: ``train`` (train ``settings`` into ``folder``, then evaluate its kept
     checkpoint) or ``base`` (evaluate the starting model ``model`` into ``folder``)."""
 
     name: str

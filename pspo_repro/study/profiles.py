@@ -16,6 +16,7 @@ Profile format::
       noclip: {num_iterations: 1}
       clip-shuffled: {objective: clip, shuffle_advantages: true}  # a labelled variant (a control)
       clip-stress: {objective: clip, learning_rate: 3.0e-4, models: [tiny-general-l]}  # on some models only
+      clip-eps0: {objective: clip, epsilon: 0.0, benchmarks: [synthetic]}  # evaluated on these only
     cells:                                                      # settings for one (model, objective)
       - {model: tiny-general-s, objective: clip, set: {learning_rate: 2.0e-4}}
     grid:                                                       # the phase diagram: reuse x learning rate
@@ -26,6 +27,7 @@ Profile format::
       learning_rates: [2.0e-4, 6.0e-4]
       generations: 6              # run length in generations: a cell runs generations x reuse steps
       benchmarks: [synthetic]     # what each cell's final checkpoint is evaluated on
+      eval_limit: 512             # ... on its first N problems (default: the profile's eval limit)
       objectives: {clip: {epsilon: 0.2}, noclip: {}, clip-shuffled: {objective: clip, shuffle_advantages: true}}
     eval: {benchmarks: [synthetic, synthetic-svamp], limit: null, batch_size: 64}
     slurm: {partition: gpu, time_min: 360, gpus_per_node: 1, mem_gb: 64}   # the slurm launcher's jobs
@@ -42,7 +44,8 @@ cells name the model without the build. Other models have no builds.
 Later layers win: train < models < objectives < cells. ``models`` may also be a plain list. An
 ``objectives`` key is the run's label; an entry that sets ``objective`` runs that objective under the label,
 which is how controls (shuffled advantages, SGD) sit beside the objectives in one table; an entry's
-``models`` list restricts it to those models.
+``models`` list restricts it to those models, and its ``benchmarks`` list to those benchmarks (default: the
+profile's ``eval`` benchmarks).
 
 ``grid`` adds the phase diagram's cells: each objective at each (reuse, learning rate) on one model, labelled
 ``grid-<objective>-r<reuse>-lr<lr>`` (:func:`grid_label`). Reuse is TRL's ``num_iterations`` with one
@@ -96,6 +99,7 @@ class Run:
     seed: int
     settings: TrainSettings
     benchmarks: tuple[str, ...] | None = None  # what its checkpoint is evaluated on (None: the profile's)
+    eval_limit: int | None = None  # the first N problems of each (None: the profile's eval limit)
 
     @property
     def name(self) -> str:
@@ -153,6 +157,7 @@ def expand(profile: dict[str, Any]) -> list[Run]:
         cells[key] = cell.get("set", {})
     arms = {label: dict(values or {}) for label, values in profile["objectives"].items()}
     only = {label: arm.pop("models", None) for label, arm in arms.items()}
+    evaluated_on = {label: arm.pop("benchmarks", None) for label, arm in arms.items()}
     for label, wanted in only.items():
         unknown = sorted(set(wanted or ()) - set(model_settings))
         if unknown:
@@ -176,14 +181,25 @@ def expand(profile: dict[str, Any]) -> list[Run]:
                     }
                     values.update(model=spec, seed=seed, label=label)
                     values["objective"] = for_label.get("objective", label)
-                    runs.append(Run(spec, label, seed, TrainSettings.from_dict(values)))
+                    bench = tuple(evaluated_on[label]) if evaluated_on[label] else None
+                    runs.append(Run(spec, label, seed, TrainSettings.from_dict(values), bench))
     if profile.get("grid"):  # null: a profile that extends one with a grid drops it
         runs += _expand_grid(profile, model_settings, builds)
     return runs
 
 
 GRID_PREFIX = "grid-"
-GRID_KEYS = {"model", "builds", "seeds", "reuse", "learning_rates", "generations", "benchmarks", "objectives"}
+GRID_KEYS = {
+    "model",
+    "builds",
+    "seeds",
+    "reuse",
+    "learning_rates",
+    "generations",
+    "benchmarks",
+    "eval_limit",
+    "objectives",
+}
 _GRID_LABEL = re.compile(r"^grid-(?P<name>.+)-r(?P<reuse>\d+)-lr(?P<lr>[0-9.e+-]+)$")
 
 
@@ -226,6 +242,9 @@ def _expand_grid(
         else [model]
     )
     benchmarks = tuple(grid["benchmarks"]) if grid.get("benchmarks") else None
+    eval_limit = grid.get("eval_limit")
+    if eval_limit is not None and (not isinstance(eval_limit, int) or eval_limit < 1):
+        raise ValueError(f"profile grid eval_limit must be an integer >= 1 or absent, got {eval_limit!r}")
     runs = []
     for name, for_label in grid["objectives"].items():
         for_label = dict(for_label or {})
@@ -253,7 +272,9 @@ def _expand_grid(
                             probe_every=probe_every,
                             checkpoint="final",
                         )
-                        runs.append(Run(spec, label, seed, TrainSettings.from_dict(values), benchmarks))
+                        runs.append(
+                            Run(spec, label, seed, TrainSettings.from_dict(values), benchmarks, eval_limit)
+                        )
     return runs
 
 

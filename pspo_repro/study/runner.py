@@ -55,8 +55,9 @@ def tasks(
         if data_dir and settings["data_dir"] is None:
             settings["data_dir"] = data_dir
         folder = study_dir / run.name
+        options = eval_options if run.eval_limit is None else {**eval_options, "limit": run.eval_limit}
         return launch.Task(
-            run.name, "train", folder, run.model, run_bench, eval_options, settings, data_dir, limits
+            run.name, "train", folder, run.model, run_bench, options, settings, data_dir, limits
         )
 
     # a parent is named by its build ("tiny-general-l" is build 0, as "tiny-general-l@0")
