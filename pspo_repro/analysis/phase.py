@@ -143,19 +143,21 @@ def winners(study_dir: Path, benchmark: str = "synthetic", metric: str = "strict
     for c in cells(study_dir):
         if not c.control:
             by_cell.setdefault((c.model, c.reuse, c.learning_rate), []).append(c)
-    pairs, keys = [], []
+    pairs, keys, tied = [], [], []
     for key, group in sorted(by_cell.items()):
         if len(group) < 2:
             continue
         ranked = sorted(
             (inference.arm_from_runs(c.runs, benchmark, metric, name=c.objective) for c in group),
-            key=lambda a: -sum(float(v.mean()) for v in a.runs.values()) / len(a.runs),
+            key=lambda a: -_mean_accuracy(a),
         )
         pairs.append((ranked[0], ranked[1]))
+        # objectives that answer exactly as well as the best (at reuse 1 several are one algorithm)
+        tied.append([a.name for a in ranked if _mean_accuracy(a) == _mean_accuracy(ranked[0])])
         keys.append(key)
     out = []
-    for (model, reuse, lr), (best, second), comp in zip(
-        keys, pairs, inference.compare_family(pairs), strict=True
+    for (model, reuse, lr), (best, second), ties, comp in zip(
+        keys, pairs, tied, inference.compare_family(pairs), strict=True
     ):
         out.append(
             {
@@ -163,6 +165,7 @@ def winners(study_dir: Path, benchmark: str = "synthetic", metric: str = "strict
                 "reuse": reuse,
                 "learning_rate": lr,
                 "best": best.name,
+                "tied_with_best": ", ".join(ties) if len(ties) > 1 else "",
                 "runner_up": second.name,
                 "difference": comp.effect / 100,
                 "ci_low": comp.ci_low / 100,
@@ -173,6 +176,10 @@ def winners(study_dir: Path, benchmark: str = "synthetic", metric: str = "strict
             }
         )
     return out
+
+
+def _mean_accuracy(arm: inference.Arm) -> float:
+    return sum(float(v.mean()) for v in arm.runs.values()) / len(arm.runs)
 
 
 def _pp(value: float | None, sign: bool = True) -> str:
@@ -212,8 +219,9 @@ def markdown(rows: list[dict[str, Any]], wins: list[dict[str, Any]]) -> str:
     ]
     for w in wins:
         verdict = w["winner"] or f"none (a difference under {_pp(w['mdd'], False)} pp could be missed)"
+        best = f"tie: {w['tied_with_best']}" if w["tied_with_best"] else w["best"]
         lines.append(
-            f"| {w['reuse']} | {w['learning_rate']:g} | {w['best']} | {w['runner_up']} | {_pp(w['difference'])} "
+            f"| {w['reuse']} | {w['learning_rate']:g} | {best} | {w['runner_up']} | {_pp(w['difference'])} "
             f"[{_pp(w['ci_low'])}, {_pp(w['ci_high'])}] | {w['p_holm']:.3f} | {verdict} |"
         )
     return "\n".join(lines) + "\n"

@@ -111,6 +111,10 @@ def _winner_map(wins: list[dict[str, Any]], path: Path) -> None:
                 f"{w['winner']}\nover {w['runner_up']}: {100 * w['difference']:+.1f}\n"
                 f"[{100 * w['ci_low']:+.1f}, {100 * w['ci_high']:+.1f}] pp, p {w['p_holm']:.3f}"
             )
+        elif w.get("tied_with_best"):
+            names = w["tied_with_best"].split(", ")
+            rows = [", ".join(names[i : i + 3]) for i in range(0, len(names), 3)]
+            text = "no winner: tied\n" + "\n".join(rows)
         else:
             text = (
                 f"no winner\nbest {w['best']}, {100 * w['difference']:+.1f} pp\n"

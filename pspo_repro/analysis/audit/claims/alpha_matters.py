@@ -15,7 +15,7 @@ from pspo_repro.analysis.audit.stats import mean, se_diff
 from pspo_repro.study import rundir
 
 TEST = (
-    "Per seed, the distance between each PSPO run's selected checkpoint and noclip's (same seed, same "
+    "Per seed, the distance between each PSPO run's kept checkpoint and noclip's (same seed, same "
     "checkpoint step), relative to how far noclip moved from the starting model; the largest difference "
     "of their training rewards (logged once per generation); whether they answer every test problem "
     "identically (per-problem grades); and test accuracy (strict), mean ± sd over seeds."
