@@ -78,6 +78,9 @@ def test_every_claim_has_a_section_with_a_verdict_or_its_missing_runs(audited):
     root, _, path = audited
     assert path == root / "results" / "audit-test" / "audit.md"
     found = sections(path.read_text())
+    # the headline comes first: PSPO against the clip, decomposed (here: against the clip alone)
+    headline = found.pop("Headline: PSPO against the clip, decomposed")
+    assert "| tiny-test | the clip at the intended eps |" in headline
     assert len(found) == len(audit.SECTIONS) == 15
     for title, body in found.items():
         assert verdict(body) in audit.VERDICTS or "Not tested: runs missing" in body, title
