@@ -452,6 +452,21 @@ def test_the_grid_changes_only_staleness_along_reuse_and_runs_generations_not_st
     assert (cell.eval_limit, main.eval_limit) == (None, None)
     limited = profiles.expand({**GRID, "grid": {**GRID["grid"], "eval_limit": 512}})
     assert {r.eval_limit for r in limited if r.label.startswith(profiles.GRID_PREFIX)} == {512}
+    # the grid's own probe_every replaces the profile's (here TrainSettings' 11), raised past multiples of a
+    # cell's reuse so that the probes rotate through staleness; 0 turns the cosine probes off at every reuse
+    quiet = profiles.expand({**GRID, "grid": {**GRID["grid"], "probe_every": 0}})
+    assert {r.settings.probe_every for r in quiet if r.label.startswith(profiles.GRID_PREFIX)} == {0}
+    assert {r.settings.probe_every for r in quiet if r.label == "clip"} == {11}
+    every_fourth = profiles.expand({**GRID, "grid": {**GRID["grid"], "probe_every": 4}})
+    assert {
+        (r.settings.num_iterations, r.settings.probe_every)
+        for r in every_fourth
+        if r.label.startswith("grid-")
+    } == {
+        (1, 4),
+        (4, 5),
+        (16, 4),
+    }
     # an objective evaluated on some benchmarks only
     narrow = profiles.expand({**GRID, "objectives": {"clip": {"benchmarks": ["synthetic"]}}, "grid": None})
     assert {r.benchmarks for r in narrow} == {("synthetic",)}
@@ -476,6 +491,7 @@ def test_the_grid_changes_only_staleness_along_reuse_and_runs_generations_not_st
         ({"generations": 0}, "grid generations must be an integer >= 1, got 0"),
         ({"steps": 3}, r"grid has unknown keys \['steps'\]"),
         ({"eval_limit": 0}, "grid eval_limit must be an integer >= 1 or absent, got 0"),
+        ({"probe_every": -1}, "grid probe_every must be an integer >= 0 or absent, got -1"),
     ],
 )
 def test_bad_grids_are_clear_errors(change, message):

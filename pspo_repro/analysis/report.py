@@ -122,6 +122,44 @@ def _describe(name: str, err: Exception) -> str:
     return f"notebook {name} failed: {type(err).__name__}: {err}"
 
 
+def _execute(path: Path, output: Path, given: dict[str, str]) -> Executed:
+    """One notebook executed into ``output`` (in a worker process of :func:`run_report`): its failure is
+    returned, not raised, so that the other notebooks still run."""
+    import papermill
+
+    started = time.monotonic()
+    error = None
+    with _kernel_environment():
+        try:
+            papermill.execute_notebook(
+                str(path),
+                str(output),
+                parameters=given,
+                kernel_name="python3",
+                progress_bar=False,
+                request_save_on_cell_execute=False,
+                cwd=str(REPO_ROOT),  # the parameters are relative to it
+                # the kernel's own log (transport warnings, the interrupt at shutdown) is noise here;
+                # a cell's error reaches us through papermill
+                extra_arguments=["--IPKernelApp.log_level=CRITICAL"],
+            )
+        except Exception as err:  # any failure is reported by name; the other notebooks still run
+            error = _describe(path.stem, err)
+    if output.is_file():
+        strip_machine_paths(output)
+    return Executed(path.stem, output, time.monotonic() - started, error)
+
+
+def default_report_workers() -> int:
+    """Notebooks executed at once: one per core this process may use, at most 4 (each is one kernel, mostly
+    single-threaded, and they write separate files)."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        cores = os.cpu_count() or 1
+    return max(1, min(4, cores))
+
+
 def run_report(
     profile: str,
     runs_dir: Path = Path("runs"),
@@ -129,13 +167,21 @@ def run_report(
     figures_dir: Path = Path("figures"),
     notebooks_dir: Path = NOTEBOOKS_DIR,
     on_done: Callable[[Executed], None] | None = None,
+    workers: int | None = None,
 ) -> list[Executed]:
-    """Execute every notebook of ``notebooks_dir`` on the study ``profile`` (a name, or a profile file);
-    raise :class:`ReportError`
-    naming every notebook that failed (after running the others)."""
+    """Execute every notebook of ``notebooks_dir`` on the study ``profile`` (a name, or a profile file),
+    ``workers`` at a time (default :func:`default_report_workers`), calling ``on_done`` as each finishes;
+    raise :class:`ReportError` naming every notebook that failed (after running the others). Returns the
+    executions in the notebooks' order."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
     import papermill
 
     profile = profile_name(profile)
+    workers = default_report_workers() if workers is None else workers
+    if workers < 1:
+        raise ValueError(f"report workers must be >= 1, got {workers}")
     study_dir = Path(runs_dir) / profile
     if not study_dir.is_dir():
         raise FileNotFoundError(
@@ -147,37 +193,24 @@ def run_report(
     params = parameters(profile, runs_dir, results_dir, figures_dir)
     out_dir = Path(results_dir) / profile / "notebooks"
     out_dir.mkdir(parents=True, exist_ok=True)
-    done = []
-    with _kernel_environment():
-        for path in notebooks(notebooks_dir):
-            declared = {p for p in papermill.inspect_notebook(str(path))}
-            given = {k: v for k, v in params.items() if k in declared} if declared else params
-            output = out_dir / path.name
-            started = time.monotonic()
-            error = None
-            try:
-                papermill.execute_notebook(
-                    str(path),
-                    str(output),
-                    parameters=given,
-                    kernel_name="python3",
-                    progress_bar=False,
-                    request_save_on_cell_execute=False,
-                    cwd=str(REPO_ROOT),  # the parameters are relative to it
-                    # the kernel's own log (transport warnings, the interrupt at shutdown) is noise here;
-                    # a cell's error reaches us through papermill
-                    extra_arguments=["--IPKernelApp.log_level=CRITICAL"],
-                )
-            except Exception as err:  # any failure is reported by name; the other notebooks still run
-                error = _describe(path.stem, err)
-            if output.is_file():
-                strip_machine_paths(output)
-            result = Executed(path.stem, output, time.monotonic() - started, error)
-            done.append(result)
+    jobs = []
+    for path in notebooks(notebooks_dir):
+        declared = {p for p in papermill.inspect_notebook(str(path))}
+        given = {k: v for k, v in params.items() if k in declared} if declared else params
+        jobs.append((path, out_dir / path.name, given))
+    done: dict[str, Executed] = {}
+    # spawned workers: a fork of a process that has imported torch and zmq is not safe
+    context = multiprocessing.get_context("spawn")
+    with ProcessPoolExecutor(max_workers=min(workers, max(1, len(jobs))), mp_context=context) as pool:
+        futures = [pool.submit(_execute, *job) for job in jobs]
+        for future in as_completed(futures):
+            result = future.result()
+            done[result.name] = result
             if on_done is not None:
                 on_done(result)
-    failed = [e for e in done if e.error]
+    ordered = [done[path.stem] for path, _, _ in jobs]
+    failed = [e for e in ordered if e.error]
     if failed:
         lines = [f"{e.error} (executed copy: {e.output})" for e in failed]
-        raise ReportError(f"{len(failed)} of {len(done)} notebook(s) failed:\n" + "\n".join(lines))
-    return done
+        raise ReportError(f"{len(failed)} of {len(ordered)} notebook(s) failed:\n" + "\n".join(lines))
+    return ordered

@@ -8,7 +8,8 @@ Written to ``results/<profile>/`` (CSV for every row, Markdown for reading), wit
 - ``training``: validation strict accuracy at step 0, at the best step after 0 and at the end, the lowest
   after step 0 (collapses), speed, and the gradient probes averaged over steps;
 - ``control``: each arm's test gain over its starting model against the shuffled-advantage control's
-  (the noise floor): the difference, its standard error, and whether it exceeds 3 standard errors;
+  (the noise floor): the difference with its 95% interval and Holm-adjusted p (:mod:`pspo_repro.analysis.inference`),
+  and whether the arm beats the control, else the smallest difference that would likely have shown;
 - ``staleness``: the zero-gradient token fraction and the fraction of ratios outside the clip range by
   staleness (optimizer updates since the rollouts were generated);
 - ``headline``: PSPO against the unclipped surrogate, the clip and the eps-0 clip (:mod:`pspo_repro.analysis.headline`);
@@ -217,19 +218,27 @@ def training_table(rows: list[dict[str, Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def gains(rows: list[dict[str, Any]], benchmark: str, metric: str = "strict") -> list[dict[str, Any]]:
+def gains(
+    rows: list[dict[str, Any]], benchmark: str, metric: str = "strict", study_dir: Path | None = None
+) -> list[dict[str, Any]]:
     """Per (model, arm): each seed's accuracy gain over the starting model on ``benchmark``, compared with
     the shuffled-advantage control of the same model (an arm ``<objective>-shuffled``).
 
-    ``beats_control`` is true when the mean gain exceeds the control's by more than 3 standard errors of the
-    difference, sqrt(sd_arm^2 / n_arm + sd_control^2 / n_control)."""
+    With ``study_dir`` (where the rows' runs are) each arm is judged against its control by
+    :mod:`pspo_repro.analysis.inference`: a bootstrap over seeds and problems (each arm's own seed spread and
+    the test set's sampling error), two-sided, Holm-adjusted over every comparison of this benchmark's table.
+    ``beats_control`` is true when the arm is higher after that correction; without ``study_dir`` it is not
+    judged (None)."""
     picked = [r for r in rows if r["benchmark"] == benchmark and r["metric"] == metric]
     start = {r["model"]: r["accuracy"] for r in picked if r["objective"] == START}
     per_arm: dict[tuple[str, str], list[float]] = {}
+    folders: dict[tuple[str, str], list[Path]] = {}
     for r in picked:
         if r["objective"] != START and r["model"] in start:
             per_arm.setdefault((r["model"], r["objective"]), []).append(r["accuracy"] - start[r["model"]])
-    controls = {model: g for (model, label), g in per_arm.items() if label.endswith(CONTROL_SUFFIX)}
+            if study_dir is not None:
+                folders.setdefault((r["model"], r["objective"]), []).append(Path(study_dir) / r["run"])
+    controls = {model: (label, g) for (model, label), g in per_arm.items() if label.endswith(CONTROL_SUFFIX)}
     out = []
     for (model, label), g in per_arm.items():
         control = controls.get(model)
@@ -244,43 +253,77 @@ def gains(rows: list[dict[str, Any]], benchmark: str, metric: str = "strict") ->
             "gain_sd": _sd(g),
             "control_gain_mean": None,
             "difference": None,
-            "difference_se": None,
+            "difference_ci_low": None,
+            "difference_ci_high": None,
+            "p_holm": None,
+            "mdd": None,
             "beats_control": None,
         }
         if control is not None and not label.endswith(CONTROL_SUFFIX):
-            variance = sum(_sd(x) ** 2 / len(x) for x in (g, control) if len(x) > 1)
-            se = math.sqrt(variance) if variance > 0 else float("nan")
-            diff = _mean(g) - _mean(control)
-            row.update(
-                control_gain_mean=_mean(control),
-                difference=diff,
-                difference_se=se,
-                beats_control=bool(math.isfinite(se) and diff > 3 * se),
-            )
+            row.update(control_gain_mean=_mean(control[1]), difference=_mean(g) - _mean(control[1]))
         out.append(row)
+    if study_dir is not None:
+        _judge(out, folders, controls, benchmark, metric)
     return out
+
+
+def _judge(
+    out: list[dict[str, Any]],
+    folders: dict[tuple[str, str], list[Path]],
+    controls: dict[str, tuple[str, list[float]]],
+    benchmark: str,
+    metric: str,
+) -> None:
+    """Fill each compared row's interval, Holm p, smallest detectable difference and verdict (fractions)."""
+    from pspo_repro.analysis import inference
+
+    compared = [r for r in out if r["difference"] is not None]
+    pairs = [
+        (
+            inference.arm_from_runs(folders[(r["model"], r["objective"])], benchmark, metric),
+            inference.arm_from_runs(folders[(r["model"], controls[r["model"]][0])], benchmark, metric),
+        )
+        for r in compared
+    ]
+    for r, c in zip(compared, inference.compare_family(pairs), strict=True):
+        r.update(
+            difference_ci_low=c.ci_low / 100,
+            difference_ci_high=c.ci_high / 100,
+            p_holm=c.p_adjusted,
+            mdd=c.mdd / 100,
+            beats_control=c.verdict == "a > b",
+        )
 
 
 _VERDICT = {True: "yes", False: "no", None: ""}  # None: not compared (a control, or too few seeds)
 
 
 def control_table(rows: list[dict[str, Any]]) -> str:
-    """The gains of :func:`gains` in percentage points."""
+    """The gains of :func:`gains` in percentage points; a "no" gives the smallest difference the comparison
+    would likely have detected."""
 
     def pp(value: float | None, digits: int = 1) -> str:
         return "" if value is None or not math.isfinite(value) else f"{100 * value:+.{digits}f}"
 
     lines = [
-        "| model | objective | benchmark | seeds | start % | gain (pp) | sd | control gain (pp) | difference | se "
-        "| beats control by > 3 se |",
+        "| model | objective | benchmark | seeds | start % | gain (pp) | sd | control gain (pp) | difference "
+        "[95% CI] | p (Holm) | beats control |",
         "|" + "---|" * 11,
     ]
     for r in rows:
         verdict = _VERDICT[r["beats_control"]]
+        if r["beats_control"] is False and r["mdd"] is not None:
+            verdict = f"no (one above {100 * r['mdd']:.1f} would likely show)"
+        interval = (
+            f" [{pp(r['difference_ci_low'])}, {pp(r['difference_ci_high'])}]"
+            if r["difference_ci_low"] is not None
+            else ""
+        )
+        p = "" if r["p_holm"] is None else ("< 0.001" if r["p_holm"] < 0.001 else f"{r['p_holm']:.3f}")
         lines.append(
             f"| {r['model']} | {r['objective']} | {r['benchmark']} | {r['seeds']} | {100 * r['start']:.1f} | "
-            f"{pp(r['gain_mean'])} | {pp(r['gain_sd'])} | {pp(r['control_gain_mean'])} | {pp(r['difference'])} | "
-            f"{pp(r['difference_se'])} | {verdict} |"
+            f"{pp(r['gain_mean'])} | {pp(r['gain_sd'])} | {pp(r['control_gain_mean'])} | "
+            f"{pp(r['difference'])}{interval} | {p} | {verdict} |"
         )
     return "\n".join(lines) + "\n"
 
@@ -414,7 +457,7 @@ def write_tables(study_dir: Path, out_dir: Path, profile: dict[str, Any]) -> Pat
     training = collect_training(study_dir)
     staleness = collect_staleness(study_dir)
     benchmarks = list(dict.fromkeys(r["benchmark"] for r in rows))
-    control = [g for b in benchmarks for g in gains(rows, b)]
+    control = [g for b in benchmarks for g in gains(rows, b, study_dir=study_dir)]
     _write_csv(out_dir / "accuracy.csv", rows)
     _write_csv(out_dir / "training.csv", training)
     _write_csv(out_dir / "control.csv", control)

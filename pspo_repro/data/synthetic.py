@@ -42,6 +42,7 @@ given (split, seed); the first k problems do not depend on ``n``.
 
 from __future__ import annotations
 
+import functools
 import itertools
 import random
 import re
@@ -446,10 +447,17 @@ def generate(split: str, n: int | None = None, seed: int = 0) -> list[Problem]:
         n = SPLITS[split]
     if not isinstance(n, int) or n < 0:
         raise ValueError(f"n must be a non-negative integer or None, got {n!r}")
+    # Rejection sampling by question hash takes seconds per split, and every run of a study asks for the
+    # same splits: a process generates each once and hands out copies (metadata is a mutable dict).
+    return [replace(p, metadata=dict(p.metadata)) for p in _generate(split, n, seed)]
+
+
+@functools.lru_cache(maxsize=32)
+def _generate(split: str, n: int, seed: int) -> tuple[Problem, ...]:
     if split == "test-svamp":
-        return _svamp_variants(_stories("test", n, seed), seed)
+        return tuple(_svamp_variants(_stories("test", n, seed), seed))
     if split == "test-asdiv":
-        return _unseen_template_problems(n, seed)
+        return tuple(_unseen_template_problems(n, seed))
     if split == "warmstart-ood":
         # the test sets' forms, rare in the warm start as other wordings are in pretraining: half retold
         # stories (past tense, containers), half perturbed in-family ones (question first, a bystander)
@@ -457,11 +465,11 @@ def generate(split: str, n: int | None = None, seed: int = 0) -> list[Problem]:
         retold = _unseen_template_problems(n - n // 2, seed, split)
         perturbed = _svamp_variants(_stories("warmstart", n // 2, seed + 1_000_003), seed, split)
         mixed = [p for pair in itertools.zip_longest(retold, perturbed) for p in pair if p is not None]
-        return [replace(p, id=f"{split}-s{seed}-{i:05d}") for i, p in enumerate(mixed)]
-    return [
+        return tuple(replace(p, id=f"{split}-s{seed}-{i:05d}") for i, p in enumerate(mixed))
+    return tuple(
         _problem(story, split, seed, i, story.text, "base")
         for i, story in enumerate(_stories(split, n, seed))
-    ]
+    )
 
 
 def teacher_solution(problem: Problem, errors: Mapping[str, float], seed: int = 0) -> str:

@@ -55,7 +55,7 @@ ALIASES: dict[str, str] = {"math-500": "math500", "gsm-8k": "gsm8k"}
 #   the MATH-500 reference solutions have a median of 173 tokens; 63% exceed 128, 9% exceed 512 and
 #   0.4% exceed 1024. 1024 fits 99.6% of the references while bounding the cost of degenerate,
 #   repeating completions (which run to the limit).
-# - Synthetic: 64; tiny character-level models, whose reference solutions are at most ~50 characters.
+# - Synthetic: 64; the tiny models' reference solutions are at most about 25 tokens (one per word, digit, sign).
 DEFAULT_MAX_NEW_TOKENS: dict[str, int] = {
     "gsm8k": 128,
     "svamp": 128,

@@ -54,7 +54,8 @@ and only their staleness changes; a cell's length is a number of generations, so
 many completions as low-reuse ones (and take ``reuse`` times the optimizer steps). Validation runs at the
 start and at the end only, so a cell's checkpoint is its final one (no selection), evaluated on the grid's
 ``benchmarks``; a ``probe_every`` that is a multiple of a cell's reuse is raised to the next one that is not, so
-that the probes rotate through the staleness values. The tables leave grid cells to :mod:`pspo_repro.analysis.phase`.
+that the probes rotate through the staleness values. The grid's own ``probe_every`` (0: none) replaces the
+profile's: the phase diagram reads the every-step probes only, and the cosine probe costs a backward pass. The tables leave grid cells to :mod:`pspo_repro.analysis.phase`.
 
 Each model's starting point is evaluated once (``<runs>/<profile>/<model>/start/eval``), so the tables show
 what training added. Tables are written by :mod:`pspo_repro.analysis.tables`.
@@ -198,6 +199,7 @@ GRID_KEYS = {
     "generations",
     "benchmarks",
     "eval_limit",
+    "probe_every",
     "objectives",
 }
 _GRID_LABEL = re.compile(r"^grid-(?P<name>.+)-r(?P<reuse>\d+)-lr(?P<lr>[0-9.e+-]+)$")
@@ -245,6 +247,11 @@ def _expand_grid(
     eval_limit = grid.get("eval_limit")
     if eval_limit is not None and (not isinstance(eval_limit, int) or eval_limit < 1):
         raise ValueError(f"profile grid eval_limit must be an integer >= 1 or absent, got {eval_limit!r}")
+    grid_probe_every = grid.get("probe_every")
+    if grid_probe_every is not None and (not isinstance(grid_probe_every, int) or grid_probe_every < 0):
+        raise ValueError(
+            f"profile grid probe_every must be an integer >= 0 or absent, got {grid_probe_every!r}"
+        )
     runs = []
     for name, for_label in grid["objectives"].items():
         for_label = dict(for_label or {})
@@ -255,8 +262,13 @@ def _expand_grid(
                 for spec in specs:
                     for seed in grid.get("seeds", profile.get("seeds", [0])):
                         values = {**profile.get("train", {}), **(model_settings[model] or {}), **for_label}
-                        probe_every = int(values.get("probe_every", TrainSettings.probe_every))
-                        while reuse > 1 and probe_every % reuse == 0:  # probes must rotate through staleness
+                        probe_every = int(
+                            values.get("probe_every", TrainSettings.probe_every)
+                            if grid_probe_every is None
+                            else grid_probe_every
+                        )
+                        # probes must rotate through staleness
+                        while probe_every > 0 and reuse > 1 and probe_every % reuse == 0:
                             probe_every += 1
                         values.update(
                             model=spec,
