@@ -64,10 +64,13 @@ def curves(
     ylabel: str,
     x: str = "step",
     scale: float = 1.0,
+    linear_below: float | None = None,
 ) -> Any:
     """One panel per model: ``value`` against ``x`` per arm, the mean over seeds as a line and its 95%
     bootstrap interval as a band (none with one seed). Rows of one run with the same ``x`` are averaged
-    first (e.g. the steps of one staleness level)."""
+    first (e.g. the steps of one staleness level). ``linear_below``: a symmetric-log y axis, linear up to
+    that value and logarithmic above it, for arms whose values differ by orders of magnitude (1% beside
+    40%) and would otherwise lie flat on the axis."""
     models = [m for m in models if m in set(frame.get("model", []))]
     fig, axes = _panels(len(models), columns=3)  # a row per three models (or builds)
     for ax, model in zip(axes, models, strict=False):
@@ -88,8 +91,13 @@ def curves(
             )
         ax.set_title(model, fontsize="medium")
         ax.set_xlabel(x)
+        if linear_below is not None:
+            from matplotlib.ticker import FuncFormatter
+
+            ax.set_yscale("symlog", linthresh=linear_below)
+            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
     if axes:
-        axes[0].set_ylabel(ylabel)
+        axes[0].set_ylabel(ylabel if linear_below is None else f"{ylabel}, log above {linear_below:g}")
     _legend(fig, axes)
     return fig
 
@@ -195,6 +203,18 @@ def weight_vs_ratio(
                     label=f"closed form A{'>' if sign > 0 else '<'}0"
                     + (f" ({tag})" if len(settings) > 1 else ""),
                 )
+                if (
+                    sign > 0 and len(settings) > 1
+                ):  # several settings (alpha per model): say which line is which
+                    ax.annotate(
+                        tag.replace("alpha=", "α = "),
+                        (grid[-1], w[-1]),
+                        xytext=(-2, 3),
+                        textcoords="offset points",
+                        ha="right",
+                        va="bottom",
+                        fontsize="x-small",
+                    )
         shown = d[(d["ratio"] >= lo) & (d["ratio"] <= hi)]["weight"]
         top = max(top, float(shown.max()) if len(shown) else 0.0, 1.0)
         ax.set_xlim(lo, hi)
@@ -218,7 +238,7 @@ def grad_norm_groups(probes: pd.DataFrame, labels: Sequence[str], models: Sequen
     long = long.dropna(subset=["norm"])
     models = [m for m in models if m in set(long["model"])]
     fig, axes = _panels(len(models), height=PANEL_HEIGHT + 0.4, columns=3)
-    for ax, model in zip(axes, models, strict=False):
+    for index, (ax, model) in enumerate(zip(axes, models, strict=False)):
         d = long[long["model"] == model]
         arms = _present(labels, d)
         sns.boxplot(
@@ -236,10 +256,10 @@ def grad_norm_groups(probes: pd.DataFrame, labels: Sequence[str], models: Sequen
         )
         ax.set_title(model, fontsize="medium")
         ax.tick_params(axis="x", labelrotation=20)
+        ax.set_xlabel("")  # the tick labels name the parameter groups
+        ax.set_ylabel("gradient norm" if index % 3 == 0 else "")  # three panels a row, as _panels lays out
         if ax.get_legend() is not None:
             ax.get_legend().remove()
-    if axes:
-        axes[0].set_ylabel("gradient norm")
     _legend(fig, axes[:1])
     return fig
 

@@ -82,14 +82,14 @@ def gradient_preservation(ctx: Context) -> Section:
     )
 
     def draw(ax: Any) -> None:
-        for (model, label), rs in sorted(groups.items()):
-            if rs[0].objective not in ("clip", "pspo"):
-                continue
-            per = staleness_means(rs, "zero_weight_frac")
-            ax.plot(list(per), [100 * v for v in per.values()], marker="o", label=f"{model} {label}")
+        curves: dict[str, list[dict[int, float]]] = {}
+        for (_model, label), rs in sorted(groups.items()):
+            if rs[0].objective in ("clip", "pspo"):
+                curves.setdefault(label, []).append(staleness_means(rs, "zero_weight_frac"))
+        ctx.plot_arms(ax, curves, scale=100, linear_below=1)
         ax.set_xlabel("staleness (updates since generation)")
-        ax.set_ylabel("zero-gradient tokens %")
-        ax.set_title("Tokens whose gradient the objective zeroes")
+        ax.set_ylabel("zero-gradient tokens % (log above 1)")
+        ax.set_title("Tokens whose gradient the objective zeroes (thin: each model)")
 
     s.figures = [f for f in [ctx.figure("zero-gradient", draw)] if f]
     return s

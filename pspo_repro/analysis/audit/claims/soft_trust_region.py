@@ -199,15 +199,15 @@ def soft_trust_region(ctx: Context) -> Section:
     )
 
     def draw(ax: Any) -> None:
-        for name, m in sorted(ctx.identities.items()):
-            ks = sorted(int(k) for k in m["by_staleness"])
-            ax.plot(
-                ks, [m["by_staleness"][str(k)]["tv_theta"] for k in ks], marker="o", label=f"{name} pi_theta"
-            )
-            ax.plot(ks, [m["by_staleness"][str(k)]["tv_smooth"] for k in ks], ls="--", label=f"{name} pi~")
+        for key, suffix, dashed in (("tv_theta", " π_θ", False), ("tv_smooth", " π~", True)):
+            curves: dict[str, list[dict[int, float]]] = {}
+            for name, m in sorted(ctx.identities.items()):
+                label = name.split("/")[1]  # <model>/<label>/seed<k>
+                curves.setdefault(label, []).append({int(k): v[key] for k, v in m["by_staleness"].items()})
+            ctx.plot_arms(ax, curves, suffix=suffix, dashed=dashed)
         ax.set_xlabel("staleness (updates since generation)")
-        ax.set_ylabel("mean TV distance from pi_old")
-        ax.set_title("pi_theta and the smoothed pi~ against pi_old")
+        ax.set_ylabel("mean TV distance from π_old")
+        ax.set_title("π_θ (solid) and the smoothed π~ (dashed) against π_old")
 
     s.figures = [f for f in [ctx.figure("trust-region", draw)] if f]
     return s

@@ -84,19 +84,13 @@ def trust_region_acts(ctx: Context) -> Section:
     )
 
     def draw(ax: Any) -> None:
-        for (_model, arm, eps), rs in sorted(
-            groups.items(), key=lambda kv: (kv[0][0], str(kv[0][1]), kv[0][2])
-        ):
-            per = staleness_means(rs, "zero_weight_frac")
-            ax.plot(
-                list(per),
-                [100 * v for v in per.values()],
-                marker="o",
-                label=f"eps {eps:g}, {arm[2]} upd/gen, lr {arm[1]:g}",
-            )
+        curves: dict[str, list[dict[int, float]]] = {}
+        for (_model, label), rs in sorted(by(clips, lambda r: (r.model, r.label)).items()):
+            curves.setdefault(label, []).append(staleness_means(rs, "zero_weight_frac"))
+        ctx.plot_arms(ax, curves, scale=100, linear_below=1)
         ax.set_xlabel("staleness (updates since generation)")
-        ax.set_ylabel("clip-binding tokens %")
-        ax.set_title("Where the clip binds")
+        ax.set_ylabel("clip-binding tokens % (log above 1)")
+        ax.set_title("Where the clip binds (thin: each model)")
 
     s.figures = [f for f in [ctx.figure("clip-binding", draw)] if f]
     return s
