@@ -75,14 +75,16 @@ def test_soft_trust_region():
 
 def test_alpha_matters():
     rule = alpha_matters.rule
-    # (accuracy difference to noclip, its standard error, largest relative checkpoint distance)
-    assert rule([(0.2, 0.01, 0.5), (0.0, 0.01, None)]) == SUPPORTED  # 0.2 > 3 * 0.01
-    assert rule([(0.2, 0.01, 0.001)]) == SUPPORTED  # an accuracy difference outweighs close checkpoints
-    assert rule([(0.01, 0.01, 0.001), (0.0, NAN, 0.005)]) == NOT_SUPPORTED
-    assert rule([(0.01, 0.01, 0.001), (0.0, 0.01, 0.5)]) == INCONCLUSIVE
-    assert rule([(NAN, NAN, None)]) == INCONCLUSIVE  # nothing measured
-    assert not alpha_matters.differs(0.2, NAN)
+    # (test accuracy differs from noclip's after Holm, largest training-reward difference, checkpoint distance)
+    assert rule([(True, 0.0, 0.001), (False, 0.0, None)]) == SUPPORTED  # a detected difference outweighs all
+    assert rule([(False, 0.0, 0.013), (False, 0.0, 0.002)]) == NOT_SUPPORTED  # same rewards all along
+    assert rule([(False, 0.05, 0.009)]) == NOT_SUPPORTED  # other rewards, but checkpoints within 1%
+    assert rule([(False, 0.05, 0.5), (False, 0.0, 0.001)]) == INCONCLUSIVE  # one alpha trained otherwise
+    assert rule([(False, None, None)]) == INCONCLUSIVE  # nothing measured
+    assert rule([]) == INCONCLUSIVE
     assert not alpha_matters.close(None) and alpha_matters.close(0.009) and not alpha_matters.close(0.01)
+    assert alpha_matters.same_training(0.0) and not alpha_matters.same_training(1e-9)
+    assert not alpha_matters.same_training(None)
 
 
 def test_clip_baseline():

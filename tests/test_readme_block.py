@@ -35,3 +35,22 @@ def test_the_committed_readme_block_is_what_the_committed_results_give(monkeypat
             f"README.md's {profile} block differs from results/{profile}: run `pspo-repro report --profile "
             f"{profile}` from the repository root"
         )
+
+
+def test_the_phase_winners_read_as_a_winner_a_tie_or_the_difference_that_could_be_missed(tmp_path):
+    results = tmp_path / "cpu"
+    results.mkdir()
+    header = "reuse,learning_rate,best,tied_with_best,runner_up,difference,ci_low,ci_high,p_holm,mdd,winner\n"
+    rows = [
+        "16,0.0004,gspo,,clip-eps0,0.152,0.064,0.243,0.003,0.1,gspo",
+        '1,0.0001,clip,"clip, noclip",noclip,0.0,0.0,0.0,1.0,0.0,',
+        "4,0.0004,gspo,,clip,0.006,-0.16,0.168,1.0,0.28,",
+    ]
+    (results / "phase-winners.csv").write_text(header + "\n".join(rows) + "\n")
+    text = readme_block.block(results)
+    assert "- reuse 16, lr 0.0004: **gspo** over clip-eps0, +15.2 pp [+6.4, +24.3], p (Holm) 0.003" in text
+    assert "- reuse 1, lr 0.0001: no winner (tied at the same accuracy: clip, noclip)" in text
+    assert (
+        "- reuse 4, lr 0.0004: no winner (best gspo over clip, +0.6 pp [-16.0, +16.8]; a difference under 28 pp"
+        in text
+    )

@@ -218,7 +218,11 @@ def markdown(rows: list[dict[str, Any]], wins: list[dict[str, Any]]) -> str:
         "|---|---|---|---|---|---|---|",
     ]
     for w in wins:
-        verdict = w["winner"] or f"none (a difference under {_pp(w['mdd'], False)} pp could be missed)"
+        verdict = w["winner"] or (
+            "none (tied: the same accuracy)"
+            if w["tied_with_best"]
+            else f"none (a difference under {_pp(w['mdd'], False)} pp could be missed)"
+        )
         best = f"tie: {w['tied_with_best']}" if w["tied_with_best"] else w["best"]
         lines.append(
             f"| {w['reuse']} | {w['learning_rate']:g} | {best} | {w['runner_up']} | {_pp(w['difference'])} "

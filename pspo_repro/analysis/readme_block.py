@@ -64,6 +64,8 @@ def _winners(results: Path) -> list[str]:
             out.append(
                 f"- {where}: **{r['winner']}** over {r['runner_up']}, {diff}, p (Holm) {float(r['p_holm']):.3f}"
             )
+        elif r.get("tied_with_best"):
+            out.append(f"- {where}: no winner (tied at the same accuracy: {r['tied_with_best']})")
         else:
             out.append(
                 f"- {where}: no winner (best {r['best']} over {r['runner_up']}, {diff}; a difference under "
