@@ -322,7 +322,7 @@ def audit(
     identity_steps: Annotated[
         int | None,
         typer.Option(
-            help="Optimizer steps per identity measurement (default: two reuse cycles, 8 to 32, at most the "
+            help="Optimizer steps per identity measurement (default: one reuse cycle, 4 to 32, at most the "
             "run's length)."
         ),
     ] = None,

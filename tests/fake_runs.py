@@ -34,11 +34,15 @@ def write_run(
     return folder
 
 
-def write_start(study: Path, model: str, accuracy: float) -> None:
-    """A model's starting evaluation beside its runs."""
+def write_start(study: Path, model: str, accuracy: float, n: int = 400) -> None:
+    """A model's starting evaluation beside its runs: the first ``round(accuracy * n)`` of ``n`` problems right."""
     start = study / model / "start" / "eval"
     start.mkdir(parents=True)
-    summary = {"benchmarks": {"synthetic": {"metrics": {"strict": {"accuracy": accuracy}}}}}
+    right = round(accuracy * n)
+    grades = [dict.fromkeys(("strict", "flexible", "permissive", "paper"), i < right) for i in range(n)]
+    records = [{"id": f"p{i:04d}", "grades": [g]} for i, g in enumerate(grades)]
+    (start / "synthetic.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    summary = {"benchmarks": {"synthetic": {"metrics": {"strict": {"accuracy": right / n}}}}}
     (start / "summary.json").write_text(json.dumps(summary))
 
 

@@ -483,9 +483,9 @@ def test_alpha_under_adam_counts_the_seeds_that_answer_alike(tmp_path):
 
 
 def test_identity_steps_are_few_even_when_a_run_counts_epochs():
-    """The identities are measured on a few optimizer steps of each run: two reuse cycles, at least 8, at most
-    one cycle beyond 8 and never more than 32 or the run's own length; the paper's runs count epochs
-    (max_steps -1, 2,622 steps) and are measured on 8."""
+    """The identities are measured on a few optimizer steps of each run: one reuse cycle, at least 4 and never
+    more than 32 or the run's own length; the paper's runs count epochs (max_steps -1, 2,622 steps) and are
+    measured on 4."""
     from pspo_repro.analysis.audit import measurement
 
     paper = {(r.model, r.label): r.settings for r in profiles.expand(profiles.load_profile("paper"))}
@@ -493,12 +493,14 @@ def test_identity_steps_are_few_even_when_a_run_counts_epochs():
     assert len(measured) == 6  # pspo and clip on each of the three models
     for s in measured.values():
         assert s.max_steps == -1
-        assert measurement.identity_steps(s) == 8
+        assert measurement.identity_steps(s) == 4
     cpu = {(r.model, r.label): r.settings for r in profiles.expand(profiles.load_profile("audit"))}
-    assert measurement.identity_steps(cpu[("tiny-general-l@0", "pspo")]) == 8  # two cycles of 4
+    assert measurement.identity_steps(cpu[("tiny-general-l@0", "pspo")]) == 4  # one cycle of 4
     assert measurement.identity_steps(cpu[("tiny-general-l@0", "pspo-stress")]) == 16  # one cycle of 16
     short = cpu[("tiny-general-l@0", "pspo")]
-    assert measurement.identity_steps(type(short).from_dict({**short.to_dict(), "max_steps": 4})) == 4
+    assert measurement.identity_steps(type(short).from_dict({**short.to_dict(), "max_steps": 3})) == 3
+    on_policy = {**short.to_dict(), "steps_per_generation": 1, "num_iterations": 1}
+    assert measurement.identity_steps(type(short).from_dict(on_policy)) == 4  # at least 4
     long_cycle = {**short.to_dict(), "steps_per_generation": 64, "num_iterations": 4, "max_steps": -1}
     assert measurement.identity_steps(type(short).from_dict(long_cycle)) == 32
 
@@ -586,6 +588,17 @@ def test_a_failed_measurement_process_is_a_clear_error(tmp_path):
         measurement.measure_run_in_process(settings, 2, tmp_path / "work", "m/pspo/seed0")
     with pytest.raises(ValueError, match="identity steps must be >= 1, got 0"):
         measurement.measure_identities(tmp_path, steps=0)
+    with pytest.raises(ValueError, match="identity workers must be >= 1, got 0"):
+        measurement.measure_identities(tmp_path, workers=0)
+
+
+def test_identities_are_measured_on_one_process_per_core_at_most_one_per_run():
+    from pspo_repro.analysis.audit import measurement
+
+    assert measurement.cpu_workers(6, cores=2) == 2
+    assert measurement.cpu_workers(3, cores=16) == 3
+    assert measurement.cpu_workers(1, cores=2) == 1
+    assert measurement.cpu_workers(0, cores=2) == 1
 
 
 def test_kept_identities_count_only_for_the_runs_they_measured(tmp_path):

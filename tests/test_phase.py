@@ -51,6 +51,20 @@ def test_effects_are_over_the_cells_own_control_and_collapses_are_counted(study)
     assert rows[("clip-shuffled", 1)]["effect_over_control"] is None  # a control is not compared with itself
 
 
+def test_the_start_is_measured_on_the_problems_the_cell_was_tested_on(tmp_path):
+    # the start was tested on 800 problems, right on the first 320 (40%); a cell tests the first 400 only,
+    # where the start was right on 320 of 400 (80%): its gain is over 80%, not 40%
+    study = tmp_path / "cpu"
+    write_start(study, "tiny-general-s@0", 0.40, n=800)
+    for objective in ("clip", "clip-shuffled"):
+        label = profiles.grid_label(objective, 1, 1e-4)
+        for seed in range(2):
+            write_run(study, "tiny-general-s@0", label, seed, correct(0.9, seed, n=400))
+    rows = {r["objective"]: r for r in phase.table(study)}
+    assert rows["clip"]["start"] == pytest.approx(0.80)
+    assert rows["clip"]["gain"] == pytest.approx(rows["clip"]["accuracy"] - 0.80)
+
+
 def test_a_cell_has_a_winner_only_where_the_difference_is_significant(study, tmp_path):
     wins = {w["reuse"]: w for w in phase.winners(study)}
     assert wins[16]["best"] == "clip" and wins[16]["winner"] == "clip"

@@ -106,7 +106,7 @@ def test_dry_run_of_the_paper_profile():
     # the audit retrains the first steps of pspo and clip on each model to measure the identities
     assert (
         "audit identities: 6 runs (lowest build and seed of each model's pspo, clip, pspo-stress, clip-stress), "
-        "8 optimizer steps each (48 in all), about 0.09 GPU-hours (not in the total above)"
+        "4 optimizer steps each (24 in all), about 0.05 GPU-hours (not in the total above)"
     ) in result.output
     assert "0.025 s per decoding step of a batch for models <= 1B" in result.output
     assert "Qwen/Qwen2.5-0.5B 1024, Qwen/Qwen2.5-1.5B 512, Qwen/Qwen2-Math-1.5B 512" in result.output
@@ -177,7 +177,7 @@ def test_dry_run_of_a_slice_and_unknown_sizes():
     assert "GPU-hours not estimated" in result.output
     assert (
         "audit identities: 4 runs (lowest build and seed of each model's pspo, clip, pspo-stress, clip-stress), "
-        "8 to 16 optimizer steps each (48 in all), GPU-hours not estimated (a model of unknown size)"
+        "4 to 16 optimizer steps each (40 in all), GPU-hours not estimated (a model of unknown size)"
     ) in result.output
 
 

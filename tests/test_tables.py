@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from fake_runs import correct, write_run
 
@@ -72,11 +74,13 @@ def test_the_control_verdict_comes_from_the_inference_module_and_can_say_each_th
     assert pspo["beats_control"] is False and pspo["difference_ci_low"] < 0 < pspo["difference_ci_high"]
     assert 0.02 < pspo["mdd"] < 0.2
     assert topr["beats_control"] is False and topr["difference_ci_high"] < 0  # lower than the control
+    assert topr["below_control"] is True and pspo["below_control"] is False and clip["below_control"] is False
     assert judged["clip-shuffled"]["beats_control"] is None
     table = tables.control_table(list(judged.values()))
     assert "| m | pspo | synthetic | 2 | 50.0 |" in table
     assert f"no (one above {100 * pspo['mdd']:.1f} would likely show) |" in table
     assert "| yes |" in table
+    assert "| topr | synthetic | 2 | 50.0 |" in table and "| no: below the control |" in table
 
 
 def test_builds_give_each_builds_start_and_gain_and_the_spread_between_them():
@@ -179,3 +183,34 @@ def test_accuracy_table_has_a_paper_column(tmp_path):
     )
     assert table[2] == "| m | start | - | 50.0 | 60.0 | 70.0 | 55.0 |"
     assert table[3] == "| m | clip | 2 | 70.0 ± 0.0 | 75.0 ± 0.0 | 90.0 ± 0.0 | 80.0 |"
+
+
+def test_timing_counts_each_build_the_runs_started_from_once(tmp_path, monkeypatch):
+    """Warm starts: the build of every run's own marker, each once (two runs of one build, one of another);
+    training: the runs' seconds; evaluation: the generation seconds of every summary, starts included."""
+    monkeypatch.setenv("PSPO_CACHE_DIR", str(tmp_path / "cache"))
+    study = tmp_path / "study"
+    for build, seconds in (("tiny-a-000", 60.0), ("tiny-a@1-111", 90.0)):
+        (tmp_path / "cache" / "tiny" / build).mkdir(parents=True)
+        (tmp_path / "cache" / "tiny" / build / "recipe.json").write_text(
+            json.dumps({"build_seconds": seconds})
+        )
+    for model, seed, build in (
+        ("tiny-a@0", 0, "tiny-a-000"),
+        ("tiny-a@0", 1, "tiny-a-000"),
+        ("tiny-a@1", 0, "tiny-a@1-111"),
+    ):
+        folder = study / model / "clip" / f"seed{seed}"
+        (folder / "eval").mkdir(parents=True)
+        (folder / "config.json").write_text(json.dumps({"model": model, "seed": seed, "label": "clip"}))
+        (folder / "DONE").write_text(json.dumps({"seconds": 10.0}))
+        (folder / "model_build.json").write_text(json.dumps({"build": build}))
+        summary = {"benchmarks": {"synthetic": {"generation_seconds": 2.0}}}
+        (folder / "eval" / "summary.json").write_text(json.dumps(summary))
+    (study / "tiny-a@0" / "start" / "eval").mkdir(parents=True)
+    summary = {"benchmarks": {"synthetic": {"generation_seconds": 3.0}, "other": {"generation_seconds": 1.0}}}
+    (study / "tiny-a@0" / "start" / "eval" / "summary.json").write_text(json.dumps(summary))
+    rows = {r["stage"]: r for r in tables.collect_timing(study)}
+    assert rows["warm starts"]["core_seconds"] == 150.0 and rows["warm starts"]["tasks"] == 2
+    assert rows["training (with validation)"]["core_seconds"] == 30.0
+    assert rows["evaluation"]["core_seconds"] == 10.0

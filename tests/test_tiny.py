@@ -16,6 +16,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from pspo_repro.data.prompts import chat_messages, render_prompt
 from pspo_repro.models import loading, tiny
+from pspo_repro.study import rundir
 
 
 @pytest.fixture(scope="module")
@@ -204,6 +205,29 @@ def test_fingerprint_follows_the_recipe(monkeypatch):
     monkeypatch.setitem(tiny.RECIPES, "tiny-test", recipe)
     assert tiny.fingerprint("tiny-test") == original
     assert tiny.fingerprint("tiny-general-s") != original
+
+
+def test_the_training_data_digest_is_kept_on_disk_for_fresh_processes(monkeypatch, tmp_path):
+    """A fresh process (no in-memory cache) reads the digest kept under the code's digest instead of
+    generating the warm-start data again; other arguments are another file."""
+    from pspo_repro.data import synthetic
+
+    monkeypatch.setenv("PSPO_CACHE_DIR", str(tmp_path))
+    tiny._training_data_digest.cache_clear()
+    first = tiny._training_data_digest(0, 20, (("p.gives", 0.5),), 5, 5)
+    kept = list((tmp_path / "tiny" / ".data-digests").iterdir())
+    assert len(kept) == 1 and kept[0].name.startswith(rundir.package_digest())
+    assert kept[0].read_text() == first
+
+    def no_generation(*args, **kwargs):
+        raise AssertionError("the digest was computed again")
+
+    monkeypatch.setattr(synthetic, "generate", no_generation)
+    tiny._training_data_digest.cache_clear()
+    assert tiny._training_data_digest(0, 20, (("p.gives", 0.5),), 5, 5) == first
+    with pytest.raises(AssertionError, match="computed again"):
+        tiny._training_data_digest(0, 21, (("p.gives", 0.5),), 5, 5)
+    tiny._training_data_digest.cache_clear()
 
 
 @pytest.mark.slow

@@ -92,10 +92,7 @@ def curves(
         ax.set_title(model, fontsize="medium")
         ax.set_xlabel(x)
         if linear_below is not None:
-            from matplotlib.ticker import FuncFormatter
-
-            ax.set_yscale("symlog", linthresh=linear_below)
-            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+            style.log_above(ax, linear_below)
     if axes:
         axes[0].set_ylabel(ylabel if linear_below is None else f"{ylabel}, log above {linear_below:g}")
     _legend(fig, axes)

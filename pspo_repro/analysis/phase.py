@@ -60,13 +60,20 @@ def cells(study_dir: Path) -> list[Cell]:
     ]
 
 
-def _start_accuracy(study_dir: Path, run: Path, benchmark: str, metric: str) -> float | None:
-    """The starting model's accuracy for the run's build (its ``start`` evaluation beside the run's folder)."""
-    summary = run.parent.parent / "start" / rundir.EVAL / rundir.SUMMARY
-    if not summary.is_file():
+def _start_accuracy(run: Path, benchmark: str, metric: str) -> float | None:
+    """The starting model's accuracy for the run's build (its ``start`` evaluation beside the run's folder) on
+    the problems the run was tested on: a cell tests the first ``eval_limit`` problems, whose start differs from
+    the whole set's."""
+    start = run.parent.parent / "start" / rundir.EVAL / f"{benchmark}.jsonl"
+    tested = run / rundir.EVAL / f"{benchmark}.jsonl"
+    (ids, _), (start_ids, start_grades) = inference.graded(tested, metric), inference.graded(start, metric)
+    if not ids or not start_ids:
         return None
-    bench = rundir.read_json(summary)["benchmarks"].get(benchmark)
-    return None if bench is None else bench["metrics"][metric]["accuracy"]
+    wanted = set(ids)
+    grades = [bool(g) for i, g in zip(start_ids, start_grades, strict=True) if i in wanted]
+    if len(grades) != len(wanted):
+        raise ValueError(f"{start}: the starting model was not tested on every problem of {tested}")
+    return sum(grades) / len(grades)
 
 
 def _probe_mean(runs: list[Path], field: str) -> float | None:
@@ -100,7 +107,7 @@ def table(study_dir: Path, benchmark: str = "synthetic", metric: str = "strict")
     for c in found:
         arm = arms[id(c)]
         accuracies = [float(v.mean()) for v in arm.runs.values()]
-        starts = [_start_accuracy(study_dir, r, benchmark, metric) for r in c.runs]
+        starts = [_start_accuracy(r, benchmark, metric) for r in c.runs]
         start = sum(s for s in starts if s is not None) / max(1, sum(s is not None for s in starts))
         mean = sum(accuracies) / len(accuracies)
         comp = effect.get(id(c))

@@ -66,7 +66,8 @@ def _heatmaps(
                 continue
             v = 100 * r[value]
             star = "*" if mark and r.get(mark) is not None and r[mark] < SIGNIFICANT else ""
-            dark = abs(v - (vmin + vmax) / 2) > 0.3 * (vmax - vmin)
+            red, green, blue, _ = image.cmap(image.norm(v))  # the cell's own colour decides the text's
+            dark = 0.299 * red + 0.587 * green + 0.114 * blue < 0.5
             ax.text(
                 reuses.index(r["reuse"]),
                 lrs.index(r["learning_rate"]),

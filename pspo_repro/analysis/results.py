@@ -94,10 +94,25 @@ class Study:
 
         rows = [
             {"model": r.model, "label": r.label, "objective": r.settings.objective, "seed": r.seed}
-            for r in profiles.expand(self.spec)
+            for r in self._planned
             if profiles.parse_grid_label(r.label) is None  # the phase diagram's cells: analysis.phase
         ]
         return pd.DataFrame(rows, columns=["model", "label", "objective", "seed"])
+
+    @cached_property
+    def _planned(self) -> list[Any]:
+        """The profile's runs, expanded (every build of every model); none without a profile."""
+        if self.spec is None:
+            return []
+        return _quiet_import("pspo_repro.study.profiles").expand(self.spec)
+
+    def _benchmarks_of(self, model: str, label: str) -> list[str]:
+        """The benchmarks a run is evaluated on: its arm's own list in the profile, else the profile's."""
+        evaluate = _quiet_import("pspo_repro.evaluation.evaluate")
+        for r in self._planned:
+            if r.model == model and r.label == label and r.benchmarks:
+                return evaluate.parse_benchmarks(",".join(r.benchmarks))
+        return self.benchmarks
 
     def _run_folders(self) -> list[Path]:
         """The run folders, without the phase diagram's cells (their tables are :mod:`~pspo_repro.analysis.phase`'s)."""
@@ -168,10 +183,8 @@ class Study:
 
     @cached_property
     def models_in_profile(self) -> list[str]:
-        if self.spec is None:
-            return []
-        models = self.spec.get("models", [])
-        return list(models) if isinstance(models, list) else list(models.keys())
+        """The profile's models as its runs name them: each build of a tiny model (``tiny-general-s@1``)."""
+        return list(dict.fromkeys(r.model for r in self._planned))
 
     @cached_property
     def starts(self) -> pd.DataFrame:
@@ -206,7 +219,8 @@ class Study:
                 }[r.status]
                 rows.append((r.model, r.label, r.seed, r.status, detail, r.path))
                 continue
-            lacking = [b for b in self.benchmarks if b not in r.evaluated.split(",")]
+            wanted = self._benchmarks_of(r.model, r.label)
+            lacking = [b for b in wanted if b not in r.evaluated.split(",")]
             if lacking:
                 rows.append((r.model, r.label, r.seed, "not evaluated", ", ".join(lacking), r.path))
         for s in self.starts.itertuples(index=False):

@@ -227,8 +227,8 @@ def gains(
     With ``study_dir`` (where the rows' runs are) each arm is judged against its control by
     :mod:`pspo_repro.analysis.inference`: a bootstrap over seeds and problems (each arm's own seed spread and
     the test set's sampling error), two-sided, Holm-adjusted over every comparison of this benchmark's table.
-    ``beats_control`` is true when the arm is higher after that correction; without ``study_dir`` it is not
-    judged (None)."""
+    ``beats_control`` is true when the arm is higher after that correction, ``below_control`` when it is lower;
+    without ``study_dir`` neither is judged (None)."""
     picked = [r for r in rows if r["benchmark"] == benchmark and r["metric"] == metric]
     start = {r["model"]: r["accuracy"] for r in picked if r["objective"] == START}
     per_arm: dict[tuple[str, str], list[float]] = {}
@@ -258,6 +258,7 @@ def gains(
             "p_holm": None,
             "mdd": None,
             "beats_control": None,
+            "below_control": None,
         }
         if control is not None and not label.endswith(CONTROL_SUFFIX):
             row.update(control_gain_mean=_mean(control[1]), difference=_mean(g) - _mean(control[1]))
@@ -278,13 +279,14 @@ def _judge(
     from pspo_repro.analysis import inference
 
     compared = [r for r in out if r["difference"] is not None]
-    pairs = [
-        (
-            inference.arm_from_runs(folders[(r["model"], r["objective"])], benchmark, metric),
-            inference.arm_from_runs(folders[(r["model"], controls[r["model"]][0])], benchmark, metric),
-        )
-        for r in compared
-    ]
+    arms: dict[tuple[str, str], Any] = {}
+
+    def arm(model: str, label: str) -> Any:  # each control is built once, however many arms it judges
+        if (model, label) not in arms:
+            arms[(model, label)] = inference.arm_from_runs(folders[(model, label)], benchmark, metric)
+        return arms[(model, label)]
+
+    pairs = [(arm(r["model"], r["objective"]), arm(r["model"], controls[r["model"]][0])) for r in compared]
     for r, c in zip(compared, inference.compare_family(pairs), strict=True):
         r.update(
             difference_ci_low=c.ci_low / 100,
@@ -292,6 +294,7 @@ def _judge(
             p_holm=c.p_adjusted,
             mdd=c.mdd / 100,
             beats_control=c.verdict == "a > b",
+            below_control=c.verdict == "a < b",
         )
 
 
@@ -312,7 +315,9 @@ def control_table(rows: list[dict[str, Any]]) -> str:
     ]
     for r in rows:
         verdict = _VERDICT[r["beats_control"]]
-        if r["beats_control"] is False and r["mdd"] is not None:
+        if r.get("below_control"):
+            verdict = "no: below the control"
+        elif r["beats_control"] is False and r["mdd"] is not None:
             verdict = f"no (one above {100 * r['mdd']:.1f} would likely show)"
         interval = (
             f" [{pp(r['difference_ci_low'])}, {pp(r['difference_ci_high'])}]"
@@ -357,10 +362,12 @@ def collect_timing(study_dir: Path) -> list[dict[str, Any]]:
 
     runs = _runs(study_dir, grid=True)
     models = {config["model"] for _, config in runs}
+    # the builds the runs started from, as each run recorded it (a tiny model's cache folder)
+    markers = [d / rundir.MODEL_BUILD for d, _ in runs]
+    built = sorted({rundir.read_json(m)["build"] for m in markers if m.is_file()})
     warm = 0.0
-    built = sorted(m for m in models if tiny.is_tiny(m))
-    for model in built:
-        recipe = tiny.folder(model) / tiny.RECIPE_FILE
+    for build in built:
+        recipe = tiny.cache_root() / "tiny" / build / tiny.RECIPE_FILE
         if recipe.is_file():
             warm += rundir.read_json(recipe)["build_seconds"]
     training = sum(rundir.read_json(d / rundir.DONE)["seconds"] for d, _ in runs)

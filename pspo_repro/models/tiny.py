@@ -341,14 +341,26 @@ def _training_data_digest(
     ood_size: int,
 ) -> str:
     """Hash of the warm-start examples and corpus, so a change in the generator or the teacher invalidates
-    the cache."""
+    the cache. Generating them takes seconds, so the hash is kept on disk too, under the package's code digest
+    (other code, another file) and these arguments: a fresh process (a worker, the audit) reads it."""
     from pspo_repro.data import synthetic
 
+    key = json.dumps([data_seed, train_size, teacher_errors, corpus_size, ood_size])
+    kept = (
+        cache_root()
+        / "tiny"
+        / ".data-digests"
+        / f"{rundir.package_digest()}-{hashlib.sha256(key.encode()).hexdigest()[:16]}"
+    )
+    if kept.is_file():
+        return kept.read_text().strip()
     h = hashlib.sha256()
     for question, solution, _ in _warmstart_examples(data_seed, train_size, dict(teacher_errors), ood_size):
         h.update(f"{question}\x00{solution}\x00".encode())
     for text in synthetic.corpus(corpus_size, seed=data_seed):
         h.update(f"{text}\x00".encode())
+    kept.parent.mkdir(parents=True, exist_ok=True)
+    rundir.atomic_write_text(kept, h.hexdigest())
     return h.hexdigest()
 
 

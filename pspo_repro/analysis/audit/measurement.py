@@ -29,11 +29,11 @@ IDENTITIES_FILE = "identities.json"
 STALENESS_ZERO = "staleness_zero"
 # The runs whose real training batches the identities are measured on (one seed each), when present.
 IDENTITY_LABELS = ("pspo", "clip", "pspo-stress", "clip-stress")
-# Optimizer steps of each measurement: two reuse cycles, so that every staleness is seen twice, but at
-# least MIN (a few batches even on-policy) and at most one cycle beyond MIN; never more than MAX, whatever
-# the cycle, nor more than the run's own length (a run that counts epochs, max_steps -1, is not trained
+# Optimizer steps of each measurement: one reuse cycle, so that every staleness is seen (the identities are
+# algebra, checked on every step), but at least MIN (a few batches even on-policy) and at most MAX, whatever
+# the cycle; never more than the run's own length (a run that counts epochs, max_steps -1, is not trained
 # whole).
-MIN_IDENTITY_STEPS, MAX_IDENTITY_STEPS = 8, 32
+MIN_IDENTITY_STEPS, MAX_IDENTITY_STEPS = 4, 32
 CUDA_VISIBLE = "CUDA_VISIBLE_DEVICES"
 
 
@@ -41,9 +41,7 @@ def identity_steps(settings: TrainSettings) -> int:
     """The optimizer steps the identities are measured on for a run of these settings (see above)."""
     spg = settings.steps_per_generation or settings.grad_accum
     cycle = max(1, spg * settings.num_iterations // settings.grad_accum)  # optimizer steps per generation
-    steps = min(
-        max(MIN_IDENTITY_STEPS, 2 * cycle if cycle < MIN_IDENTITY_STEPS else cycle), MAX_IDENTITY_STEPS
-    )
+    steps = min(max(MIN_IDENTITY_STEPS, cycle), MAX_IDENTITY_STEPS)
     return min(steps, settings.max_steps) if settings.max_steps > 0 else steps
 
 
@@ -150,30 +148,63 @@ def measure_run_in_process(settings: TrainSettings, steps: int, work_dir: Path, 
     return payload["result"]
 
 
+def _one_thread() -> None:
+    """A measurement worker trains on one thread: the cores are shared among the workers."""
+    import torch
+
+    torch.set_num_threads(1)
+
+
+def cpu_workers(runs: int, cores: int | None = None) -> int:
+    """Processes for measuring ``runs`` runs on CPUs: one per core this process may use, at most one per run."""
+    if cores is None:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    return max(1, min(runs, cores))
+
+
 def measure_identities(
-    study_dir: Path, work_dir: Path | None = None, steps: int | None = None, isolate: bool | None = None
+    study_dir: Path,
+    work_dir: Path | None = None,
+    steps: int | None = None,
+    isolate: bool | None = None,
+    workers: int | None = None,
 ) -> dict[str, Any]:
     """The identities on real training batches of the runs labelled :data:`IDENTITY_LABELS` (lowest seed of
     each model): ``steps`` optimizer steps (default :func:`identity_steps`) of each run's settings, retrained
     from its starting model with the recording trainer, in ``work_dir`` (default: a temporary folder, removed
     afterwards). ``isolate`` (default: whenever CUDA is available) measures each run in a fresh process on one
-    GPU (:func:`measure_run_in_process`)."""
+    GPU (:func:`measure_run_in_process`), one after another. Otherwise ``workers`` processes (default
+    :func:`cpu_workers`; 1: this process) measure the runs side by side, each on one thread."""
     import torch
 
     if steps is not None and steps < 1:
         raise ValueError(f"identity steps must be >= 1, got {steps}")
+    if workers is not None and workers < 1:
+        raise ValueError(f"identity workers must be >= 1, got {workers}")
     isolate = torch.cuda.is_available() if isolate is None else isolate
     chosen = identity_runs(load_runs(study_dir))
     with tempfile.TemporaryDirectory(prefix="pspo-identities-") as temporary:
         root = Path(temporary) if work_dir is None else Path(work_dir)
+        settings = [TrainSettings.from_dict(r.config) for r in chosen]
+        counts = [steps or identity_steps(s) for s in settings]
+        folders = [root / r.name.replace("/", "--") for r in chosen]
+        workers = cpu_workers(len(chosen)) if workers is None else min(workers, max(1, len(chosen)))
+        if isolate:
+            results = [
+                measure_run_in_process(s, n, f, r.name)
+                for s, n, f, r in zip(settings, counts, folders, chosen, strict=True)
+            ]
+        elif workers > 1:
+            import multiprocessing
+            from concurrent.futures import ProcessPoolExecutor
+
+            # spawned, not forked: a forked torch process may hang in its parent's thread pool
+            context = multiprocessing.get_context("spawn")
+            with ProcessPoolExecutor(workers, mp_context=context, initializer=_one_thread) as pool:
+                results = list(pool.map(measure_run, settings, counts, folders))
+        else:
+            results = [measure_run(s, n, f) for s, n, f in zip(settings, counts, folders, strict=True)]
         out = {}
-        for r in chosen:
-            settings = TrainSettings.from_dict(r.config)
-            n = steps or identity_steps(settings)
-            folder = root / r.name.replace("/", "--")
-            if isolate:
-                out[r.name] = measure_run_in_process(settings, n, folder, r.name)
-            else:
-                out[r.name] = measure_run(settings, n, folder)
-            out[r.name]["run_digest"] = run_digest(r.folder)  # which run was measured, as it was
+        for r, result in zip(chosen, results, strict=True):
+            out[r.name] = {**result, "run_digest": run_digest(r.folder)}  # which run was measured, as it was
     return out

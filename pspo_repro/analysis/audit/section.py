@@ -77,46 +77,6 @@ class Context:
         tmp.replace(path)
         return path.name
 
-    @staticmethod
-    def plot_arms(
-        ax: Any,
-        curves: dict[str, list[dict[int, float]]],
-        *,
-        scale: float = 1.0,
-        suffix: str = "",
-        dashed: bool = False,
-        linear_below: float | None = None,
-    ) -> None:
-        """Curves of an integer x (staleness) -> value, one colour per arm (the report's): each model's or
-        build's curve thin, their mean thick and in the legend once, so that the legend names arms, not runs.
-        ``linear_below``: a y axis linear up to that value and logarithmic above (values orders apart)."""
-        import numpy as np
-        from matplotlib.ticker import FuncFormatter, MaxNLocator
-
-        from pspo_repro.analysis import style
-
-        for label, per_model in sorted(curves.items()):
-            look = style.arm_style(label)
-            line = "--" if dashed else look["linestyle"]
-            for per in per_model:
-                xs = sorted(per)
-                ax.plot(xs, [scale * per[k] for k in xs], color=look["color"], ls=line, lw=0.7, alpha=0.4)
-            xs = sorted({k for per in per_model for k in per})
-            mean = [scale * float(np.mean([per[k] for per in per_model if k in per])) for k in xs]
-            ax.plot(
-                xs,
-                mean,
-                color=look["color"],
-                ls=line,
-                lw=2,
-                marker=look["marker"],
-                label=f"{label}{suffix} (mean of {len(per_model)})",
-            )
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        if linear_below is not None:
-            ax.set_yscale("symlog", linthresh=linear_below)
-            ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
-
     def start_accuracy(self, model: str, metric: str = "strict") -> float | None:
         """The starting model's accuracy on the audited benchmark (None when it was not evaluated)."""
         s = self.starts.get(model)
@@ -127,3 +87,42 @@ class Context:
     def control_runs(self, model: str) -> list[Run]:
         """The model's shuffled-advantage control runs (the noise floor)."""
         return [r for r in self.runs if r.model == model and r.control]
+
+
+def plot_arms(
+    ax: Any,
+    curves: dict[str, list[dict[int, float]]],
+    *,
+    scale: float = 1.0,
+    suffix: str = "",
+    dashed: bool = False,
+    linear_below: float | None = None,
+) -> None:
+    """Curves of an integer x (staleness) -> value, one colour per arm (the report's): each model's or
+    build's curve thin, their mean thick and in the legend once, so that the legend names arms, not runs.
+    ``linear_below``: a y axis linear up to that value and logarithmic above (values orders apart)."""
+    import numpy as np
+    from matplotlib.ticker import MaxNLocator
+
+    from pspo_repro.analysis import style
+
+    for label, per_model in sorted(curves.items()):
+        look = style.arm_style(label)
+        line = "--" if dashed else look["linestyle"]
+        for per in per_model:
+            xs = sorted(per)
+            ax.plot(xs, [scale * per[k] for k in xs], color=look["color"], ls=line, lw=0.7, alpha=0.4)
+        xs = sorted({k for per in per_model for k in per})
+        mean = [scale * float(np.mean([per[k] for per in per_model if k in per])) for k in xs]
+        ax.plot(
+            xs,
+            mean,
+            color=look["color"],
+            ls=line,
+            lw=2,
+            marker=look["marker"],
+            label=f"{label}{suffix} (mean of {len(per_model)})",
+        )
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    if linear_below is not None:
+        style.log_above(ax, linear_below)

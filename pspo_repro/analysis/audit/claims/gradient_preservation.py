@@ -7,7 +7,14 @@ from typing import Any
 
 from pspo_repro.analysis.audit.formatting import pct, table
 from pspo_repro.analysis.audit.runs import by, staleness_means
-from pspo_repro.analysis.audit.section import INCONCLUSIVE, NOT_SUPPORTED, SUPPORTED, Context, Section
+from pspo_repro.analysis.audit.section import (
+    INCONCLUSIVE,
+    NOT_SUPPORTED,
+    SUPPORTED,
+    Context,
+    Section,
+    plot_arms,
+)
 from pspo_repro.analysis.audit.stats import mean
 
 TITLE = "Gradient preservation"
@@ -86,7 +93,7 @@ def gradient_preservation(ctx: Context) -> Section:
         for (_model, label), rs in sorted(groups.items()):
             if rs[0].objective in ("clip", "pspo"):
                 curves.setdefault(label, []).append(staleness_means(rs, "zero_weight_frac"))
-        ctx.plot_arms(ax, curves, scale=100, linear_below=1)
+        plot_arms(ax, curves, scale=100, linear_below=1)
         ax.set_xlabel("staleness (updates since generation)")
         ax.set_ylabel("zero-gradient tokens % (log above 1)")
         ax.set_title("Tokens whose gradient the objective zeroes (thin: each model)")

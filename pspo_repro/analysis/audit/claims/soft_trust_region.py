@@ -19,6 +19,7 @@ from pspo_repro.analysis.audit.section import (
     Context,
     Section,
     Z,
+    plot_arms,
 )
 from pspo_repro.analysis.audit.stats import mean, se_diff
 
@@ -204,7 +205,7 @@ def soft_trust_region(ctx: Context) -> Section:
             for name, m in sorted(ctx.identities.items()):
                 label = name.split("/")[1]  # <model>/<label>/seed<k>
                 curves.setdefault(label, []).append({int(k): v[key] for k, v in m["by_staleness"].items()})
-            ctx.plot_arms(ax, curves, suffix=suffix, dashed=dashed)
+            plot_arms(ax, curves, suffix=suffix, dashed=dashed)
         ax.set_xlabel("staleness (updates since generation)")
         ax.set_ylabel("mean TV distance from π_old")
         ax.set_title("π_θ (solid) and the smoothed π~ (dashed) against π_old")

@@ -15,6 +15,7 @@ from pspo_repro.analysis.audit.section import (
     SUPPORTED,
     Context,
     Section,
+    plot_arms,
 )
 
 TITLE = "How often the trust region acts"
@@ -87,7 +88,7 @@ def trust_region_acts(ctx: Context) -> Section:
         curves: dict[str, list[dict[int, float]]] = {}
         for (_model, label), rs in sorted(by(clips, lambda r: (r.model, r.label)).items()):
             curves.setdefault(label, []).append(staleness_means(rs, "zero_weight_frac"))
-        ctx.plot_arms(ax, curves, scale=100, linear_below=1)
+        plot_arms(ax, curves, scale=100, linear_below=1)
         ax.set_xlabel("staleness (updates since generation)")
         ax.set_ylabel("clip-binding tokens % (log above 1)")
         ax.set_title("Where the clip binds (thin: each model)")
