@@ -5,7 +5,7 @@
 # (results/<profile>/notebooks/), its tables in results/<profile>/tables/ and its figures in
 # figures/<profile>/.
 #
-#   ./reproduce.sh            # the CPU profile (tiny models, synthetic arithmetic): 40 to 45 minutes on 2 cores
+#   ./reproduce.sh            # the CPU profile (tiny models, synthetic arithmetic): 38 to 45 minutes on 2 cores
 #   ./reproduce.sh smoke      # about a minute: the micro model, every objective, a handful of steps
 #   ./reproduce.sh cpu-full   # the CPU profile with 5 seeds and longer runs (see its description)
 #   ./reproduce.sh paper      # the paper's configurations (GPUs; Qwen models from the hub)
