@@ -260,7 +260,9 @@ def test_interrupted_build_leaves_no_final_folder(monkeypatch, tmp_path):
         tiny.ensure("tiny-test", progress=False)
     folder = tmp_path / "tiny" / f"tiny-test-{tiny.fingerprint('tiny-test')[:12]}"
     assert not folder.exists()
-    assert [p.name for p in (tmp_path / "tiny").iterdir() if not p.name.endswith(".lock")] == []
+    # nothing of the build is left; the warm-start data's digest, kept for every later process, may be
+    leftovers = [p.name for p in (tmp_path / "tiny").iterdir() if not p.name.endswith(".lock")]
+    assert leftovers in ([], [".data-digests"])
 
 
 @pytest.mark.slow
