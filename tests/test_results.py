@@ -119,6 +119,35 @@ def test_missing_partial_and_failed_runs_are_reported(mini, tmp_path):
 
 
 @pytest.mark.slow
+def test_an_arm_is_missing_only_the_benchmarks_its_profile_entry_asks_for(mini, tmp_path):
+    """An arm with its own ``benchmarks`` (the eps-0 clip tested on the test set only) is complete without the
+    others; the profile's models are named by build, so a start is looked for under ``<model>@<build>``."""
+    root = _copy(mini, tmp_path)
+    study_dir = root / "runs" / "mini" / "tiny-test"
+    profile_path = root / "results" / "mini" / "profile.yaml"
+    profile = yaml.safe_load(profile_path.read_text())
+    profile["objectives"]["pspo"]["benchmarks"] = ["synthetic"]
+    profile_path.write_text(yaml.safe_dump(profile))
+    for arm in ("clip", "pspo"):  # both evaluated on the test set only
+        for seed in (0, 1):
+            evaluation = study_dir / arm / f"seed{seed}" / "eval"
+            (evaluation / "synthetic-asdiv.jsonl").unlink()
+            summary = json.loads((evaluation / "summary.json").read_text())
+            del summary["benchmarks"]["synthetic-asdiv"]
+            (evaluation / "summary.json").write_text(json.dumps(summary))
+    problems = results.load("mini", root / "runs", root / "results").problems
+    # clip lacks a benchmark the profile gives it; pspo lacks only one it was never to be tested on
+    assert sorted(zip(problems["label"], problems["detail"], strict=True)) == [
+        ("clip", "synthetic-asdiv"),
+        ("clip", "synthetic-asdiv"),
+    ]
+    built = results.Study(
+        "b", tmp_path, tmp_path, spec={**profile, "models": ["tiny-test"], "builds": [0, 1]}
+    )
+    assert built.models_in_profile == ["tiny-test@0", "tiny-test@1"]
+
+
+@pytest.mark.slow
 def test_metrics_are_discovered_from_the_records(mini, tmp_path):
     """Records written before the paper metric existed have three metrics, and the frames say so."""
     root = _copy(mini, tmp_path)
