@@ -11,23 +11,27 @@ from typing import Any
 from pspo_repro.analysis import style
 
 SIGNIFICANT = 0.05
+FIGURE_WIDTH_MAX = 10.0  # inches: wider lattices wrap their panels onto more rows
 
 
-def _axes_grid(n: int) -> tuple[Any, list[Any]]:
+def _axes_grid(n: int, width: int) -> tuple[Any, list[Any], int]:
+    """n heatmap panels, each ``width`` cells wide, as many to a row as leave a cell about half an inch; returns
+    the figure, the panels and the number to a row."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cols = min(4, n)
+    panel = 0.5 * width + 0.8  # inches: the cells and the panel's tick labels
+    cols = max(1, min(n, 4, int(FIGURE_WIDTH_MAX // panel)))
     rows = math.ceil(n / cols)
     fig, axes = plt.subplots(
-        rows, cols, figsize=(style.FIGURE_WIDTH * 1.25, 2.3 * rows + 0.9), dpi=130, squeeze=False
+        rows, cols, figsize=(cols * panel + 1.2, 2.1 * rows + 0.9), dpi=130, squeeze=False
     )
     flat = list(axes.ravel())
     for ax in flat[n:]:
         ax.set_visible(False)
-    return fig, flat[:n]
+    return fig, flat[:n], cols
 
 
 def _lattice(rows: list[dict[str, Any]]) -> tuple[list[int], list[float]]:
@@ -53,9 +57,9 @@ def _heatmaps(
         return
     top = max(abs(v) for v in values) or 1.0
     vmin, vmax = (-top, top) if symmetric else (0.0, max(values) or 1.0)
-    fig, axes = _axes_grid(len(objectives))
+    fig, axes, cols = _axes_grid(len(objectives), len(reuses))
     image = None
-    for ax, objective in zip(axes, objectives, strict=True):
+    for i, (ax, objective) in enumerate(zip(axes, objectives, strict=True)):
         grid = np.full((len(lrs), len(reuses)), np.nan)
         for r in rows:
             if r["objective"] == objective and r[value] is not None:
@@ -74,14 +78,16 @@ def _heatmaps(
                 f"{v:+.0f}{star}" if symmetric else f"{v:.1f}",
                 ha="center",
                 va="center",
-                fontsize=8,
+                fontsize=7,
                 color="white" if dark else "black",
             )
         ax.set_title(objective, fontsize=9)
         ax.set_xticks(range(len(reuses)), [str(x) for x in reuses], fontsize=7)
         ax.set_yticks(range(len(lrs)), [f"{x:g}" for x in lrs], fontsize=7)
-        ax.set_xlabel("reuse (updates per generation)", fontsize=7)
-        ax.set_ylabel("learning rate", fontsize=7)
+        if i + cols >= len(axes):  # the axis titles once, on the panels' outer edges
+            ax.set_xlabel("reuse (updates per generation)", fontsize=7)
+        if i % cols == 0:
+            ax.set_ylabel("learning rate", fontsize=7)
     fig.suptitle(title, fontsize=9)
     fig.tight_layout(rect=(0, 0, 0.88, 0.95))
     cax = fig.add_axes((0.9, 0.15, 0.015, 0.7))
@@ -99,7 +105,8 @@ def _winner_map(wins: list[dict[str, Any]], path: Path) -> None:
     from matplotlib.patches import Patch, Rectangle
 
     reuses, lrs = _lattice(wins)
-    fig, ax = plt.subplots(figsize=(style.FIGURE_WIDTH, 1.2 + 1.1 * len(lrs)), dpi=130)
+    # a cell of about 1.4 x 1.0 inches holds five short lines; the numbers behind each are in phase.md
+    fig, ax = plt.subplots(figsize=(1.4 * len(reuses) + 2.6, 1.0 * len(lrs) + 1.3), dpi=130)
     shown: dict[str, str] = {}
     for w in wins:
         x, y = reuses.index(w["reuse"]), lrs.index(w["learning_rate"])
@@ -109,19 +116,19 @@ def _winner_map(wins: list[dict[str, Any]], path: Path) -> None:
         ax.add_patch(Rectangle((x - 0.5, y - 0.5), 1, 1, facecolor=colour, edgecolor="white", lw=2))
         if w["winner"]:
             text = (
-                f"{w['winner']}\nover {w['runner_up']}: {100 * w['difference']:+.1f}\n"
-                f"[{100 * w['ci_low']:+.1f}, {100 * w['ci_high']:+.1f}] pp, p {w['p_holm']:.3f}"
+                f"{w['winner']}\nover {w['runner_up']}\n{100 * w['difference']:+.1f} pp\n"
+                f"[{100 * w['ci_low']:+.1f}, {100 * w['ci_high']:+.1f}]\np {w['p_holm']:.3f}"
             )
         elif w.get("tied_with_best"):
             names = w["tied_with_best"].split(", ")
-            rows = [", ".join(names[i : i + 3]) for i in range(0, len(names), 3)]
+            rows = [", ".join(names[i : i + 2]) for i in range(0, len(names), 2)]
             text = "no winner: tied\n" + "\n".join(rows)
         else:
             text = (
-                f"no winner\nbest {w['best']}, {100 * w['difference']:+.1f} pp\n"
-                f"over {w['runner_up']} (p {w['p_holm']:.2f});\ndetectable: {100 * w['mdd']:.0f} pp or more"
+                f"no winner\nbest {w['best']}\n{100 * w['difference']:+.1f} pp (p {w['p_holm']:.2f})\n"
+                f"detectable: {100 * w['mdd']:.0f} pp"
             )
-        ax.text(x, y, text, ha="center", va="center", fontsize=6.5, color="white" if w["winner"] else "black")
+        ax.text(x, y, text, ha="center", va="center", fontsize=6, color="white" if w["winner"] else "black")
     ax.set_xlim(-0.5, len(reuses) - 0.5)
     ax.set_ylim(-0.5, len(lrs) - 0.5)
     ax.set_xticks(range(len(reuses)), [str(x) for x in reuses])
@@ -129,7 +136,7 @@ def _winner_map(wins: list[dict[str, Any]], path: Path) -> None:
     ax.set_xlabel("reuse: optimizer updates per generation (staleness)")
     ax.set_ylabel("learning rate")
     ax.set_title(
-        "Who wins where: best objective vs runner-up, final test accuracy (Holm over cells)", fontsize=9
+        "Who wins where: best objective vs runner-up, final test accuracy\n(Holm over cells)", fontsize=9
     )
     handles = [Patch(facecolor=c, label=n) for n, c in sorted(shown.items())]
     handles.append(Patch(facecolor="#E6E6E6", label="no significant winner"))
