@@ -7,7 +7,8 @@
 #
 #   ./reproduce.sh            # the CPU profile (tiny models, synthetic arithmetic): 38 to 45 minutes on 2 cores
 #   ./reproduce.sh smoke      # about a minute: the micro model, every objective, a handful of steps
-#   ./reproduce.sh cpu-full   # the CPU profile with 5 seeds and longer runs (see its description)
+#   ./reproduce.sh cpu-full   # the CPU profile with 5 seeds and longer runs: about 8 hours on 2 cores
+#                             (scripts/phase_grid.sh cpu-full runs its phase diagram alone)
 #   ./reproduce.sh paper      # the paper's configurations (GPUs; Qwen models from the hub)
 #
 # Extra arguments go to `pspo-repro study` (e.g. --workers 4, --seeds 0,1).
