@@ -6,6 +6,7 @@ summaries beside it."""
 from __future__ import annotations
 
 import csv
+import functools
 import json
 from pathlib import Path
 
@@ -17,10 +18,12 @@ from pspo_repro.study import profiles, rundir
 REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "results" / "cpu-full"
 LOGS = RESULTS / run_logs.FOLDER
+MODEL = "tiny-general-s@0"  # the grid's model: cpu-full's grid model at its first build
 
 
+@functools.cache
 def _grid_runs() -> dict[tuple[str, int], dict]:
-    """(label, seed) -> the run's provenance, for every committed grid run."""
+    """(label, seed) -> the run's provenance, for every committed grid run (read once)."""
     found = {}
     for path in LOGS.rglob(rundir.PROVENANCE):
         seed_dir = path.parent
@@ -29,7 +32,7 @@ def _grid_runs() -> dict[tuple[str, int], dict]:
 
 
 def _strict(label: str, seed: int) -> float:
-    summary = next(LOGS.glob(f"*/{label}/seed{seed}/{rundir.EVAL}/{rundir.SUMMARY}"))
+    summary = LOGS / MODEL / label / f"seed{seed}" / rundir.EVAL / rundir.SUMMARY
     return json.loads(summary.read_text())["benchmarks"]["synthetic"]["metrics"]["strict"]["accuracy"]
 
 
