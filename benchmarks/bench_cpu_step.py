@@ -3,7 +3,8 @@
 Both recipes are warm-started here from scratch with the same, shortened warm start (``--warm-steps``, enough
 for completions to end with ``#### N`` and stop, as trained models' do), then trained with the `cpu`
 profile's regular arm (clip, 64 completions per step in two mini-batches of a 128-completion generation,
-each used twice), the same number of steps, interleaved over rounds. The baseline ("old") is the recipe the
+each used twice, without gradient checkpointing as in a study), the same number of steps, interleaved over
+rounds. The baseline ("old") is the recipe the
 first committed study used: one token per character, completions of at most 40 tokens, float32. The current
 recipe ("new") has a token per word of the domain and per digit, completions of at most 32 tokens, and runs
 each variant in float32 and under bf16 autocast (``--bf16``) so the two levers are seen apart.
@@ -38,6 +39,7 @@ from bench_probes import StepTimer  # noqa: E402  (this script's folder is on th
 from pspo_repro.data import synthetic  # noqa: E402
 from pspo_repro.models import loading, tiny  # noqa: E402
 from pspo_repro.training import rewards  # noqa: E402
+from pspo_repro.training.settings import TrainSettings  # noqa: E402
 from pspo_repro.training.train import to_dataset  # noqa: E402
 from pspo_repro.training.trainer import PSPOGRPOConfig, PSPOGRPOTrainer  # noqa: E402
 
@@ -82,6 +84,8 @@ def train(model_dir: Path, max_completion: int, bf16: bool, steps: int, dataset,
         disable_tqdm=True,
         logging_steps=1,
         probes=False,
+        # as a study trains: TRL's GRPOConfig turns gradient checkpointing on, the study's settings turn it off
+        gradient_checkpointing=TrainSettings.gradient_checkpointing,
     )
     timer = StepTimer()
     TokenCounter.prompt_tokens = TokenCounter.completion_tokens = TokenCounter.sequences = 0

@@ -5,7 +5,7 @@
 # cell's run logs into results/<profile>/run-logs/. `./reproduce.sh <profile>` writes the same phase files
 # beside the rest of the study.
 #
-#   scripts/phase_grid.sh cpu-full              # the full grid: 825 runs, about 2.5 hours on 2 cores
+#   scripts/phase_grid.sh cpu-full              # the full grid: 825 runs, about 2.6 hours on 2 cores
 #   scripts/phase_grid.sh cpu-full --seeds 0,1  # extra arguments go to `pspo-repro study`
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -85,6 +85,23 @@ def test_family_sets_mdd_level_and_holm():
     assert family[0].mdd / single.mdd == pytest.approx(3.0830 / 2.8016, rel=1e-3)
 
 
+def test_a_large_family_draws_enough_replicates_to_find_a_clear_difference():
+    # 150 comparisons (the full phase grid's family): a fixed 2,000 replicates floor every Holm-adjusted p at
+    # 150 / 2001 = 0.075, so not even a 60-point difference could be found; the family draws 29,999
+    assert inference.replicates_for(1) == 2000
+    assert inference.replicates_for(150) == 29_999
+    assert 150 / (inference.replicates_for(150) + 1) == pytest.approx(inference.ALPHA / 10)
+    problems = np.arange(100)
+    runs = lambda k: {(0, s): problems < k + s for s in range(3)}  # noqa: E731  (k, k+1, k+2 of 100 right)
+    a, b, c = Arm("a", runs(90)), Arm("b", runs(30)), Arm("c", runs(50))
+    family = compare_family([(a, b)] + [(c, Arm("d", c.runs))] * 149)
+    assert family[0].verdict == "a > b" and family[0].p_adjusted == pytest.approx(150 / 30_000)
+    assert all(f.verdict == "no detectable difference" for f in family[1:])
+    assert compare_family([]) == []
+    with pytest.raises(ValueError, match="got 0"):
+        inference.replicates_for(0)
+
+
 def test_interval_widens_with_seed_spread():
     def width(k: int) -> float:
         spread = {0: (-k, 0, k), 1: (-k, 0, k)}
