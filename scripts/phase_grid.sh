@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # A profile's phase diagram alone (its `grid`), without the profile's other runs: trains and evaluates every
 # grid cell (resumable: finished cells are kept), then writes the diagram's files (phase.md, phase.csv,
-# phase-winners.csv and the phase-*.png figures), timing.md and profile.yaml into results/<profile>/, and every
-# cell's run logs into results/<profile>/run-logs/. `./reproduce.sh <profile>` writes the same phase files
+# phase-winners.csv and the phase-*.png figures), the claims audit of the grid's runs (audit.md: the claims
+# the cells can test, the others marked as missing their runs), timing.md and profile.yaml into
+# results/<profile>/, and every cell's run logs into results/<profile>/run-logs/. `./reproduce.sh <profile>` writes the same phase files
 # beside the rest of the study.
 #
 #   scripts/phase_grid.sh cpu-full              # the full grid: 825 runs, about 2.6 hours on 2 cores
@@ -43,6 +44,8 @@ echo "grid finished in $(( $(date +%s) - started )) s, exit status $status"
 if [ "$status" -gt 1 ]; then
   exit $status
 fi
+# the claims the grid's cells can test (clip-higher, GSPO, CISPO, TOPR, ...); no identity retraining
+.venv/bin/pspo-repro audit --profile "$profile" --runs runs --results "$tables" --no-measure
 .venv/bin/python - "$tables/$name" "runs/$name" "results/$name" <<'EOF'
 import shutil
 import sys
@@ -52,7 +55,11 @@ from pspo_repro.analysis import run_logs
 
 tables, study, results = map(Path, sys.argv[1:])
 results.mkdir(parents=True, exist_ok=True)
-kept = [p for p in tables.iterdir() if p.name.startswith("phase") or p.name in ("timing.md", "profile.yaml")]
+kept = [
+    p
+    for p in tables.iterdir()
+    if p.name.startswith(("phase", "audit")) or p.name in ("timing.md", "profile.yaml")
+]
 for path in kept:
     shutil.copy2(path, results / path.name)
 run_logs.collect(study, results)
