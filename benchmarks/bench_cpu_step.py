@@ -4,10 +4,10 @@ Both recipes are warm-started here from scratch with the same, shortened warm st
 for completions to end with ``#### N`` and stop, as trained models' do), then trained with the `cpu`
 profile's regular arm (clip, 64 completions per step in two mini-batches of a 128-completion generation,
 each used twice, without gradient checkpointing as in a study), the same number of steps, interleaved over
-rounds. The baseline ("old") is the recipe the
-first committed study used: one token per character, completions of at most 40 tokens, float32. The current
-recipe ("new") has a token per word of the domain and per digit, completions of at most 32 tokens, and runs
-each variant in float32 and under bf16 autocast (``--bf16``) so the two levers are seen apart.
+rounds. The baseline ("old") is the recipe the first committed study used: one token per character,
+completions of at most 40 tokens, float32. The current recipe ("new") has a token per word of the domain and
+per digit, completions of at most 32 tokens, and runs each variant in float32 and under bf16 autocast
+(``--bf16``) so the two levers are seen apart.
 
 Printed: seconds per optimizer step (median over rounds, after each round's first step), tokens per
 sequence (prompt + completion, measured on the training rollouts), the ratios to the old recipe, the

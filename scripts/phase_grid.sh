@@ -3,8 +3,8 @@
 # grid cell (resumable: finished cells are kept), then writes the diagram's files (phase.md, phase.csv,
 # phase-winners.csv and the phase-*.png figures), the claims audit of the grid's runs (audit.md: the claims
 # the cells can test, the others marked as missing their runs), timing.md and profile.yaml into
-# results/<profile>/, and every cell's run logs into results/<profile>/run-logs/. `./reproduce.sh <profile>` writes the same phase files
-# beside the rest of the study.
+# results/<profile>/, and every cell's run logs into results/<profile>/run-logs/. `./reproduce.sh <profile>`
+# writes the same phase files beside the rest of the study.
 #
 #   scripts/phase_grid.sh cpu-full              # the full grid: 825 runs, about 2.6 hours on 2 cores
 #   scripts/phase_grid.sh cpu-full --seeds 0,1  # extra arguments go to `pspo-repro study`
