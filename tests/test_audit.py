@@ -379,8 +379,9 @@ def test_the_fields_objectives_are_decided_from_their_runs_probes(tmp_path):
 
 def test_topr_is_judged_only_where_something_collapses(tmp_path):
     """TOPR holding beside a clip that holds too: inconclusive; beside a clip that collapses (DONE's lowest
-    validation 20 points under step 0): not supported; TOPR collapsing itself, read from the validation
-    history of a run whose DONE lacks the lowest: supported."""
+    validation 20 points under step 0): not supported, unless the control collapses there too (inconclusive,
+    and the text says why); TOPR collapsing itself, read from the validation history of a run whose DONE
+    lacks the lowest: supported."""
 
     def done(first: float, lowest: float) -> dict:
         return {"validation_first": {"strict": first}, "validation_lowest": {"strict": lowest}}
@@ -396,8 +397,22 @@ def test_topr_is_judged_only_where_something_collapses(tmp_path):
             write_run(study, "clip", seed, [], done=done(0.5, clip_lowest), epsilon=0.2)
     text = audit_of(held)
     assert verdict(text) == audit.INCONCLUSIVE and "TOPR never ran where another objective collapses" in text
+    assert "Every collapse" not in text
     text = audit_of(collapsed)
     assert verdict(text) == audit.NOT_SUPPORTED and "| clip |" in text
+    # the clip collapses beside a control that collapses too: inconclusive, and said so
+    shared = tmp_path / "shared"
+    for seed in (0, 1):
+        write_run(shared, "topr", seed, [], done=done(0.5, 0.48))
+        write_run(shared, "clip", seed, [], done=done(0.5, 0.3), epsilon=0.2)
+        write_run(
+            shared, "clip-shuffled", seed, [], done=done(0.5, 0.3), objective="clip", epsilon=0.2,
+            shuffle_advantages=True,
+        )  # fmt: skip
+    text = audit_of(shared)
+    assert verdict(text) == audit.INCONCLUSIVE and "| clip |" in text
+    assert "Every collapse in TOPR's arms is in an arm whose control collapses too" in text
+    assert "TOPR never ran where another objective collapses" not in text
 
     folder = held / "tiny-test" / "topr" / "seed1"
     (folder / "DONE").write_text(json.dumps({"validation_first": {"strict": 0.5}}))

@@ -146,10 +146,15 @@ def topr_collapse(ctx: Context) -> Section:
         ["model", "arm", "runs", "TOPR collapses", "other objectives that collapse", "control collapses"],
         rows,
     )
-    if s.verdict == INCONCLUSIVE:
+    if s.verdict == INCONCLUSIVE and any(topr or other for topr, other, _ in arms):
         s.body += (
-            "\n\nNo collapse in TOPR's arms that the control does not share: TOPR never ran where another "
-            "objective collapses, so holding there does not tell it apart."
+            "\n\nEvery collapse in TOPR's arms is in an arm whose control collapses too: there neither TOPR's "
+            "collapse nor its holding can be told from the noise floor."
+        )
+    elif s.verdict == INCONCLUSIVE:
+        s.body += (
+            "\n\nNothing collapses in TOPR's arms: TOPR never ran where another objective collapses, so "
+            "holding there does not tell it apart."
         )
     s.body += "\n\nTOPR runs:\n\n" + table(
         [
