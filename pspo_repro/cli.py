@@ -81,6 +81,7 @@ def train(
     except (ValueError, FileNotFoundError, ImportError) as err:  # bad model, data or vLLM: one line
         typer.echo(f"error: {err}", err=True)
         raise typer.Exit(2) from None
+    distributed.leave()
     if distributed.is_main_process():  # under accelerate launch, one process reports
         typer.echo(json.dumps(rundir.read_json(run_dir / rundir.DONE), indent=2))
 

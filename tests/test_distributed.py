@@ -237,17 +237,15 @@ if dist.get_rank() == 0:
 """
 
 
-@pytest.mark.slow
-def test_a_validation_that_fails_on_the_main_process_stops_every_process_at_once(tiny_model, tmp_path):
-    """Two processes over gloo: validation raises on rank 0, and rank 1, instead of waiting for rank 0 in a
-    barrier until the collective's timeout, raises at once with rank 0's error."""
+def _start_two_ranks(script: Path, args: list[str]) -> list[subprocess.Popen]:
+    """Rank 0 and rank 1 of a two-process gloo group, each running ``script`` with ``args`` and the
+    variables a launcher sets; the script writes its outcome to the path ``rank{rank}`` in its arguments
+    names (``{rank}`` is filled in)."""
     import socket
 
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
-    script = tmp_path / "validate.py"
-    script.write_text(VALIDATE_ON_RANK)
     procs = []
     for rank in (0, 1):
         env = {
@@ -260,9 +258,24 @@ def test_a_validation_that_fails_on_the_main_process_stops_every_process_at_once
             "MASTER_ADDR": "127.0.0.1",
             "MASTER_PORT": str(port),
         }
-        out = tmp_path / f"rank{rank}.json"
-        args = [sys.executable, str(script), str(tiny_model), str(tmp_path / "run"), str(out)]
-        procs.append(subprocess.Popen(args, env=env, stderr=subprocess.PIPE, text=True))
+        rank_args = [arg.format(rank=rank) for arg in args]
+        procs.append(
+            subprocess.Popen(
+                [sys.executable, str(script), *rank_args], env=env, stderr=subprocess.PIPE, text=True
+            )
+        )
+    return procs
+
+
+@pytest.mark.slow
+def test_a_validation_that_fails_on_the_main_process_stops_every_process_at_once(tiny_model, tmp_path):
+    """Two processes over gloo: validation raises on rank 0, and rank 1, instead of waiting for rank 0 in a
+    barrier until the collective's timeout, raises at once with rank 0's error."""
+    script = tmp_path / "validate.py"
+    script.write_text(VALIDATE_ON_RANK)
+    procs = _start_two_ranks(
+        script, [str(tiny_model), str(tmp_path / "run"), str(tmp_path / "rank{rank}.json")]
+    )
     try:
         try:
             procs[1].wait(timeout=90)
@@ -279,3 +292,39 @@ def test_a_validation_that_fails_on_the_main_process_stops_every_process_at_once
     assert other["outcome"].startswith("MainProcessFailed: validation at step 5 failed on the main process")
     assert main["outcome"] in other["outcome"]  # rank 0's own error, word for word
     assert other["seconds"] < 60
+
+
+LEAVE_ON_RANK = """
+import json, sys
+from datetime import timedelta
+from pathlib import Path
+
+import torch.distributed as dist
+from accelerate import PartialState
+
+from pspo_repro.training import distributed
+
+PartialState(cpu=True, timeout=timedelta(seconds=120))  # as the trainer's Accelerator sets it up on CPUs (gloo)
+joined = dist.is_initialized()
+distributed.leave()
+Path(sys.argv[1]).write_text(json.dumps({"joined": joined, "left": not dist.is_initialized()}))
+"""
+
+
+@pytest.mark.slow
+def test_a_finished_process_leaves_the_process_group_before_it_exits(tmp_path):
+    """``pspo-repro train`` ends a distributed run by destroying the process group on every rank: one left
+    alive until the interpreter exits can abort a gloo process after its run is written."""
+    script = tmp_path / "leave.py"
+    script.write_text(LEAVE_ON_RANK)
+    procs = _start_two_ranks(script, [str(tmp_path / "rank{rank}.json")])
+    try:
+        for proc in procs:
+            proc.wait(timeout=90)
+            assert proc.returncode == 0, proc.stderr.read()[-3000:]
+    finally:
+        for proc in procs:
+            proc.kill()
+            proc.wait()
+    for rank in (0, 1):
+        assert json.loads((tmp_path / f"rank{rank}.json").read_text()) == {"joined": True, "left": True}

@@ -106,13 +106,19 @@ class Study:
             return []
         return _quiet_import("pspo_repro.study.profiles").expand(self.spec)
 
+    @cached_property
+    def _arm_benchmarks(self) -> dict[tuple[str, str], list[str]]:
+        """Each (model, arm) of the profile that names its own benchmarks, with them (the first run's)."""
+        evaluate = _quiet_import("pspo_repro.evaluation.evaluate")
+        own: dict[tuple[str, str], list[str]] = {}
+        for r in self._planned:
+            if r.benchmarks and (r.model, r.label) not in own:
+                own[(r.model, r.label)] = evaluate.parse_benchmarks(",".join(r.benchmarks))
+        return own
+
     def _benchmarks_of(self, model: str, label: str) -> list[str]:
         """The benchmarks a run is evaluated on: its arm's own list in the profile, else the profile's."""
-        evaluate = _quiet_import("pspo_repro.evaluation.evaluate")
-        for r in self._planned:
-            if r.model == model and r.label == label and r.benchmarks:
-                return evaluate.parse_benchmarks(",".join(r.benchmarks))
-        return self.benchmarks
+        return self._arm_benchmarks.get((model, label), self.benchmarks)
 
     def _run_folders(self) -> list[Path]:
         """The run folders, without the phase diagram's cells (their tables are :mod:`~pspo_repro.analysis.phase`'s)."""

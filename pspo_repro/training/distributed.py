@@ -73,6 +73,19 @@ def on_main(work: Callable[[], T], what: str) -> T | None:
     return None
 
 
+def leave() -> None:
+    """End this process's part in a finished distributed run: wait for the others, then destroy the process
+    group. A group left alive until the interpreter exits can abort a gloo process ("terminate called
+    without an active exception") after its run is written. Nothing to do in a plain process."""
+    if world_size() == 1:
+        return
+    import torch.distributed as dist
+
+    if dist.is_initialized():
+        dist.barrier()  # every process is past the run's last collective before the group goes
+        dist.destroy_process_group()
+
+
 @dataclass(frozen=True)
 class BatchLayout:
     """Per-process batch settings for one world size (TRL's ``per_device_train_batch_size``,

@@ -146,16 +146,18 @@ def topr_collapse(ctx: Context) -> Section:
         ["model", "arm", "runs", "TOPR collapses", "other objectives that collapse", "control collapses"],
         rows,
     )
-    if s.verdict == INCONCLUSIVE and any(topr or other for topr, other, _ in arms):
-        s.body += (
-            "\n\nEvery collapse in TOPR's arms is in an arm whose control collapses too: there neither TOPR's "
-            "collapse nor its holding can be told from the noise floor."
-        )
-    elif s.verdict == INCONCLUSIVE:
-        s.body += (
-            "\n\nNothing collapses in TOPR's arms: TOPR never ran where another objective collapses, so "
-            "holding there does not tell it apart."
-        )
+    if s.verdict == INCONCLUSIVE:
+        if any(topr or other for topr, other, _ in arms):
+            why = (
+                "Every collapse in TOPR's arms is in an arm whose control collapses too: there neither TOPR's "
+                "collapse nor its holding can be told from the noise floor."
+            )
+        else:
+            why = (
+                "Nothing collapses in TOPR's arms: TOPR never ran where another objective collapses, so "
+                "holding there does not tell it apart."
+            )
+        s.body += "\n\n" + why
     s.body += "\n\nTOPR runs:\n\n" + table(
         [
             "run",
