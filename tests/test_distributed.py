@@ -231,8 +231,9 @@ try:
     outcome = "returned"
 except Exception as err:
     outcome = f"{type(err).__name__}: {err}"
-Path(out).write_text(json.dumps({"outcome": outcome, "seconds": time.monotonic() - started}))
-if dist.get_rank() == 0:
+seconds = time.monotonic() - started
+Path(out).write_text(json.dumps({"outcome": outcome, "seconds": seconds, "left": not dist.is_initialized()}))
+if os.environ["RANK"] == "0":
     time.sleep(600)  # the failed main process lives on (its error still being handled), as under NCCL
 """
 
@@ -292,6 +293,9 @@ def test_a_validation_that_fails_on_the_main_process_stops_every_process_at_once
     assert other["outcome"].startswith("MainProcessFailed: validation at step 5 failed on the main process")
     assert main["outcome"] in other["outcome"]  # rank 0's own error, word for word
     assert other["seconds"] < 60
+    # the stopped process left the process group (one left alive can abort it at exit); the failed main
+    # process is still handling its error, and keeps it
+    assert (main["left"], other["left"]) == (False, True)
 
 
 LEAVE_ON_RANK = """

@@ -48,7 +48,8 @@ class MainProcessFailed(RuntimeError):
 def on_main(work: Callable[[], T], what: str) -> T | None:
     """Run ``work`` on the main process while the others wait; its result on the main process, None on the
     others. When ``work`` raises on the main process, its error is sent to the others, which raise
-    :class:`MainProcessFailed` with it, and the main process re-raises: every process stops together."""
+    :class:`MainProcessFailed` with it (after leaving the process group), and the main process re-raises: every
+    process stops together."""
     if world_size() == 1:
         return work() if is_main_process() else None
     import torch.distributed as dist
@@ -67,6 +68,8 @@ def on_main(work: Callable[[], T], what: str) -> T | None:
     message: list[Any] = [None]
     dist.broadcast_object_list(message, src=0)
     if message[0]["error"] is not None:
+        # this process stops here: a process group left alive until the interpreter exits can abort it
+        dist.destroy_process_group()
         raise MainProcessFailed(
             f"{what} failed on the main process (rank 0), so rank {rank()} stops too: {message[0]['error']}"
         )
