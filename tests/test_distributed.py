@@ -239,9 +239,8 @@ if os.environ["RANK"] == "0":
 
 
 def _start_two_ranks(script: Path, args: list[str]) -> list[subprocess.Popen]:
-    """Rank 0 and rank 1 of a two-process gloo group, each running ``script`` with ``args`` and the
-    variables a launcher sets; the script writes its outcome to the path ``rank{rank}`` in its arguments
-    names (``{rank}`` is filled in)."""
+    """Rank 0 and rank 1 of a two-process gloo group, each running ``script`` with the variables a launcher
+    sets and with ``args``, in which ``{rank}`` becomes the process's rank (so each writes its own file)."""
     import socket
 
     with socket.socket() as probe:
