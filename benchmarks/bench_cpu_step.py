@@ -5,17 +5,21 @@ for completions to end with ``#### N`` and stop, as trained models' do), then tr
 profile's regular arm (clip, 64 completions per step in two mini-batches of a 128-completion generation,
 each used twice, without gradient checkpointing as in a study), the same number of steps, interleaved over
 rounds. The baseline ("old") is the recipe the first committed study used: one token per character,
-completions of at most 40 tokens, float32. The current recipe ("new") has a token per word of the domain and
-per digit, completions of at most 32 tokens, and runs each variant in float32 and under bf16 autocast
-(``--bf16``) so the two levers are seen apart.
+completions of at most 40 tokens. The current recipe ("new") has a token per word of the domain and per
+digit and completions of at most 32 tokens. Both train in float32 with transformers' default attention
+(SDPA), as the `cpu` profile does. The current recipe also trains with two further levers, apart and
+together, so that each is seen alone: eager attention ("new-eager") and bf16 autocast over the float32
+master weights ("new-bf16"; TRL's ``bf16=True``).
 
-Printed: seconds per optimizer step (median over rounds, after each round's first step), tokens per
-sequence (prompt + completion, measured on the training rollouts), the ratios to the old recipe, the
-step's arithmetic (GFLOP: 6 x parameters x tokens for the policy's forward and backward, 2 x for the
-old-policy pass, 2 x per generated token for generation, each over the step's 64 sequences) and the GFLOP/s
-it reached, and the seconds per warm-start step of each recipe.
+Printed: seconds per optimizer step (median over rounds of the mean over whole generation cycles after the
+first), the share of them that generating costs beyond a training step, tokens per
+sequence (prompt + completion, measured on the training rollouts), the ratios to the old step, the step's
+arithmetic (GFLOP, over the step's 64 sequences: 6 x the parameters per token for the policy's forward and
+backward and 2 x for the old-policy pass, once per generation of 128 and so 64 per step on average: TRL's
+fused LM head scores every position on a CPU; 2 x per generated token for generation, same averaging) and
+the GFLOP/s it reached, and the seconds per warm-start step of each recipe.
 
-    .venv/bin/python benchmarks/bench_cpu_step.py [--model tiny-general-l] [--steps 8] [--rounds 3]
+    .venv/bin/python benchmarks/bench_cpu_step.py [--model tiny-general-l] [--steps 12] [--rounds 3]
 """
 
 from __future__ import annotations
@@ -43,6 +47,8 @@ from pspo_repro.training.settings import TrainSettings  # noqa: E402
 from pspo_repro.training.train import to_dataset  # noqa: E402
 from pspo_repro.training.trainer import PSPOGRPOConfig, PSPOGRPOTrainer  # noqa: E402
 
+CYCLE = 4  # optimizer steps per generation: two mini-batches, each used twice
+
 
 class TokenCounter(PSPOGRPOTrainer):
     """Counts the prompt and completion tokens of every rollout it trains on."""
@@ -59,7 +65,16 @@ class TokenCounter(PSPOGRPOTrainer):
         return out
 
 
-def train(model_dir: Path, max_completion: int, bf16: bool, steps: int, dataset, out: str) -> dict:
+def with_attention(model, attention: str):
+    """``model`` computing attention with transformers' ``attention`` implementation (eager or sdpa)."""
+    model.set_attn_implementation(attention)
+    return model
+
+
+def train(
+    model_dir: Path, max_completion: int, bf16: bool, attention: str, steps: int, dataset, out: str
+) -> dict:
+    """One training of ``steps`` optimizer steps; its seconds per step and tokens per sequence."""
     source = loading.resolve(str(model_dir))
     args = PSPOGRPOConfig(
         objective="clip",
@@ -90,7 +105,7 @@ def train(model_dir: Path, max_completion: int, bf16: bool, steps: int, dataset,
     timer = StepTimer()
     TokenCounter.prompt_tokens = TokenCounter.completion_tokens = TokenCounter.sequences = 0
     trainer = TokenCounter(
-        model=loading.load_model(source),
+        model=with_attention(loading.load_model(source), attention),
         reward_funcs=[rewards.paper_reward],
         args=args,
         train_dataset=dataset,
@@ -100,17 +115,27 @@ def train(model_dir: Path, max_completion: int, bf16: bool, steps: int, dataset,
     trainer.train()
     n = max(1, TokenCounter.sequences)
     return {
-        "seconds": statistics.mean(timer.times[1:]),  # the first step pays one-off costs
+        # whole generation cycles after the first (whose first step pays one-off costs): a generation step
+        # costs several training steps, so a mean over part of a cycle would weigh generation wrongly
+        "seconds": statistics.mean(timer.times[CYCLE:]),
+        "generation": generation_share(timer.times[CYCLE:]),
         "prompt": TokenCounter.prompt_tokens / n,
         "completion": TokenCounter.completion_tokens / n,
         "parameters": sum(p.numel() for p in trainer.model.parameters()),
     }
 
 
+def generation_share(times: list[float]) -> float:
+    """The share of the steps' time spent on what a generation step does beyond a training step (sampling
+    the completions, scoring rewards, the old-policy pass): each cycle's first step less the cycle's others'
+    mean."""
+    cycles = [times[i : i + CYCLE] for i in range(0, len(times), CYCLE)]
+    extra = sum(c[0] - statistics.mean(c[1:]) for c in cycles)
+    return extra / sum(times)
+
+
 def gflop(row: dict) -> float:
-    """A step's arithmetic over its 64 sequences: policy forward + backward (6 N per token), the old-policy
-    pass (2 N per token, once per generation, i.e. over the generation's 128 sequences every other step ->
-    2 N x 64 per step on average) and generation (2 N per generated token, same averaging)."""
+    """A step's arithmetic over its 64 sequences (see the module's docstring)."""
     tokens = row["prompt"] + row["completion"]
     n = row["parameters"]
     return 64 * (6 * n * tokens + 2 * n * tokens + 2 * n * row["completion"]) / 1e9
@@ -122,9 +147,16 @@ def main() -> None:
         "--model", default="tiny-general-l", choices=[m for m in tiny.names() if m != "tiny-test"]
     )
     parser.add_argument("--warm-steps", type=int, default=300)
-    parser.add_argument("--steps", type=int, default=8)
+    parser.add_argument(
+        "--steps",
+        type=int,
+        default=12,
+        help=f"optimizer steps per training: a multiple of {CYCLE}, at least {2 * CYCLE}",
+    )
     parser.add_argument("--rounds", type=int, default=3)
     opts = parser.parse_args()
+    if opts.steps % CYCLE or opts.steps < 2 * CYCLE:
+        parser.error(f"--steps must be a multiple of {CYCLE} and at least {2 * CYCLE}, got {opts.steps}")
     torch.set_num_threads(1)  # as a `cpu` study's workers run: one thread each
 
     base = tiny.recipe_of(opts.model)
@@ -140,7 +172,14 @@ def main() -> None:
         ),
         "new": replace(base, init_from=None, sft_steps=opts.warm_steps),
     }
-    variants = {"old": ("old", 40, False), "new": ("new", 32, False), "new+bf16": ("new", 32, True)}
+    # variant -> (recipe, completion tokens, bf16 autocast, attention); "new" is the `cpu` profile's step
+    variants = {
+        "old": ("old", 40, False, "sdpa"),
+        "new": ("new", 32, False, "sdpa"),
+        "new-eager": ("new", 32, False, "eager"),
+        "new-bf16": ("new", 32, True, "sdpa"),
+        "new-bf16-eager": ("new", 32, True, "eager"),
+    }
     with tempfile.TemporaryDirectory() as tmp:
         built, warm = {}, {}
         for key, recipe in recipes.items():
@@ -152,13 +191,22 @@ def main() -> None:
         per_round: dict[str, list[dict]] = {k: [] for k in variants}
         for r in range(opts.rounds):
             for key in variants if r % 2 == 0 else reversed(list(variants)):
-                recipe_key, max_completion, bf16 = variants[key]
+                recipe_key, max_completion, bf16, attention = variants[key]
                 per_round[key].append(
-                    train(built[recipe_key], max_completion, bf16, opts.steps, dataset, f"{tmp}/{key}-{r}")
+                    train(
+                        built[recipe_key],
+                        max_completion,
+                        bf16,
+                        attention,
+                        opts.steps,
+                        dataset,
+                        f"{tmp}/{key}-{r}",
+                    )
                 )
     summary = {}
     for key, rows in per_round.items():
-        row = {f: statistics.median(r[f] for r in rows) for f in ("seconds", "prompt", "completion")}
+        fields = ("seconds", "generation", "prompt", "completion")
+        row = {f: statistics.median(r[f] for r in rows) for f in fields}
         row["parameters"] = rows[0]["parameters"]
         summary[key] = row
     old = summary["old"]
@@ -166,13 +214,15 @@ def main() -> None:
         f"model {opts.model}; {opts.steps} steps x {opts.rounds} rounds, 1 thread; warm start {opts.warm_steps} steps"
     )
     print(
-        f"{'variant':<10} {'s/step':>7} {'ratio':>6} {'tokens/seq':>10} {'ratio':>6} {'GFLOP':>6} {'GFLOP/s':>8}"
+        f"{'variant':<15} {'s/step':>7} {'ratio':>6} {'generating':>10} {'tokens/seq':>10} {'ratio':>6} {'GFLOP':>6} {'GFLOP/s':>8}"
     )
     for key, row in summary.items():
         tokens = row["prompt"] + row["completion"]
+        work = gflop(row)
         print(
-            f"{key:<10} {row['seconds']:>7.3f} {old['seconds'] / row['seconds']:>5.2f}x {tokens:>10.1f} "
-            f"{(old['prompt'] + old['completion']) / tokens:>5.2f}x {gflop(row):>6.1f} {gflop(row) / row['seconds']:>8.1f}"
+            f"{key:<15} {row['seconds']:>7.3f} {old['seconds'] / row['seconds']:>5.2f}x "
+            f"{row['generation']:>10.0%} {tokens:>10.1f} "
+            f"{(old['prompt'] + old['completion']) / tokens:>5.2f}x {work:>6.1f} {work / row['seconds']:>8.1f}"
         )
     print(
         f"warm start s/step: old {warm['old']:.3f}, new {warm['new']:.3f} ({warm['old'] / warm['new']:.2f}x)"
