@@ -15,9 +15,10 @@ Printed: seconds per optimizer step (median over rounds of the mean over whole g
 first), the share of them that generating costs beyond a training step, tokens per
 sequence (prompt + completion, measured on the training rollouts), the ratios to the old step, the step's
 arithmetic (GFLOP, over the step's 64 sequences: 6 x the parameters per token for the policy's forward and
-backward and 2 x for the old-policy pass, once per generation of 128 and so 64 per step on average: TRL's
-fused LM head scores every position on a CPU; 2 x per generated token for generation, same averaging) and
-the GFLOP/s it reached, and the seconds per warm-start step of each recipe.
+backward; 2 x per token for the old-policy pass and 2 x per token for generation, the prompt's prefill and
+each generated token, both once per generation of 128 and so 64 per step on average; TRL's fused LM head
+scores every position on a CPU. A lower bound: generation also runs finished sequences until the batch's
+last one stops) and the GFLOP/s it reached, and the seconds per warm-start step of each recipe.
 
     .venv/bin/python benchmarks/bench_cpu_step.py [--model tiny-general-l] [--steps 12] [--rounds 3]
 """
@@ -138,7 +139,7 @@ def gflop(row: dict) -> float:
     """A step's arithmetic over its 64 sequences (see the module's docstring)."""
     tokens = row["prompt"] + row["completion"]
     n = row["parameters"]
-    return 64 * (6 * n * tokens + 2 * n * tokens + 2 * n * row["completion"]) / 1e9
+    return 64 * (6 + 2 + 2) * n * tokens / 1e9  # training, old-policy pass, generation
 
 
 def main() -> None:
