@@ -12,8 +12,8 @@ together, so that each is seen alone: eager attention ("new-eager") and bf16 aut
 master weights ("new-bf16"; TRL's ``bf16=True``).
 
 Printed: seconds per optimizer step (median over rounds of the mean over whole generation cycles after the
-first), the share of them that generating costs beyond a training step, tokens per
-sequence (prompt + completion, measured on the training rollouts), the ratios to the old step, the step's
+first), the share of that time a generation step spends beyond a training step's work, tokens per sequence
+(prompt + completion, measured on the training rollouts), the ratios to the old step, the step's
 arithmetic (GFLOP, over the step's 64 sequences: 6 x the parameters per token for the policy's forward and
 backward; 2 x per token for the old-policy pass and 2 x per token for generation, the prompt's prefill and
 each generated token, both once per generation of 128 and so 64 per step on average; TRL's fused LM head
@@ -205,8 +205,8 @@ def main() -> None:
                     )
                 )
     summary = {}
+    fields = ("seconds", "generation", "prompt", "completion")
     for key, rows in per_round.items():
-        fields = ("seconds", "generation", "prompt", "completion")
         row = {f: statistics.median(r[f] for r in rows) for f in fields}
         row["parameters"] = rows[0]["parameters"]
         summary[key] = row
