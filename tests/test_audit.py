@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from pspo_repro.analysis import audit
+from pspo_repro.analysis import audit, report
 from pspo_repro.study import profiles, runner
 from pspo_repro.training.settings import TrainSettings
 
@@ -131,6 +131,31 @@ def test_regenerating_from_the_same_results_gives_the_same_file(audited):
     first = path.read_bytes()
     again = audit.run_audit(str(profile), root / "runs", root / "results", measure=False)
     assert again.read_bytes() == first
+
+
+@pytest.mark.slow
+def test_the_report_audits_a_study_made_from_a_profile_file(audited, tmp_path):
+    """The report gives its notebooks the study's name, not the file: the audit notebook finds the study's
+    profile by that name (the one the study wrote beside its tables) and writes the same audit as
+    `pspo-repro audit --profile FILE`, up to the profile's spelling."""
+    root, profile, path = audited
+    results = tmp_path / "results"
+    shutil.copytree(root / "results", results)
+    (results / "audit-test" / "audit.md").unlink()
+    notebooks = tmp_path / "notebooks"
+    notebooks.mkdir()
+    shutil.copy(report.NOTEBOOKS_DIR / "audit.ipynb", notebooks)
+    executed = report.run_report(
+        str(profile), root / "runs", results, tmp_path / "figures", notebooks, workers=1
+    )
+    assert [(e.name, e.error) for e in executed] == [("audit", None)]
+    expected = path.read_text().replace(str(profile), "audit-test")
+    assert (results / "audit-test" / "audit.md").read_text() == expected
+
+
+def test_an_unknown_profile_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown profile 'no-such-study': .*packaged profiles \['audit'"):
+        audit.run_audit("no-such-study", tmp_path / "runs", tmp_path / "results", measure=False)
 
 
 @pytest.mark.slow
