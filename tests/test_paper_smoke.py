@@ -4,11 +4,19 @@ SmolLM2-135M-Instruct has a Hugging Face BPE tokenizer and chat template, as the
 where the paper's path meets a real tokenizer: the authors' system prompt, the paper reward, sampled
 validation, bf16 autocast over float32 master weights, trainer checkpoints, training by epochs, evaluation
 in fresh processes, and the audit of a profile whose parent trains by epochs (max_steps -1).
+
+On a CPU without bf16 arithmetic (no AVX512-BF16, no AMX: an AVX2-only x86 CPU, for one) PyTorch emulates
+bf16, and an optimizer step of SmolLM2 under autocast took 277 s on such a CPU against seconds in float32
+(`benchmarks/bench_bf16_matmul.py`: bf16 products 29-68x slower there). There the tests that train run the
+profile in float32, through a profile file that extends it; the bf16 path is then covered by the tiny-model
+tests (`tests/test_identities.py`) and by this module on any CPU that has bf16 arithmetic.
 """
 
 from __future__ import annotations
 
 import pytest
+import torch
+import yaml
 from transformers import TrainerCallback
 
 from pspo_repro.analysis import audit
@@ -27,20 +35,48 @@ pytestmark = pytest.mark.slow
 PROFILE = "paper-smoke"
 
 
-def smoke_settings(data_dir, label: str = "clip") -> TrainSettings:
-    run = next(r for r in profiles.expand(profiles.load_profile(PROFILE)) if r.label == label)
+def cpu_has_bf16_arithmetic() -> bool:
+    capabilities = torch.cpu.get_capabilities()
+    return bool(capabilities.get("avx512_bf16") or capabilities.get("amx_bf16"))
+
+
+BF16 = cpu_has_bf16_arithmetic()
+PRECISION = "bf16" if BF16 else "float32"
+STUDY = PROFILE if BF16 else f"{PROFILE}-float32"
+
+
+@pytest.fixture(scope="module")
+def trained_profile(tmp_path_factory) -> str:
+    """The profile the tests that train run: ``paper-smoke`` itself, or where the CPU only emulates bf16 a file
+    that extends it in float32 (under its own name, so its results are never taken for the profile's)."""
+    if BF16:
+        return PROFILE
+    path = tmp_path_factory.mktemp("profile") / f"{STUDY}.yaml"
+    path.write_text(yaml.safe_dump({"name": STUDY, "extends": PROFILE, "train": {"bf16": False}}))
+    return str(path)
+
+
+def smoke_settings(data_dir, label: str = "clip", profile: str = PROFILE) -> TrainSettings:
+    run = next(r for r in profiles.expand(profiles.load_profile(profile)) if r.label == label)
     return TrainSettings.from_dict({**run.settings.to_dict(), "data_dir": str(data_dir)})
 
 
 @pytest.fixture(scope="module")
-def study(data_dir, tmp_path_factory):
+def study(data_dir, trained_profile, tmp_path_factory):
     """The whole profile: starting model, two runs, evaluation in fresh processes, then the audit."""
     root = tmp_path_factory.mktemp("paper-smoke")
     result = runner.run_study(
-        PROFILE, root / "runs", root / "results", data_dir=str(data_dir), progress=False, isolate=True
+        trained_profile, root / "runs", root / "results", data_dir=str(data_dir), progress=False, isolate=True
     )
     assert result.failed == []
     return root
+
+
+def test_the_float32_profile_differs_from_the_profile_only_in_precision(trained_profile):
+    runs = {r.label: r.settings for r in profiles.expand(profiles.load_profile(trained_profile))}
+    for r in profiles.expand(profiles.load_profile(PROFILE)):
+        assert runs[r.label].bf16 is BF16
+        assert {**runs[r.label].to_dict(), "bf16": True} == r.settings.to_dict()
 
 
 def test_the_profile_is_the_paper_scaled_down():
@@ -67,7 +103,7 @@ def test_the_profile_is_the_paper_scaled_down():
 
 
 def test_runs_train_and_are_evaluated_in_fresh_processes(study):
-    study_dir = study / "runs" / PROFILE
+    study_dir = study / "runs" / STUDY
     for label in ("clip", "pspo"):
         folder = study_dir / "smollm2" / label / "seed0"
         done = rundir.read_json(folder / rundir.DONE)
@@ -96,7 +132,7 @@ def test_prompt_token_ids_are_the_same_in_rollouts_validation_and_evaluation(stu
     validation = Validation(tmp_path, settings, problems, tokenizer)
     validation_ids = tokenizer(validation.texts, add_special_tokens=False)["input_ids"]
     records = rundir.read_jsonl(
-        study / "runs" / PROFILE / "smollm2" / "clip" / "seed0" / "eval" / "gsm8k.jsonl"
+        study / "runs" / STUDY / "smollm2" / "clip" / "seed0" / "eval" / "gsm8k.jsonl"
     )
     by_id = {r["id"]: r["prompt"] for r in records}
     evaluation_ids = tokenizer([by_id[p.id] for p in problems], add_special_tokens=False)["input_ids"]
@@ -111,8 +147,8 @@ def test_prompt_token_ids_are_the_same_in_rollouts_validation_and_evaluation(stu
             assert all(tokenizer.convert_ids_to_tokens(i) not in text for i in stops)
 
 
-def test_a_run_resumes_from_its_trainer_checkpoint(data_dir, tmp_path):
-    settings = smoke_settings(data_dir, "pspo")
+def test_a_run_resumes_from_its_trainer_checkpoint(data_dir, trained_profile, tmp_path):
+    settings = smoke_settings(data_dir, "pspo", trained_profile)
 
     class Crash(TrainerCallback):
         def on_step_end(self, args, state, control, **kwargs):
@@ -130,15 +166,15 @@ def test_a_run_resumes_from_its_trainer_checkpoint(data_dir, tmp_path):
     assert rundir.read_json(tmp_path / rundir.DONE)["steps"] == 4
 
 
-def test_the_audit_runs_on_a_profile_trained_by_epochs(study, data_dir):
+def test_the_audit_runs_on_a_profile_trained_by_epochs(study, data_dir, trained_profile):
     # the rule for epoch-counted runs gives 4 steps (asserted below); 2 keep this test within minutes on CPU
-    path = audit.run_audit(PROFILE, study / "runs", study / "results", identity_steps=2, plot=False)
+    path = audit.run_audit(trained_profile, study / "runs", study / "results", identity_steps=2, plot=False)
     text = path.read_text()
-    ident = rundir.read_json(study / "results" / PROFILE / audit.IDENTITIES_FILE)
+    ident = rundir.read_json(study / "results" / STUDY / audit.IDENTITIES_FILE)
     assert sorted(ident) == ["smollm2/clip/seed0", "smollm2/pspo/seed0"]
     # a few steps (one reuse cycle, at least 4) although the parent profile counts epochs (max_steps -1)
     assert identity_steps(smoke_settings(data_dir)) == 4
     assert [m["steps"] for m in ident.values()] == [2, 2]
-    assert {m["precision"] for m in ident.values()} == {"bf16"}  # judged at bf16's tolerance
+    assert {m["precision"] for m in ident.values()} == {PRECISION}  # judged at its precision's tolerance
     assert "## PSPO is a rescaled unclipped surrogate" in text
-    assert sorted(p.name for p in (study / "results" / PROFILE).iterdir() if p.name.startswith(".")) == []
+    assert sorted(p.name for p in (study / "results" / STUDY).iterdir() if p.name.startswith(".")) == []
