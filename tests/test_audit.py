@@ -135,9 +135,9 @@ def test_regenerating_from_the_same_results_gives_the_same_file(audited):
 
 @pytest.mark.slow
 def test_the_report_audits_a_study_made_from_a_profile_file(audited, tmp_path):
-    """The report gives its notebooks the study's name, not the file: the audit notebook finds the profile the
-    study wrote beside its tables and writes the same audit as `pspo-repro audit --profile FILE`, up to how
-    the profile is spelled."""
+    """The report gives its notebooks the study's name, not the file: the audit notebook finds the study's
+    profile by that name (the one the study wrote beside its tables) and writes the same audit as
+    `pspo-repro audit --profile FILE`, up to the profile's spelling."""
     root, profile, path = audited
     results = tmp_path / "results"
     shutil.copytree(root / "results", results)
@@ -149,9 +149,13 @@ def test_the_report_audits_a_study_made_from_a_profile_file(audited, tmp_path):
         str(profile), root / "runs", results, tmp_path / "figures", notebooks, workers=1
     )
     assert [(e.name, e.error) for e in executed] == [("audit", None)]
-    written = report.relative_to_repo(results) + "/audit-test/profile.yaml"
-    expected = path.read_text().replace(str(profile), written)
+    expected = path.read_text().replace(str(profile), "audit-test")
     assert (results / "audit-test" / "audit.md").read_text() == expected
+
+
+def test_an_unknown_profile_is_a_clear_error(tmp_path):
+    with pytest.raises(ValueError, match=r"unknown profile 'no-such-study': .*packaged profiles \['audit'"):
+        audit.run_audit("no-such-study", tmp_path / "runs", tmp_path / "results", measure=False)
 
 
 @pytest.mark.slow

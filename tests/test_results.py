@@ -214,6 +214,22 @@ def test_seed_interval_is_scipys_bootstrap_and_one_seed_has_none():
     assert aggregate.seed_interval([0.3, 0.3, 0.3]) == (0.3, 0.3, 0.3)
 
 
+def test_a_study_profile_is_found_by_file_by_written_copy_or_by_package(tmp_path):
+    """A profile file gives its name; a name gives the profile the study wrote beside its tables before the
+    packaged one of that name; a name with neither has none."""
+    spec = {"name": "mine", "extends": "smoke", "seeds": [3]}
+    given = tmp_path / "anything.yaml"
+    given.write_text(yaml.safe_dump(spec))
+    name, loaded = results.study_profile(str(given), tmp_path / "results")
+    assert (name, loaded["seeds"], loaded["train"]["dataset"]) == ("mine", [3], "synthetic")
+    assert results.study_profile("mine", tmp_path / "results") == ("mine", None)
+    (tmp_path / "results" / "mine").mkdir(parents=True)
+    (tmp_path / "results" / "mine" / "profile.yaml").write_text(yaml.safe_dump(loaded))
+    assert results.study_profile("mine", tmp_path / "results") == ("mine", loaded)
+    packaged = results.study_profile("smoke", tmp_path / "results")
+    assert packaged[0] == "smoke" and packaged[1]["name"] == "smoke" and packaged[1]["seeds"] != [3]
+
+
 @pytest.mark.slow
 def test_published_cells_are_never_invented(mini):
     s = results.load("mini", mini / "runs", mini / "results")

@@ -503,22 +503,28 @@ def _differing_settings(configs: list[dict[str, Any]]) -> list[str]:
     return [n for n in names if len({json.dumps(c.get(n), sort_keys=True) for c in configs}) > 1]
 
 
+def study_profile(profile: str, results_dir: str | Path = "results") -> tuple[str, dict[str, Any] | None]:
+    """A study's name and the profile it used: ``profile`` read as a YAML path (its ``name``, else the file's
+    stem), else as a name, whose profile is the one the study wrote beside its tables
+    (``<results_dir>/<name>/profile.yaml``), else the packaged profile of that name, else ``None``. So a
+    study made from a profile file is found by its name alone, as the report's notebooks give it."""
+    profiles = _quiet_import("pspo_repro.study.profiles")
+    if Path(profile).suffix in (".yaml", ".yml"):
+        spec = profiles.load_profile(profile)
+        return spec.get("name", Path(profile).stem), spec
+    written = Path(results_dir) / profile / "profile.yaml"
+    if written.is_file():
+        return profile, yaml.safe_load(written.read_text())
+    if profile in profiles.profile_names():
+        return profile, profiles.load_profile(profile)
+    return profile, None
+
+
 def load(profile: str, runs_dir: str | Path = "runs", results_dir: str | Path = "results") -> Study:
     """The study ``profile`` (a name, or a profile YAML path whose ``name`` is used) from
     ``<runs_dir>/<name>/`` with the profile in ``<results_dir>/<name>/profile.yaml`` (the one the study
     used), else the packaged profile of that name, else none (only what is found is read)."""
-    profiles = _quiet_import("pspo_repro.study.profiles")
-
-    spec = None
-    name = profile
-    if Path(profile).suffix in (".yaml", ".yml"):
-        spec = profiles.load_profile(profile)
-        name = spec.get("name", Path(profile).stem)
-    written = Path(results_dir) / name / "profile.yaml"
-    if spec is None and written.is_file():
-        spec = yaml.safe_load(written.read_text())
-    if spec is None and name in profiles.profile_names():
-        spec = profiles.load_profile(name)
+    name, spec = study_profile(profile, results_dir)
     study_dir = Path(runs_dir) / name
     if not study_dir.is_dir():
         raise FileNotFoundError(

@@ -141,15 +141,21 @@ def run_audit(
     plot: bool = True,
     isolate: bool | None = None,
 ) -> Path:
-    """The audit of a profile's study: identities measured once (kept in ``identities.json``, the only file
+    """The audit of a profile's study (``profile_name``: a name or a profile file, resolved as
+    :func:`~pspo_repro.analysis.results.study_profile` does): identities measured once (kept in ``identities.json``, the only file
     the measurement writes into the results), then ``audit.md``. ``measure=False`` uses the kept measurements
     only (none: those sections say so). ``isolate``: each run measured in a fresh process on one GPU (default:
     whenever CUDA is available; see :func:`~pspo_repro.analysis.audit.measurement.measure_identities`)."""
+    from pspo_repro.analysis.results import study_profile
     from pspo_repro.evaluation import evaluate
     from pspo_repro.study import profiles
 
-    profile = profiles.load_profile(profile_name)
-    name = profile.get("name", Path(profile_name).stem)
+    name, profile = study_profile(profile_name, results_root)
+    if profile is None:
+        raise ValueError(
+            f"unknown profile {profile_name!r}: not a profile file, not a study with {Path(results_root) / name}"
+            f"/profile.yaml, and not one of the packaged profiles {profiles.profile_names()}"
+        )
     study_dir, out_dir = Path(runs_root) / name, Path(results_root) / name
     benchmarks = evaluate.parse_benchmarks(",".join(profile.get("eval", {}).get("benchmarks", ["synthetic"])))
     ident_path = out_dir / IDENTITIES_FILE
