@@ -5,7 +5,7 @@
 # (results/<profile>/notebooks/), its tables in results/<profile>/tables/ and its figures in
 # figures/<profile>/.
 #
-#   ./reproduce.sh            # the CPU profile (tiny models, synthetic arithmetic): 32 to 45 minutes on 2 cores, 60 on slower ones
+#   ./reproduce.sh            # the CPU profile (tiny models, synthetic arithmetic): 30 to 45 minutes on 2 cores, 60 on slower ones
 #   ./reproduce.sh smoke      # about a minute: the micro model, every objective, a handful of steps
 #   ./reproduce.sh cpu-full   # the CPU profile with 5 seeds and longer runs: about 8 hours on 2 cores
 #                             (scripts/phase_grid.sh cpu-full runs its phase diagram alone)
