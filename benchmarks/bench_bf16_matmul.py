@@ -2,8 +2,8 @@
 
 bf16 autocast is the paper's precision, and a lever for the CPU profile's step on CPUs with AMX or
 AVX512-BF16. Where the CPU has neither (AVX2 only), PyTorch emulates bf16 products and they run far slower
-than float32: a profile under bf16 would then be slower, not faster, and the `paper-smoke` test, which
-trains SmolLM2 under bf16 autocast, takes minutes per step. The shapes are a tiny model's layers at a
+than float32: a profile under bf16 would then be slower, not faster (which is why `tests/test_paper_smoke.py`
+trains in float32 there). The shapes are a tiny model's layers at a
 training micro-batch (tokens x hidden by hidden x MLP width) and SmolLM2-135M's.
 
 Printed: the kernel path PyTorch chose, then per shape the median milliseconds and GFLOP/s of each dtype and
@@ -57,7 +57,7 @@ def main() -> None:
             f"{str(dt).removeprefix('torch.')} {s * 1e3:8.2f} ms {flop / s / 1e9:6.1f} GFLOP/s"
             for dt, s in seconds.items()
         )
-        print(f"{name:<38} {cells}   bf16 / float32 {seconds[torch.bfloat16] / seconds[torch.float32]:6.1f}x")
+        print(f"{name:<38} {cells}   bf16 / float32 {seconds[torch.bfloat16] / seconds[torch.float32]:7.2f}x")
 
 
 if __name__ == "__main__":
